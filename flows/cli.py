@@ -1,0 +1,179 @@
+"""The ``scan-edge`` command: one subcommand per stage, plus ``reproduce``.
+
+A door, not a room: every subcommand parses its arguments and calls ``nas_core`` (for
+pure inspection commands such as ``arch``) or a flow. Heavy imports (torch, prefect) happen
+inside the handlers, so ``scan-edge --help`` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EPILOG = """Architectures are named presets (see `scan-edge arch list`) or JSON files written
+by `scan-edge arch sample --out FILE` / the search stage."""
+
+
+# --------------------------------------------------------------------------- arch
+def resolve_arch(name_or_file: str):
+    """A preset name or a path to an architecture JSON file."""
+    from nas_core.search_space import SearchSpace
+
+    space = SearchSpace()
+    path = Path(name_or_file)
+    if path.suffix == ".json" or path.exists():
+        if not path.exists():
+            raise SystemExit(f"error: {path}: no such architecture file")
+        data = json.loads(path.read_text())
+        return space.from_dict(data.get("arch", data))  # search results wrap the arch
+    try:
+        return space.preset(name_or_file)
+    except KeyError as err:
+        raise SystemExit(f"error: {err.args[0]} (or give a path to an architecture .json)") from None
+
+
+def cmd_arch_list(args) -> int:
+    from nas_core.block_catalog import BlockCatalog
+    from nas_core.search_space import SearchSpace
+
+    space = SearchSpace()
+    catalog = BlockCatalog(space, args.resolution)
+    print(f"{'preset':<22} {'id':<13} {'params (M)':>10} {'MACs (M)':>9}  depths")
+    for name in space.preset_names():
+        arch = space.preset(name)
+        g = space.encode(arch)[None]
+        print(f"{name:<22} {arch.arch_id:<13} {catalog.count_params(g)[0] / 1e6:>10.2f} "
+              f"{catalog.count_macs(g)[0] / 1e6:>9.1f}  {arch.depths}")
+    return 0
+
+
+def cmd_arch_show(args) -> int:
+    from nas_core.block_catalog import BlockCatalog
+    from nas_core.search_space import SearchSpace
+
+    arch = resolve_arch(args.arch)
+    space = SearchSpace()
+    g = space.encode(arch)[None]
+    catalog = BlockCatalog(space, args.resolution)
+    params = int(catalog.count_params(g, args.num_classes)[0])
+    macs = int(catalog.count_macs(g, args.num_classes)[0])
+    if args.json:
+        print(json.dumps({"arch_id": arch.arch_id, "params": params, "macs": macs, "resolution": args.resolution,
+                          "arch": arch.to_dict()}, indent=2))
+        return 0
+    print(arch.table())
+    print()
+    print(f"id       {arch.arch_id}")
+    print(f"compact  {arch.compact()}")
+    print(f"params   {params:,} ({params / 1e6:.2f} M, {args.num_classes}-class head)")
+    print(f"MACs     {macs:,} ({macs / 1e6:.1f} M at {args.resolution}x{args.resolution})")
+    return 0
+
+
+def cmd_arch_sample(args) -> int:
+    from nas_core.io import write_json
+    from nas_core.search_space import SearchSpace
+
+    arch = SearchSpace().sample(args.seed)
+    if args.out:
+        write_json(args.out, arch.to_dict())
+        print(f"wrote {args.out} ({arch.arch_id})")
+    else:
+        print(arch.to_json(indent=2))
+    return 0
+
+
+def cmd_arch_export(args) -> int:
+    import tempfile
+
+    from nas_core.latency.export import export_onnx, export_openvino
+    from nas_core.subnet import SubnetModel
+
+    arch = resolve_arch(args.arch)
+    model = SubnetModel(arch, num_classes=args.num_classes, resolution=args.resolution)
+    if args.checkpoint:
+        from nas_core.io import torch_load
+
+        state = torch_load(args.checkpoint)
+        model.load_state_dict(state.get("model", state))
+    shape = (1, 3, args.resolution, args.resolution)
+    out = Path(args.out)
+    if args.format == "onnx":
+        export_onnx(model, shape, out)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            onnx_path = export_onnx(model, shape, Path(tmp) / "model.onnx")
+            out = export_openvino(onnx_path, out if out.suffix == ".xml" else out.with_suffix(".xml"))
+    print(f"exported {arch.arch_id} ({args.format}, {args.resolution}x{args.resolution}) to {out}")
+    return 0
+
+
+def _add_arch(sub) -> None:
+    arch = sub.add_parser("arch", help="inspect, sample and export architectures",
+                          description="Inspect, sample and export architectures of the search space.")
+    arch_sub = arch.add_subparsers(dest="arch_cmd", required=True, metavar="{list,show,sample,export}")
+    p = arch_sub.add_parser("list", help="the named presets with params and MACs")
+    p.add_argument("--resolution", type=int, default=224)
+    p.set_defaults(func=cmd_arch_list)
+    p = arch_sub.add_parser("show", help="blocks, params and MACs of an architecture", epilog=EPILOG)
+    p.add_argument("arch", help="preset name or architecture JSON file")
+    p.add_argument("--resolution", type=int, default=224, help="input resolution for MACs (default 224)")
+    p.add_argument("--num-classes", type=int, default=1000, help="classifier size for params (default 1000)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_arch_show)
+    p = arch_sub.add_parser("sample", help="a uniformly random architecture")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", help="write the JSON here instead of printing it")
+    p.set_defaults(func=cmd_arch_sample)
+    p = arch_sub.add_parser("export", help="export an architecture to ONNX or OpenVINO IR", epilog=EPILOG)
+    p.add_argument("arch", help="preset name or architecture JSON file")
+    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx")
+    p.add_argument("--out", required=True, help="output path (.onnx, or .xml for OpenVINO)")
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--checkpoint", help="state dict of a SubnetModel of this architecture (random weights if omitted)")
+    p.set_defaults(func=cmd_arch_export)
+
+
+# --------------------------------------------------------------------------- main
+def _registrars() -> list:
+    """``_add_arch`` plus ``register(subparsers)`` of every ``flows/cli_*.py`` module, so each
+    stage keeps its subcommand beside its flow."""
+    import importlib
+    import pkgutil
+
+    import flows
+
+    found = [_add_arch]
+    for info in sorted(pkgutil.iter_modules(flows.__path__), key=lambda m: m.name):
+        if info.name.startswith("cli_"):
+            found.append(importlib.import_module(f"flows.{info.name}").register)
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scan-edge",
+        description="SCAN-Edge: find MobileNet-speed hybrid networks for your edge devices "
+                    "(supernet, accuracy predictor, device latency tables, evolutionary search).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for register in _registrars():
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        # Library errors are written to be read by the user: show them without a traceback.
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
