@@ -1,0 +1,47 @@
+"""Fixtures shared by the whole test suite.
+
+Prefect fixtures are opt-in (request them by name), because a test Prefect server costs
+seconds to start and most tests call ``task.fn(...)`` / ``flow.fn(...)``, which needs no API.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server (SQLite in a temp dir) for the whole session.
+
+    Starting it costs ~9-12 s once; each flow run after that ~1 s. Heartbeats are off, or
+    every flow run spends ~1 s joining the heartbeat thread. Once requested, its settings
+    (``PREFECT_API_URL`` pointing at it) stay current until the session ends, also for
+    later tests that did not request it; use ``prefect_api_unset`` to opt out.
+    """
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    started = time.monotonic()
+    # Analytics off: with no internet its telemetry job only logs errors (and SQLite
+    # "database is locked" tracebacks). The server subprocess inherits current settings.
+    with temporary_settings(updates={PREFECT_SERVER_ANALYTICS_ENABLED: False}), prefect_test_harness(
+        server_startup_timeout=120
+    ):
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            print(f"\n[prefect_harness] test server ready in {time.monotonic() - started:.1f} s")
+            yield
+
+
+@pytest.fixture
+def prefect_api_unset(monkeypatch):
+    """No Prefect API configured (env var and settings), even after ``prefect_harness``."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        yield
