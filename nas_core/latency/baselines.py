@@ -1,0 +1,191 @@
+"""End-to-end latency of the models the paper compares against (Table 3), on every usable profile.
+
+Each model is built with timm (``pretrained=False``: weights do not change latency),
+exported to ONNX once at its resolution (224, or 256 for MobileViT and EdgeNeXt as in
+their original implementations, as the paper does), then timed on each ONNX profile;
+the torch profiles time the eager module. A model that fails to build, export or compile
+on a runtime gets a row with the error text (the paper notes that several of these
+fail on the NCS2) instead of stopping the run.
+
+Table (``data/baselines/latency.parquet`` by default), one row per (model, device):
+
+================  =====  ======================================================
+column            type   meaning
+================  =====  ======================================================
+model             str    timm model name
+device            str    device profile name
+resolution        int    input height = width
+median_ms         f64    median latency (NaN when ``error`` is set)
+p10_ms, p90_ms    f64    10th / 90th percentile
+mean_ms, min_ms   f64    mean and fastest call (min is the least disturbed by other processes)
+repeats           int    timed calls
+stable            bool   the median converged before the timing caps
+params            int    parameter count
+vs_mobilenetv2    f64    median_ms / mobilenetv2_100's median_ms on the same device
+error             str    why there is no timing ("" when there is one)
+backend, runtime, runtime_version, provider, precision, precision_actual,
+threads, batch_size, clock, machine_id, code_version, timestamp   provenance per row
+load_average      f64    1-minute load average when timed (above the core count: contended)
+================  =====  ======================================================
+
+Table-level provenance (``nas_core.io.read_provenance``): the profiles' settings, the
+profiles skipped with the reason, the timing configuration, the machine fingerprint and
+the code version.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from nas_core.io import code_version, machine_fingerprint, utc_now, write_parquet
+from nas_core.latency.devices import DeviceProfile, check_usable
+from nas_core.latency.export import export_onnx
+from nas_core.latency.measure import measure_module, measure_onnx
+from nas_core.latency.timing import TimingConfig, load_average
+
+# timm name -> input resolution (MobileViT and EdgeNeXt at 256, as the paper).
+BASELINE_MODELS: dict[str, int] = {
+    "mobilenetv2_100": 224,
+    "mobilenetv3_large_100": 224,
+    "efficientformerv2_s0": 224,
+    "mobilevit_xxs": 256,
+    "edgenext_xx_small": 256,
+    "gernet_s": 224,
+    "shvit_s1": 224,
+    "efficientvit_m4": 224,
+}
+REFERENCE_MODEL = "mobilenetv2_100"  # the paper's latency target
+DEFAULT_OUT = Path("data/baselines/latency.parquet")
+
+
+def split_usable(profiles: Iterable[DeviceProfile]) -> tuple[list[DeviceProfile], dict[str, str]]:
+    """The profiles this machine can run, and the others with the reason."""
+    usable, skipped = [], {}
+    for profile in profiles:
+        usability = check_usable(profile)
+        if usability.usable:
+            usable.append(profile)
+        else:
+            skipped[profile.name] = usability.reason
+    return usable, skipped
+
+
+def build_model(name: str):
+    import timm
+
+    return timm.create_model(name, pretrained=False).eval()
+
+
+def measure_baselines(profiles: Iterable[DeviceProfile], models: Mapping[str, int] | None = None,
+                      out_path: str | os.PathLike | None = DEFAULT_OUT, workdir: str | os.PathLike | None = None,
+                      config: TimingConfig | None = None, progress: bool = True):
+    """Time ``models`` (name -> resolution; default ``BASELINE_MODELS``) on every usable profile.
+
+    Returns the table described in the module docstring (provenance in
+    ``frame.attrs["provenance"]``) and writes it to ``out_path`` unless that is None.
+    """
+    import pandas as pd
+
+    models = dict(BASELINE_MODELS if models is None else models)
+    config = config or TimingConfig()
+    usable, skipped = split_usable(profiles)
+    for name, reason in skipped.items():
+        _say(progress, f"skipping device {name}: {reason}")
+    fingerprint, version = machine_fingerprint(), code_version()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="scan-edge-baselines-") as tmp:
+        folder = Path(workdir or tmp)
+        for model_name, resolution in models.items():
+            for row in _measure_one_model(model_name, resolution, usable, folder, config, progress):
+                rows.append({**row, "machine_id": fingerprint["id"], "code_version": version})
+    frame = _add_ratio_to_reference(pd.DataFrame(rows, columns=_COLUMNS))
+    frame["params"] = frame["params"].astype("Int64")  # nullable: a model that failed to build has none
+    provenance = {
+        "kind": "baseline_latency", "profiles": {p.name: p.to_settings() for p in usable}, "skipped_devices": skipped,
+        "models": models, "timing": config.to_dict(), "machine": fingerprint, "code_version": version,
+        "created_at": utc_now(),
+    }
+    frame.attrs["provenance"] = provenance
+    if out_path is not None:
+        write_parquet(out_path, frame, provenance)
+    return frame
+
+
+_COLUMNS = ["model", "device", "resolution", "median_ms", "p10_ms", "p90_ms", "mean_ms", "min_ms", "repeats", "stable",
+            "params", "vs_mobilenetv2", "error", "backend", "runtime", "runtime_version", "provider", "precision",
+            "precision_actual", "threads", "batch_size", "clock", "machine_id", "code_version", "timestamp", "load_average"]
+
+
+def _measure_one_model(model_name: str, resolution: int, profiles: list[DeviceProfile], folder: Path,
+                       config: TimingConfig, progress: bool) -> list[dict]:
+    """Rows for one model on every profile; build / export errors become rows too."""
+    try:
+        module = build_model(model_name)
+    except Exception as err:  # an unknown or broken timm model must not stop the others
+        return [_error_row(model_name, resolution, p, None, f"build failed: {_describe(err)}") for p in profiles]
+    params = sum(p.numel() for p in module.parameters())
+    onnx_path, export_error = None, None
+    if any(p.backend != "torch" for p in profiles):
+        try:
+            onnx_path = export_onnx(module, (1, 3, resolution, resolution), folder / f"{model_name}_{resolution}.onnx")
+        except Exception as err:
+            export_error = f"ONNX export failed: {_describe(err)}"
+    rows = []
+    for profile in profiles:
+        shape = profile.input_shape(resolution)
+        if profile.backend != "torch" and export_error:
+            rows.append(_error_row(model_name, resolution, profile, params, export_error))
+            continue
+        try:
+            if profile.backend == "torch":
+                result = measure_module(module, shape, profile, config=config)
+            else:
+                result = measure_onnx(onnx_path, shape, profile, config=config)
+        except Exception as err:  # e.g. an operator the runtime cannot compile
+            rows.append(_error_row(model_name, resolution, profile, params, f"timing failed: {_describe(err)}"))
+            _say(progress, f"{model_name:24s} {profile.name:18s} FAILED {_describe(err)[:120]}")
+            continue
+        rows.append({**_base_row(model_name, resolution, profile, params), **result.to_row(), "error": "",
+                     "timestamp": utc_now(), "load_average": load_average(),
+                     "runtime": result.info.get("runtime"), "runtime_version": result.info.get("runtime_version"),
+                     "provider": result.info.get("provider", profile.provider),
+                     "precision_actual": result.info.get("precision_actual", "unknown")})
+        _say(progress, f"{model_name:24s} {profile.name:18s} {result.median_ms:8.2f} ms "
+                       f"(p10 {result.p10_ms:.2f}, p90 {result.p90_ms:.2f}, n={result.repeats}, "
+                       f"{result.info.get('precision_actual')})")
+    return rows
+
+
+def _base_row(model_name: str, resolution: int, profile: DeviceProfile, params: int | None) -> dict:
+    return {"model": model_name, "device": profile.name, "resolution": resolution, "params": params,
+            "backend": profile.backend, "provider": profile.provider, "precision": profile.precision,
+            "threads": profile.threads, "batch_size": profile.batch_size,
+            "clock": profile.options.get("clock", "wall")}
+
+
+def _error_row(model_name: str, resolution: int, profile: DeviceProfile, params: int | None, error: str) -> dict:
+    usability = check_usable(profile)
+    return {**_base_row(model_name, resolution, profile, params), "median_ms": math.nan, "p10_ms": math.nan,
+            "p90_ms": math.nan, "mean_ms": math.nan, "min_ms": math.nan, "repeats": 0, "stable": False, "error": error,
+            "runtime": usability.runtime_name, "runtime_version": usability.runtime_version, "precision_actual": "",
+            "timestamp": utc_now(), "load_average": load_average()}
+
+
+def _add_ratio_to_reference(frame):
+    """``vs_mobilenetv2``: ratios within one run compare better than absolute ms on a shared machine."""
+    reference = frame[frame["model"] == REFERENCE_MODEL].set_index("device")["median_ms"]
+    frame["vs_mobilenetv2"] = frame["median_ms"] / frame["device"].map(reference)
+    return frame
+
+
+def _describe(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}".strip()
+    return text if len(text) <= 1000 else text[:1000] + " ..."
+
+
+def _say(enabled: bool, text: str) -> None:
+    if enabled:
+        print(text, flush=True)

@@ -1,0 +1,93 @@
+"""Profiling bundles: a folder that times models on a device where only the runtime is installed.
+
+Layout::
+
+    BUNDLE_DIR/
+      manifest.json    settings (device profile), models (id, path, input_shape), seed, ...
+      run_bundle.py    a verbatim copy of nas_core/latency/timing.py
+      models/*.onnx
+      README.txt       how to run it
+
+On the device (numpy, pyarrow and the runtime installed; no torch, no nas_core)::
+
+    python run_bundle.py BUNDLE_DIR --out lut.parquet [--device-name jetson_nano_trt]
+
+The output is ``timing``'s latency table; copy it back and read it with
+``nas_core.io.read_parquet`` / ``read_provenance``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+from nas_core.io import code_version, write_json, write_text
+from nas_core.latency import timing
+from nas_core.latency.devices import DeviceProfile
+from nas_core.latency.measure import safe_file_stem
+from nas_core.latency.timing import MANIFEST_FORMAT, MANIFEST_NAME, ModelEntry, TimingConfig
+
+RUNNER_NAME = "run_bundle.py"
+TIMING_SOURCE = Path(timing.__file__)
+
+
+def make_bundle(models: Iterable, profile: DeviceProfile, bundle_dir: str | os.PathLike, *,
+                reference_id: str | None = None, seed: int = 0, config: TimingConfig | None = None,
+                drift_tolerance: float = 0.10, check_every: int = 10) -> Path:
+    """Write a bundle timing ``models`` (ModelEntry or dicts with id, path, input_shape).
+
+    The ONNX files are copied into ``models/``; the manifest records the profile's
+    settings, the timing configuration and the code version that made the bundle.
+    """
+    bundle_dir = Path(bundle_dir)
+    (bundle_dir / "models").mkdir(parents=True, exist_ok=True)
+    listed = []
+    for raw in models:
+        entry = ModelEntry.from_any(raw)
+        relative = Path("models") / f"{safe_file_stem(entry.id)}.onnx"
+        shutil.copyfile(entry.path, bundle_dir / relative)
+        listed.append({"id": entry.id, "path": relative.as_posix(), "input_shape": list(entry.input_shape)})
+    return _finish(bundle_dir, listed, profile, reference_id, seed, config, drift_tolerance, check_every)
+
+
+def export_bundle(named_modules: Mapping[str, object], profile: DeviceProfile, bundle_dir: str | os.PathLike, *,
+                  input_shapes: Mapping[str, Sequence[int]] | None = None, reference_id: str | None = None,
+                  seed: int = 0, config: TimingConfig | None = None, drift_tolerance: float = 0.10,
+                  check_every: int = 10) -> Path:
+    """Export torch modules straight into a bundle (shapes default to the profile's input)."""
+    from nas_core.latency.export import export_onnx
+
+    bundle_dir = Path(bundle_dir)
+    listed = []
+    for name, module in named_modules.items():
+        shape = tuple(input_shapes[name]) if input_shapes and name in input_shapes else profile.input_shape()
+        relative = Path("models") / f"{safe_file_stem(name)}.onnx"
+        export_onnx(module, shape, bundle_dir / relative)
+        listed.append({"id": name, "path": relative.as_posix(), "input_shape": list(shape)})
+    return _finish(bundle_dir, listed, profile, reference_id, seed, config, drift_tolerance, check_every)
+
+
+def _finish(bundle_dir: Path, listed: list[dict], profile: DeviceProfile, reference_id, seed, config,
+            drift_tolerance, check_every) -> Path:
+    manifest = {
+        "format": MANIFEST_FORMAT, "settings": profile.to_settings(), "models": listed,
+        "reference_id": reference_id, "seed": seed, "drift_tolerance": drift_tolerance,
+        "check_every": check_every, "timing": (config or TimingConfig()).to_dict(), "code_version": code_version(),
+    }
+    write_json(bundle_dir / MANIFEST_NAME, manifest)
+    write_text(bundle_dir / RUNNER_NAME, TIMING_SOURCE.read_text())
+    write_text(bundle_dir / "README.txt", _readme(profile, len(listed)))
+    return bundle_dir
+
+
+def _readme(profile: DeviceProfile, count: int) -> str:
+    return (
+        f"Latency profiling bundle: {count} ONNX models for device profile {profile.name!r} "
+        f"({profile.backend}, {profile.provider}, {profile.precision}, {profile.threads} thread(s)).\n\n"
+        "Needs python3 with numpy, pyarrow and the runtime (onnxruntime / openvino / tensorrt); not torch.\n"
+        "Run from anywhere:\n\n"
+        f"    python {RUNNER_NAME} . --out lut.parquet [--device-name NAME]\n\n"
+        "Interrupted? Run the same command again: finished models are kept.\n"
+        f"Options: python {RUNNER_NAME} --help\n"
+    )

@@ -1,0 +1,307 @@
+"""profile_models (checkpoints, resume, drift re-measuring), bundles run without torch, baselines."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nas_core import io
+from nas_core.latency import timing
+from nas_core.latency.devices import get_profile
+from nas_core.latency.timing import ModelEntry, TimingConfig, profile_models
+
+FAST = TimingConfig(warmup_runs=2, warmup_ms=0, min_repeats=5, min_total_ms=2, max_repeats=100,
+                    max_total_ms=100, check_every=5)
+ORT = get_profile("ort_cpu_fp32")
+
+
+# ----------------------------------------------------------------------------- real tiny models
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> list[ModelEntry]:
+    """Six tiny conv nets of different widths, exported to ONNX."""
+    import torch
+    from torch import nn
+
+    from nas_core.latency.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("tiny_models")
+    entries = []
+    for index, width in enumerate((4, 8, 12, 16, 24, 32)):
+        torch.manual_seed(index)
+        module = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1))
+        shape = (1, 3, 16, 16)
+        entries.append(ModelEntry(f"block_{index}_w{width}", export_onnx(module, shape, folder / f"m{index}.onnx"), shape))
+    return entries
+
+
+class _CountingOpener:
+    """Opens real ORT sessions and counts how often each model was opened."""
+
+    def __init__(self):
+        self.opened: list[str] = []
+
+    def __call__(self, entry, settings):
+        self.opened.append(entry.id)
+        return timing.open_entry(entry, settings)
+
+
+def _profile(entries, out, **kwargs):
+    defaults = dict(reference_id=entries[0].id, seed=3, config=FAST, check_every=2, progress=False, drift_tolerance=10.0)
+    return profile_models(entries, kwargs.pop("settings", ORT), out, **{**defaults, **kwargs})
+
+
+def test_profile_models_writes_every_row_with_provenance(tiny_models, tmp_path):
+    out = tmp_path / "lut.parquet"
+    rows = _profile(tiny_models, out, code_version="test-version")
+    frame = io.read_parquet(out)
+    assert sorted(frame["id"]) == sorted(e.id for e in tiny_models) and len(rows) == 6
+    assert frame["id"].iloc[0] == tiny_models[0].id  # the reference is timed first
+    assert (frame["median_ms"] > 0).all() and (frame["p10_ms"] <= frame["median_ms"]).all()
+    assert (frame["median_ms"] <= frame["p90_ms"]).all() and (frame["repeats"] >= FAST.min_repeats).all()
+    assert set(frame["device"]) == {"ort_cpu_fp32"} and set(frame["runtime"]) == {"onnxruntime"}
+    assert set(frame["precision"]) == {"fp32"} and set(frame["precision_actual"]) == {"fp32"}
+    assert set(frame["threads"]) == {1} and set(frame["input_shape"]) == {"1x3x16x16"}
+    assert set(frame["code_version"]) == {"test-version"} and not frame["drift_flag"].any()
+    assert set(frame["machine_id"]) == {io.machine_fingerprint()["id"]}
+    provenance = io.read_provenance(out)
+    assert provenance["settings"]["provider"] == "CPUExecutionProvider"
+    assert provenance["machine"] == io.machine_fingerprint()
+    assert provenance["reference"]["id"] == tiny_models[0].id
+    assert len(provenance["reference_checks"]) == 3  # 5 models in blocks of 2 -> 3 checks
+
+
+def test_interrupted_run_resumes_without_remeasuring(tiny_models, tmp_path):
+    out = tmp_path / "lut.parquet"
+    measured = []
+
+    def interrupt_after_five(model_id, result):
+        measured.append(model_id)
+        if len(measured) == 5:  # reference, block [a, b] (written), c, d -> crash in the second block
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _profile(tiny_models, out, on_measured=interrupt_after_five)
+    saved = io.read_parquet(out)
+    assert list(saved["id"]) == measured[:3]  # only checked blocks are on disk
+
+    opener = _CountingOpener()
+    rows = _profile(tiny_models, out, open_fn=opener)
+    frame = io.read_parquet(out)
+    assert len(rows) == len(frame) == 6 and frame["id"].is_unique
+    assert sorted(frame["id"]) == sorted(e.id for e in tiny_models)
+    remaining = {e.id for e in tiny_models} - set(measured[:3])
+    # The reference session is reopened (for drift checks); finished models are not.
+    assert sorted(opener.opened) == sorted([tiny_models[0].id, *remaining])
+    assert frame.set_index("id").loc[measured[1], "timestamp"] == saved.set_index("id").loc[measured[1], "timestamp"]
+
+
+def test_resume_refuses_a_file_made_with_other_settings(tiny_models, tmp_path):
+    out = tmp_path / "lut.parquet"
+    _profile(tiny_models[:3], out)
+    other_threads = {**ORT.to_settings(), "threads": 2}
+    with pytest.raises(ValueError, match=r"other settings \(threads: 1 in the file, 2 now\)"):
+        _profile(tiny_models[:3], out, settings=other_threads)
+    other_resolution = {**ORT.to_settings(), "resolution": 256}
+    with pytest.raises(ValueError, match="resolution"):
+        _profile(tiny_models[:3], out, settings=other_resolution)
+    with pytest.raises(ValueError, match="runtime_version"):
+        _profile(tiny_models[:3], out, runtime=("onnxruntime", "0.0.1"))
+    rows = _profile(tiny_models[:3], out, settings=other_threads, resume=False)  # explicit start-over
+    assert {r["threads"] for r in rows} == {2}
+
+
+# ----------------------------------------------------------------------------- drift (deterministic)
+class _FakeClock:
+    def __init__(self):
+        self.now_ns = 0
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+
+class _FakeSession:
+    def __init__(self, clock, latency_ms):
+        self.clock, self.latency_ms = clock, latency_ms
+        self.info = {"precision_actual": "fp32", "provider": "fake"}
+
+    def run(self):
+        self.clock.now_ns += int(self.latency_ms() * 1e6)
+
+    def close(self):
+        pass
+
+
+class _FakeMachine:
+    """Models take 1 ms; the reference takes ``reference_ms`` ms, which a test changes mid-run."""
+
+    def __init__(self):
+        self.clock = _FakeClock()
+        self.reference_ms = 1.0
+        self.opened: list[str] = []
+
+    def open(self, entry, settings):
+        self.opened.append(entry.id)
+        if entry.id == "ref":
+            return _FakeSession(self.clock, lambda: self.reference_ms)
+        return _FakeSession(self.clock, lambda: 1.0)
+
+
+def _fake_run(machine, out, on_measured, max_retries=2):
+    entries = [ModelEntry("ref", None, (1, 3, 8, 8))] + [ModelEntry(f"m{i}", None, (1, 3, 8, 8)) for i in range(6)]
+    config = TimingConfig(warmup_runs=1, warmup_ms=0, min_repeats=3, min_total_ms=0, check_every=1)
+    return profile_models(entries, ORT, out, reference_id="ref", seed=0, drift_tolerance=0.2, config=config,
+                          check_every=3, max_retries=max_retries, drift_pause_s=0, open_fn=machine.open,
+                          runtime=("fake", "1"), clock=machine.clock, pin_cpus=False, progress=False,
+                          on_measured=on_measured)
+
+
+def test_drift_of_the_reference_remeasures_its_block(tmp_path):
+    machine = _FakeMachine()
+    count = []
+
+    def drift_once(model_id, result):  # the machine is slow at the end of the first block only
+        count.append(model_id)
+        if len(count) == 4:  # reference + 3 models: the check after this block sees 2x
+            machine.reference_ms = 2.0
+        elif len(count) == 7:  # the block has been re-measured: back to normal
+            machine.reference_ms = 1.0
+
+    rows = {r["id"]: r for r in _fake_run(machine, tmp_path / "lut.parquet", drift_once)}
+    first_block, second_block = count[1:4], count[7:]
+    assert count[4:7] == first_block  # re-measured after the failed check
+    assert all(rows[i]["attempts"] == 2 and not rows[i]["drift_flag"] for i in first_block)
+    assert all(rows[i]["attempts"] == 1 and rows[i]["reference_ratio"] == pytest.approx(1.0) for i in second_block)
+    checks = io.read_provenance(tmp_path / "lut.parquet")["reference_checks"]
+    assert [c["drifted"] for c in checks] == [True, False, False]
+    assert checks[0]["ratio"] == pytest.approx(2.0)
+
+
+def test_persistent_drift_is_flagged_after_bounded_retries(tmp_path):
+    machine = _FakeMachine()
+
+    def drift_forever(model_id, result):
+        machine.reference_ms = 1.5
+
+    rows = _fake_run(machine, tmp_path / "lut.parquet", drift_forever, max_retries=1)
+    others = [r for r in rows if r["id"] != "ref"]
+    assert len(rows) == 7 and all(r["drift_flag"] and r["attempts"] == 2 for r in others)
+    assert all(r["reference_ratio"] == pytest.approx(1.5) for r in others)
+    assert machine.opened.count("m0") == 2  # each model timed at most max_retries + 1 times
+
+
+# ----------------------------------------------------------------------------- bundles without torch
+# Make torch (and pandas, and nas_core) unimportable, as on an edge device, then run the bundle's script.
+_BLOCKED_RUN = """
+import runpy, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'pandas', 'nas_core', 'timm'):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+sys.meta_path.insert(0, Block())
+sys.argv = [RUNNER, *sys.argv[1:]]
+runpy.run_path(RUNNER, run_name='__main__')
+"""
+
+
+def _run_blocked(runner: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    code = _BLOCKED_RUN.replace("RUNNER", repr(str(runner)))
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_bundle_runs_where_torch_cannot_be_imported(tiny_models, tmp_path):
+    from nas_core.latency.bundle import RUNNER_NAME, make_bundle
+
+    bundle = make_bundle(tiny_models[:3], ORT, tmp_path / "bundle", reference_id=tiny_models[0].id, config=FAST,
+                         check_every=2)
+    runner = bundle / RUNNER_NAME
+    assert runner.read_text() == Path(timing.__file__).read_text()  # a verbatim copy
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["settings"]["name"] == "ort_cpu_fp32" and len(manifest["models"]) == 3
+
+    usage = _run_blocked(runner, "--help", cwd=tmp_path)
+    assert usage.returncode == 0 and "--device-name" in usage.stdout, usage.stderr
+
+    out = tmp_path / "edge_lut.parquet"
+    done = _run_blocked(runner, str(bundle), "--out", str(out), "--device-name", "edge_cpu", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "wrote 3 rows" in done.stdout
+    frame = io.read_parquet(out)
+    assert sorted(frame["id"]) == sorted(e.id for e in tiny_models[:3])
+    assert set(frame["device"]) == {"edge_cpu"} and set(frame["runtime"]) == {"onnxruntime"}
+    assert (frame["median_ms"] > 0).all()
+    assert set(frame["code_version"]) == {manifest["code_version"]}
+    assert io.read_provenance(out)["bundle"] == str(bundle)
+
+    again = _run_blocked(runner, str(bundle), "--out", str(out), "--device-name", "edge_cpu", "--quiet", cwd=tmp_path)
+    assert again.returncode == 0 and len(io.read_parquet(out)) == 3  # resumed: nothing left, no duplicates
+    other = _run_blocked(runner, str(bundle), "--out", str(out), "--threads", "2", "--quiet", cwd=tmp_path)
+    assert other.returncode != 0 and "other settings" in other.stderr
+
+
+# ----------------------------------------------------------------------------- baselines (error rows)
+def test_baselines_turn_failures_into_rows(monkeypatch, tmp_path):
+    from torch import nn
+
+    from nas_core.latency import baselines
+
+    def fake_build(name):
+        if name == "broken_model":
+            raise RuntimeError("Unknown model (broken_model)")
+        width = {"mobilenetv2_100": 4, "other_net": 8}[name]
+        return nn.Sequential(nn.Conv2d(3, width, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10)).eval()
+
+    real_measure_onnx = baselines.measure_onnx
+
+    def flaky_measure_onnx(path, shape, profile, config=None):
+        if profile.backend == "openvino" and "other_net" in str(path):
+            raise RuntimeError("unsupported operator on this plugin")
+        return real_measure_onnx(path, shape, profile, config=config)
+
+    monkeypatch.setattr(baselines, "build_model", fake_build)
+    monkeypatch.setattr(baselines, "measure_onnx", flaky_measure_onnx)
+    profiles = [get_profile("ort_cpu_fp32"), get_profile("openvino_cpu_fp32"), get_profile("torch_cuda")]
+    out = tmp_path / "baselines.parquet"
+    frame = baselines.measure_baselines(profiles, {"mobilenetv2_100": 32, "other_net": 32, "broken_model": 32},
+                                        out_path=out, config=FAST, progress=False)
+    table = frame.set_index(["model", "device"])
+    assert table.loc[("mobilenetv2_100", "ort_cpu_fp32"), "vs_mobilenetv2"] == pytest.approx(1.0)
+    assert table.loc[("other_net", "ort_cpu_fp32"), "median_ms"] > 0
+    assert "unsupported operator" in table.loc[("other_net", "openvino_cpu_fp32"), "error"]
+    assert table.loc[("broken_model", "ort_cpu_fp32"), "error"].startswith("build failed")
+    assert table.loc[("other_net", "ort_cpu_fp32"), "params"] == 8 * 3 * 9 + 8 + 8 * 10 + 10
+    provenance = io.read_provenance(out)
+    if "torch_cuda" in provenance["skipped_devices"]:
+        assert "torch.cuda.is_available() is False" in provenance["skipped_devices"]["torch_cuda"]
+    assert len(io.read_parquet(out)) == 6
+
+
+# ----------------------------------------------------------------------------- measure_many
+@pytest.mark.parametrize("device", ["ort_cpu_fp32", "openvino_cpu_fp32", "torch_cpu"])
+def test_measure_many_times_torch_modules_through_profile_models(device, tmp_path):
+    from torch import nn
+
+    from nas_core.latency.measure import measure_many
+
+    modules = {f"conv_{w}": nn.Sequential(nn.Conv2d(3, w, 3), nn.ReLU()) for w in (4, 8, 16)}
+    frame = measure_many(modules, get_profile(device), tmp_path / "lut.parquet", workdir=tmp_path / "onnx",
+                         input_shapes={name: (1, 3, 16, 16) for name in modules}, config=FAST, progress=False)
+    assert sorted(frame["id"]) == sorted(modules) and (frame["median_ms"] > 0).all()
+    assert set(frame["device"]) == {device} and set(frame["precision_actual"]) == {"fp32"}
+    expected_runtime = {"ort_cpu_fp32": "onnxruntime", "openvino_cpu_fp32": "openvino", "torch_cpu": "torch"}[device]
+    assert set(frame["runtime"]) == {expected_runtime}
+    exported = sorted(p.name for p in (tmp_path / "onnx").glob("*.onnx"))
+    assert len(exported) == (0 if device == "torch_cpu" else 3)
+
+
+def test_cpu_clock_is_honoured_and_refused_where_it_is_not_latency(tiny_models, tmp_path):
+    cpu_clock = {**ORT.to_settings(), "options": {"clock": "cpu"}}
+    rows = _profile(tiny_models[:2], tmp_path / "cpu.parquet", settings=cpu_clock)
+    assert all(r["median_ms"] > 0 for r in rows)
+    assert io.read_provenance(tmp_path / "cpu.parquet")["clock"] == "cpu"
+    with pytest.raises(ValueError, match="differ|other settings"):  # a wall-clock run must not resume it
+        _profile(tiny_models[:2], tmp_path / "cpu.parquet")
+    with pytest.raises(ValueError, match="single-thread CPU"):
+        _profile(tiny_models[:2], tmp_path / "x.parquet", settings={**cpu_clock, "threads": 2})
