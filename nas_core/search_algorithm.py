@@ -1,0 +1,919 @@
+"""Hardware-aware evolutionary search with search-space evolution (paper §5.1, §5.4, Suppl. S8).
+
+The search maximises predicted accuracy subject to constraints (Eq. 1): calibrated latency on
+one device or on several at once, parameter count, optionally MACs. It works on *genomes*
+(:attr:`SearchSpace.genes`), fully vectorised with numpy: a generation is a handful of array
+operations on [N, 140] integer matrices, never a Python loop over architectures.
+
+The algorithm (Once-for-All's evolution finder, which follows Real et al.'s regularised
+evolution, plus the paper's search-space evolution)::
+
+    P  <- uniform per-gene categorical tables            (the sampling space)
+    population <- `population_size` valid subnets drawn from P
+    for each generation:
+        parents <- top-k of the population by predicted accuracy      (k = parent_ratio * size)
+        Q <- mean predicted accuracy of the parents                    (search space quality)
+        if Q > Q of the current space:                                 (§5.4)
+            P <- alpha * P + (1 - alpha) * P_top-k                     (Theorem 1: still a distribution)
+        children <- mutations (genes redrawn from P with mutate_prob) and
+                    crossovers (gene-wise coin flip between two parents); valid ones only
+                    (all constraints met), drawn until there are enough, attempts counted
+        population <- parents + children
+    return the top-k; the best is the top-1
+
+Design decisions the paper leaves open, each documented where it is implemented:
+
+* ``P_top-k`` counts, for each gene, only the top-k subnets in which that gene is *active*
+  (a block gene beyond its stage's depth, or an MHSA knob where no MHSA is present, carries
+  no choice). A gene active in none of them keeps its P.
+* Inactive genes are canonically 0; before mutation and crossover they are refilled from P,
+  so that a child whose depth grows does not inherit a bias towards choice 0.
+* The population is de-duplicated before selection, so the top-k (and thus Q and P_top-k)
+  never consist of copies of one subnet.
+* Drawing the *initial* population at a tight target from the uniform space needs
+  exponentially many attempts (Fig. 4a, blue). With evolution on, the same moving average
+  also steers P while it is being sampled: while batches yield too few valid subnets, P moves
+  towards the k draws so far closest to feasibility (smallest relative constraint violation)
+  whenever their mean violation improves. With ``evolve_space=False`` the space stays uniform.
+
+Constraint targets below the smallest achievable value fail at once
+(:class:`InfeasibleConstraintError`, naming the lowest achievable value); sampling that hits
+``max_sampling_attempts`` fails with :class:`SamplingBudgetError` instead of hanging.
+
+After the search, :func:`refine_on_device` measures the best candidates on the device itself
+and returns the most accurate one whose measured latency is within [target - 3%, target],
+re-targeting the search by how far the measurements fell from the window when none is.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from .block_catalog import HEAD_CLASSES, BlockCatalog
+from .search_space import (ArchConfig, AttnConfig, BlockConfig, FFNConfig, SearchSpace,
+                           StageConfig)
+
+PROB_ATOL = 1e-9  # Theorem 1 check: probabilities >= 0 and summing to 1 per gene, within this
+
+
+# --------------------------------------------------------------------------- errors
+class SearchError(ValueError):
+    """A search that cannot be run as asked (a ValueError, so the CLI prints it plainly)."""
+
+
+class InfeasibleConstraintError(SearchError):
+    """A constraint below the smallest value any subnet of the space achieves."""
+
+
+class SamplingBudgetError(SearchError):
+    """Too few valid subnets within ``max_sampling_attempts`` draws."""
+
+
+# --------------------------------------------------------------------------- what the search calls
+class AccuracyPredictor(Protocol):
+    def predict_genomes(self, genomes: np.ndarray) -> np.ndarray: ...
+
+
+class LatencyEstimator(Protocol):
+    def predict_genomes(self, genomes: np.ndarray) -> np.ndarray: ...  # calibrated ms
+    def min_latency_ms(self) -> float: ...
+
+
+# --------------------------------------------------------------------------- additive per-block estimators
+def min_table_sum(catalog: BlockCatalog, table: np.ndarray) -> tuple[float, np.ndarray]:
+    """The exact minimum over the whole space of a per-block table summed over a subnet's
+    blocks (``catalog.sum_table``), and a genome that attains it.
+
+    Every subnet has a stem, two conv embeddings, the MHSA-downsampling embed 3 and a head,
+    whose rows depend only on the four widths (and their own knobs); each stage then has
+    ``depth`` FFNs and, in stages 3-4, optional MHSAs. So for each of the 4**4 width
+    combinations the minimum takes each fixed block at its cheapest knobs, each FFN at the
+    stage's cheapest FFN, an MHSA only where it is negative, and the depth that minimises
+    ``depth * (ffn + mhsa)``.
+    """
+    table = np.asarray(table, dtype=float)
+    if table.shape != (len(catalog.blocks),):
+        raise ValueError(f"per-block table has shape {table.shape}; the catalog has {len(catalog.blocks)} rows")
+    spec = catalog.space.spec
+    cheapest = _cheapest_blocks(catalog, table)
+    best_value, best_choice = math.inf, None
+    for widths in itertools.product(*(s.widths for s in spec.stages)):
+        value, choice = _min_for_widths(spec, cheapest, widths)
+        if value < best_value:
+            best_value, best_choice = value, choice
+    genome = catalog.space.encode(_arch_from_choice(catalog.space, best_choice))
+    check = float(catalog.sum_table(table, genome[None])[0])
+    if not math.isclose(check, best_value, rel_tol=1e-9, abs_tol=1e-9):
+        raise AssertionError(f"min_table_sum: argmin genome sums to {check}, expected {best_value}")
+    return best_value, genome
+
+
+def _cheapest_blocks(catalog: BlockCatalog, table: np.ndarray) -> dict[tuple, tuple[float, Any]]:
+    """(kind, stage, in_width, out_width) -> (smallest table value, the BlockSpec attaining it)."""
+    cheapest: dict[tuple, tuple[float, Any]] = {}
+    for value, block in zip(table, catalog.blocks):
+        key = (block.kind, block.stage, block.in_width, block.out_width)
+        if key not in cheapest or value < cheapest[key][0]:
+            cheapest[key] = (float(value), block)
+    return cheapest
+
+
+def _min_for_widths(spec, cheapest, widths) -> tuple[float, dict]:
+    w1, w2, w3, w4 = widths
+    stem = cheapest[("stem", 1, 3, w1)]
+    fixed = [stem, cheapest[("embed", 2, w1, w2)], cheapest[("embed", 3, w2, w3)],
+             cheapest[("embed_attn", 4, w3, w4)], cheapest[("head", 4, w4, HEAD_CLASSES)]]
+    total = sum(v for v, _ in fixed)
+    choice = {"widths": widths, "stem": stem[1], "embed3": fixed[3][1], "stages": []}
+    for stage, width in zip(spec.stages, widths):
+        ffn_value, ffn = cheapest[("ffn", stage.number, width, width)]
+        mhsa_value, mhsa = (cheapest[("mhsa", stage.number, width, width)] if stage.allows_mhsa
+                            else (0.0, None))
+        use_mhsa = mhsa is not None and mhsa_value < 0
+        per_block = ffn_value + (mhsa_value if use_mhsa else 0.0)
+        depth = max(stage.depths) if per_block < 0 else min(stage.depths)
+        total += depth * per_block
+        choice["stages"].append((depth, ffn, mhsa if use_mhsa else None))
+    return total, choice
+
+
+def _arch_from_choice(space: SearchSpace, choice: dict) -> ArchConfig:
+    stages = []
+    for width, (depth, ffn, mhsa) in zip(choice["widths"], choice["stages"]):
+        block = BlockConfig(FFNConfig(ffn.ffn_type, ffn.kernel, ffn.expansion, ffn.act),
+                            AttnConfig(mhsa.value_ratio, mhsa.act) if mhsa is not None else None)
+        stages.append(StageConfig(width, (block,) * depth))
+    embed3 = choice["embed3"]
+    return space.validate(ArchConfig(choice["stem"].act, tuple(stages),
+                                     AttnConfig(embed3.value_ratio, embed3.act)))
+
+
+class BlockTableEstimator:
+    """``scale * (sum of a per-block table over a subnet's blocks) + offset``.
+
+    This is the shape of every additive cost model in the project: a calibrated latency LUT
+    (§5.3: a * LUT sum + b), the parameter count and the MAC count (scale 1, offset 0). The
+    search uses it for the params / MACs constraints; tests and benchmarks use it as a
+    stand-in latency estimator. ``min_value`` is exact (:func:`min_table_sum`).
+    """
+
+    def __init__(self, catalog: BlockCatalog, table: np.ndarray, scale: float = 1.0, offset: float = 0.0,
+                 name: str = "table"):
+        if scale <= 0:
+            raise ValueError(f"{name}: scale must be positive (got {scale}); a negative scale reverses the order")
+        self.catalog = catalog
+        self.table = np.asarray(table, dtype=float)
+        self.scale, self.offset, self.name = float(scale), float(offset), name
+        self._min: tuple[float, np.ndarray] | None = None
+
+    @classmethod
+    def params(cls, catalog: BlockCatalog, num_classes: int = HEAD_CLASSES) -> "BlockTableEstimator":
+        return cls(catalog, catalog.params_table(num_classes), name="params")
+
+    @classmethod
+    def macs(cls, catalog: BlockCatalog, num_classes: int = HEAD_CLASSES) -> "BlockTableEstimator":
+        return cls(catalog, catalog.macs_table(num_classes), name="macs")
+
+    def predict_genomes(self, genomes: np.ndarray) -> np.ndarray:
+        return self.scale * self.catalog.sum_table(self.table, genomes) + self.offset
+
+    def _minimum(self) -> tuple[float, np.ndarray]:
+        if self._min is None:
+            raw, genome = min_table_sum(self.catalog, self.table)
+            self._min = (self.scale * raw + self.offset, genome)
+        return self._min
+
+    def min_value(self) -> float:
+        return self._minimum()[0]
+
+    def argmin_genome(self) -> np.ndarray:
+        return self._minimum()[1].copy()
+
+    def min_latency_ms(self) -> float:  # the LatencyEstimator protocol
+        return self.min_value()
+
+
+# --------------------------------------------------------------------------- the sampling space
+class SamplingDistribution:
+    """One categorical distribution per gene (per block position and knob): the search space
+    that §5.4 evolves. ``probs`` is [G, C] (C = most choices of any gene; columns beyond a
+    gene's choices are 0). Immutable: updates return a new object."""
+
+    def __init__(self, space: SearchSpace, probs: np.ndarray):
+        self.space = space
+        self.probs = np.array(probs, dtype=float)
+        self.probs.setflags(write=False)
+        self.validate()
+        self._cdf = np.cumsum(self.probs, axis=1)
+        self._last = space.num_choices - 1
+
+    @classmethod
+    def uniform(cls, space: SearchSpace) -> "SamplingDistribution":
+        return cls.from_dict(space, space.uniform_probs())
+
+    @classmethod
+    def from_dict(cls, space: SearchSpace, probs: Mapping[str, Sequence[float]]) -> "SamplingDistribution":
+        missing = [g.name for g in space.genes if g.name not in probs]
+        if missing:
+            raise ValueError(f"sampling distribution lacks genes {missing[:5]}{'...' if len(missing) > 5 else ''}")
+        table = np.zeros((len(space.genes), int(space.num_choices.max())))
+        for i, gene in enumerate(space.genes):
+            p = np.asarray(probs[gene.name], dtype=float)
+            if p.shape != (len(gene.choices),):
+                raise ValueError(f"probs[{gene.name!r}] has {p.size} entries; the gene has {len(gene.choices)} choices")
+            table[i, :len(p)] = p
+        return cls(space, table)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """Gene name -> probabilities (the format of ``SearchSpace.sample_genomes(probs=...)``)."""
+        return {g.name: self.probs[i, :len(g.choices)].tolist() for i, g in enumerate(self.space.genes)}
+
+    def validate(self, atol: float = PROB_ATOL) -> None:
+        """Theorem 1, checked: every gene's row is non-negative, zero beyond its choices and
+        sums to 1 within ``atol``."""
+        p, n = self.probs, self.space.num_choices
+        if p.shape != (len(n), int(n.max())):
+            raise ValueError(f"probability table has shape {p.shape}, expected {(len(n), int(n.max()))}")
+        beyond = np.arange(p.shape[1])[None, :] >= n[:, None]
+        bad = (p < -atol).any(axis=1) | (np.abs(p.sum(axis=1) - 1) > atol) | (np.abs(p) * beyond > atol).any(axis=1)
+        if not np.isfinite(p).all() or bad.any():
+            gene = self.space.genes[int(np.flatnonzero(bad | ~np.isfinite(p).all(axis=1))[0])]
+            raise ValueError(f"probabilities of gene {gene.name!r} are not a distribution over "
+                             f"{len(gene.choices)} choices: {self.probs[self.space.gene_index[gene.name]]}")
+
+    def sample_raw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` genomes with every gene drawn (inactive genes too): inverse-CDF sampling of all
+        genes at once. Not canonical; see :meth:`sample`."""
+        u = rng.random((n, self._cdf.shape[0]))
+        drawn = np.zeros(u.shape, dtype=np.int64)
+        for column in self._cdf[:, :-1].T:  # at most 3 thresholds: cheaper than an [n, G, C] array
+            drawn += u >= column
+        return np.minimum(drawn, self._last[None, :])  # float round-off can leave the last cdf < 1
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` canonical genomes (equivalent to ``space.sample_genomes(n, rng, self.to_dict())``,
+        ~10x faster)."""
+        return self.space.canonicalize(self.sample_raw(n, rng))
+
+    def refill_inactive(self, genomes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Redraw the inactive (canonically 0) genes from the distribution."""
+        return np.where(self.space.active_mask(genomes), genomes, self.sample_raw(len(genomes), rng))
+
+    def choice_frequencies(self, genomes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-gene choice frequencies over ``genomes``, counting a gene only in the genomes
+        where it is active: ([G, C] frequencies, [G] bool 'counted in at least one'). Genes
+        counted nowhere get their current probabilities, so a moving average keeps them."""
+        genomes = np.atleast_2d(genomes)
+        active = self.space.active_mask(genomes)
+        num_genes, width = self.probs.shape
+        flat = (np.arange(num_genes)[None, :] * width + genomes)[active]
+        counts = np.bincount(flat, minlength=num_genes * width).reshape(num_genes, width).astype(float)
+        totals = active.sum(axis=0)
+        counted = totals > 0
+        freq = np.where(counted[:, None], counts / np.maximum(totals, 1)[:, None], self.probs)
+        return freq, counted
+
+    def moved_toward(self, genomes: np.ndarray, alpha: float) -> "SamplingDistribution":
+        """§5.4's update: ``P <- alpha * P + (1 - alpha) * P_top-k`` with ``P_top-k`` the choice
+        frequencies of ``genomes`` (:meth:`choice_frequencies`)."""
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        freq, _ = self.choice_frequencies(genomes)
+        return SamplingDistribution(self.space, alpha * self.probs + (1.0 - alpha) * freq)
+
+    def entropy(self) -> float:
+        """Mean over genes of the entropy normalised by log(#choices): 1 = uniform, 0 = fixed."""
+        p = self.probs
+        logs = np.log(np.where(p > 0, p, 1.0))
+        return float(np.mean(-(p * logs).sum(axis=1) / np.log(self.space.num_choices)))
+
+
+# --------------------------------------------------------------------------- constraints
+@dataclass(frozen=True)
+class LatencyConstraint:
+    """Calibrated latency on ``device`` must be <= ``target_ms``."""
+
+    device: str
+    target_ms: float
+    estimator: LatencyEstimator = field(compare=False, repr=False)
+
+
+class Constraints:
+    """Eq. 1's constraint set: latency on one or more devices, params, optionally MACs.
+
+    Metric names (also Parquet column names): ``latency_ms.<device>``, ``params``, ``macs``.
+    """
+
+    def __init__(self, catalog: BlockCatalog, latency: Sequence[LatencyConstraint] = (),
+                 max_params: float | None = None, max_macs: float | None = None,
+                 num_classes: int = HEAD_CLASSES):
+        self.catalog = catalog
+        self.latency = tuple(latency)
+        self.max_params, self.max_macs, self.num_classes = max_params, max_macs, int(num_classes)
+        devices = [c.device for c in self.latency]
+        if len(set(devices)) != len(devices):
+            raise SearchError(f"a device may have one latency target; got {devices}")
+        for name, limit in [*((f"latency_ms.{c.device}", c.target_ms) for c in self.latency),
+                            ("params", max_params), ("macs", max_macs)]:
+            if limit is not None and not (np.isfinite(limit) and limit > 0):
+                raise SearchError(f"constraint {name} must be a positive number, got {limit}")
+        self.params_estimator = BlockTableEstimator.params(catalog, num_classes)
+        self.macs_estimator = BlockTableEstimator.macs(catalog, num_classes)
+
+    @property
+    def devices(self) -> list[str]:
+        return [c.device for c in self.latency]
+
+    def limits(self) -> dict[str, float]:
+        """Metric name -> upper bound, for the constrained metrics only."""
+        out = {f"latency_ms.{c.device}": float(c.target_ms) for c in self.latency}
+        if self.max_params is not None:
+            out["params"] = float(self.max_params)
+        if self.max_macs is not None:
+            out["macs"] = float(self.max_macs)
+        return out
+
+    def _estimators(self) -> dict[str, Any]:
+        return {**{f"latency_ms.{c.device}": c.estimator for c in self.latency},
+                "params": self.params_estimator, "macs": self.macs_estimator}
+
+    def check_feasible(self) -> dict[str, float]:
+        """Raise :class:`InfeasibleConstraintError` if a bound is below the smallest value the
+        space achieves; return the smallest achievable value of each constrained metric."""
+        lowest = {}
+        for name, limit in self.limits().items():
+            estimator = self._estimators()[name]
+            low = float(estimator.min_latency_ms() if name.startswith("latency_ms.") else estimator.min_value())
+            lowest[name] = low
+            if limit < low:
+                raise InfeasibleConstraintError(
+                    f"{_describe_metric(name)} target {_fmt_metric(name, limit)} is infeasible: the lowest "
+                    f"achievable value in the search space is {_fmt_metric(name, low)}")
+        return lowest
+
+    def evaluate(self, genomes: np.ndarray, metrics: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Metric name -> values for ``genomes`` (the constrained metrics by default)."""
+        estimators = self._estimators()
+        names = list(self.limits()) if metrics is None else list(metrics)
+        out = {}
+        for name in names:
+            values = np.asarray(estimators[name].predict_genomes(genomes), dtype=float)
+            if values.shape != (len(genomes),):
+                raise SearchError(f"{name}: estimator returned shape {values.shape} for {len(genomes)} genomes")
+            out[name] = values
+        return out
+
+    def all_metrics(self, genomes: np.ndarray) -> dict[str, np.ndarray]:
+        return self.evaluate(genomes, [*(f"latency_ms.{d}" for d in self.devices), "params", "macs"])
+
+    def violation(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Largest relative excess over a bound (0 where every constraint holds)."""
+        limits = self.limits()
+        if not limits:
+            return np.zeros(len(next(iter(values.values()), [])))
+        excess = [np.maximum(values[name] / limit - 1.0, 0.0) for name, limit in limits.items()]
+        return np.max(excess, axis=0)
+
+    def describe(self) -> dict[str, Any]:
+        return {"latency_ms": {c.device: float(c.target_ms) for c in self.latency},
+                "max_params": self.max_params, "max_macs": self.max_macs, "num_classes": self.num_classes,
+                "resolution": self.catalog.resolution}
+
+    def with_latency_targets(self, targets: Mapping[str, float]) -> "Constraints":
+        """The same constraints with new latency targets (used to re-target a search)."""
+        latency = [dataclasses.replace(c, target_ms=float(targets.get(c.device, c.target_ms))) for c in self.latency]
+        return Constraints(self.catalog, latency, self.max_params, self.max_macs, self.num_classes)
+
+
+def _describe_metric(name: str) -> str:
+    if name.startswith("latency_ms."):
+        return f"latency on {name.split('.', 1)[1]}"
+    return {"params": "parameter count", "macs": "MAC count"}[name]
+
+
+def _fmt_metric(name: str, value: float) -> str:
+    if name.startswith("latency_ms."):
+        return f"{value:.3f} ms"
+    return f"{value / 1e6:.3f} M"
+
+
+# --------------------------------------------------------------------------- search configuration
+@dataclass(frozen=True)
+class EvolutionConfig:
+    """Knobs of the search; the defaults are Once-for-All's evolution finder (population 100,
+    parents 25%, mutation 50% of the children, per-gene mutation probability 0.1) with the
+    paper's search-space evolution on."""
+
+    population_size: int = 100
+    parent_ratio: float = 0.25  # top-k = parent_ratio * population_size
+    mutation_ratio: float = 0.5  # share of the population made by mutation; the rest of the children by crossover
+    mutate_prob: float = 0.1  # per-gene probability of redrawing a gene from P
+    generations: int = 100
+    # Moving-average weight of the current P (§5.4; the paper gives no value). 0.95 had the best
+    # or near-best final accuracy across targets with the stand-ins; 0.8-0.9 converged too early.
+    alpha: float = 0.95
+    evolve_space: bool = True  # the paper's search-space evolution; False = fixed uniform space (Fig. 4, blue)
+    sample_batch: int = 1024  # candidates drawn at once when sampling from P
+    max_sampling_attempts: int = 2_000_000  # per request for valid subnets; then SamplingBudgetError
+    probe_samples: int = 256  # fresh draws per generation that measure P's valid rate (0: off)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.population_size < 2:
+            raise ValueError("population_size must be >= 2")
+        if not 0 < self.parent_ratio <= 1 or self.num_parents < 1:
+            raise ValueError(f"parent_ratio {self.parent_ratio} gives {self.num_parents} parents; need >= 1")
+        if not 0 <= self.mutation_ratio <= 1 - self.parent_ratio + 1e-12:
+            raise ValueError("mutation_ratio must be in [0, 1 - parent_ratio]")
+        for name in ("mutate_prob", "alpha"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1]")
+        for name, least in (("generations", 0), ("probe_samples", 0), ("sample_batch", 1),
+                            ("max_sampling_attempts", 1)):
+            if getattr(self, name) < least:
+                raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
+
+    @property
+    def num_parents(self) -> int:
+        return max(1, int(round(self.population_size * self.parent_ratio)))
+
+    @property
+    def num_mutations(self) -> int:
+        return int(round(self.population_size * self.mutation_ratio))
+
+    @property
+    def num_crossovers(self) -> int:
+        return self.population_size - self.num_parents - self.num_mutations
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> "EvolutionConfig":
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"search.evolution: unknown keys {sorted(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- results
+@dataclass(frozen=True, eq=False)
+class Candidate:
+    """One searched subnet: its genome, predicted accuracy and estimated metrics
+    (``latency_ms.<device>``, ``params``, ``macs``)."""
+
+    genome: tuple[int, ...]
+    predicted_accuracy: float
+    metrics: Mapping[str, float]
+
+    def arch(self, space: SearchSpace) -> ArchConfig:
+        return space.decode(np.asarray(self.genome))
+
+    def latency_ms(self) -> dict[str, float]:
+        return {k.split(".", 1)[1]: v for k, v in self.metrics.items() if k.startswith("latency_ms.")}
+
+
+@dataclass
+class SearchResult:
+    """What :meth:`EvolutionFinder.run` returns. ``history`` has one dict per generation
+    (schema in ``nas_core.search_report``); ``top`` is the final top-k, best first."""
+
+    top: list[Candidate]
+    history: list[dict]
+    distribution: SamplingDistribution
+    constraints: Constraints
+    config: EvolutionConfig
+    lowest_achievable: dict[str, float]
+    seconds: float
+
+    @property
+    def best(self) -> Candidate:
+        return self.top[0]
+
+    def sampling_summary(self) -> dict[str, float]:
+        """Fresh-sample attempts per valid subnet over the whole search (Fig. 4's y-axis) and in
+        the final space (probe)."""
+        fresh = sum(r["fresh_attempts"] for r in self.history)
+        valid = sum(r["fresh_valid"] for r in self.history)
+        last = self.history[-1]
+        return {"fresh_attempts": int(fresh), "fresh_valid": int(valid),
+                "fresh_attempts_per_valid": fresh / valid if valid else math.inf,
+                "final_space_valid_rate": last["space_valid_rate"],
+                "candidate_attempts": int(sum(r["attempts"] for r in self.history)),
+                "candidate_valid_rate": float(sum(r["valid"] for r in self.history) /
+                                              max(1, sum(r["attempts"] for r in self.history)))}
+
+
+# --------------------------------------------------------------------------- the evolutionary search
+class EvolutionFinder:
+    """Evolutionary search over genomes with search-space evolution (module docstring)."""
+
+    def __init__(self, space: SearchSpace, accuracy_predictor: AccuracyPredictor, constraints: Constraints,
+                 config: EvolutionConfig | None = None,
+                 initial_distribution: SamplingDistribution | None = None):
+        self.space = space
+        self.predictor = accuracy_predictor
+        self.constraints = constraints
+        self.config = config or EvolutionConfig()
+        self.distribution = initial_distribution or SamplingDistribution.uniform(space)
+        self._ids: dict[bytes, str] = {}
+
+    # ---- public
+    def run(self, on_generation: Callable[[dict], None] | None = None) -> SearchResult:
+        cfg, started = self.config, time.perf_counter()
+        lowest = self.constraints.check_feasible()
+        rng = np.random.default_rng(cfg.seed)
+        probe_rng = np.random.default_rng([cfg.seed, 1])  # a separate stream: probing never changes results
+        space_quality = -math.inf
+        history: list[dict] = []
+
+        tick = time.perf_counter()
+        stats = _Attempts()
+        population = self._sample_valid(cfg.population_size, rng, stats)
+        accuracy = self._predict(population)
+        for generation in range(cfg.generations + 1):
+            population, accuracy = _unique_by_accuracy(population, accuracy)
+            parents, parent_acc = population[:cfg.num_parents], accuracy[:cfg.num_parents]
+            quality = float(parent_acc.mean())
+            evolved = cfg.evolve_space and quality > space_quality
+            if evolved:
+                self.distribution = self.distribution.moved_toward(parents, cfg.alpha)
+                space_quality = quality
+            row = self._record(generation, population, accuracy, quality, evolved, stats, probe_rng, tick)
+            history.append(row)
+            if on_generation is not None:
+                on_generation(row)
+            if generation == cfg.generations:
+                break
+            tick, stats = time.perf_counter(), _Attempts()
+            children = self._children(parents, rng, stats)
+            population = np.concatenate([parents, children])
+            accuracy = np.concatenate([parent_acc, self._predict(children)])
+        top = self._candidates(population[:cfg.num_parents], accuracy[:cfg.num_parents])
+        return SearchResult(top, history, self.distribution, self.constraints, cfg, lowest,
+                            time.perf_counter() - started)
+
+    # ---- sampling valid subnets
+    def _sample_valid(self, n: int, rng: np.random.Generator, stats: "_Attempts") -> np.ndarray:
+        """``n`` valid subnets drawn from P in batches; with evolution on, P is also steered
+        towards feasibility while too few candidates are valid (module docstring)."""
+        cfg = self.config
+        found: list[np.ndarray] = []
+        need, attempts, best_violation = n, 0, math.inf
+        elite, elite_score = np.empty((0, len(self.space.genes)), dtype=np.int64), np.empty(0)
+        while need > 0:
+            batch = self.distribution.sample(cfg.sample_batch, rng)
+            violation = self.constraints.violation(self.constraints.evaluate(batch))
+            valid_idx = np.flatnonzero(violation == 0)
+            take = valid_idx[:need]
+            # Count attempts as if drawn one by one: up to the last valid subnet taken.
+            attempts += int(take[-1]) + 1 if len(take) == need else len(batch)
+            found.append(batch[take])
+            need -= len(take)
+            if need > 0 and attempts >= cfg.max_sampling_attempts:
+                raise SamplingBudgetError(self._budget_message("sampling", n - need, n, attempts))
+            if need > 0 and cfg.evolve_space:
+                # The k draws closest to feasibility so far (an elite, like the parents: its
+                # quality only improves, so one lucky batch cannot stall the updates).
+                elite, elite_score = _unique_by_accuracy(np.concatenate([elite, batch]),
+                                                         np.concatenate([elite_score, -violation]))
+                elite, elite_score = elite[:cfg.num_parents], elite_score[:cfg.num_parents]
+                mean_violation = float(-elite_score.mean())
+                if mean_violation < best_violation:
+                    self.distribution = self.distribution.moved_toward(elite, cfg.alpha)
+                    best_violation = mean_violation
+        stats.add("fresh", attempts, n)
+        return np.concatenate(found)
+
+    def _children(self, parents: np.ndarray, rng: np.random.Generator, stats: "_Attempts") -> np.ndarray:
+        cfg = self.config
+        mutants = self._valid_offspring("mutation", self._mutate, parents, cfg.num_mutations, rng, stats)
+        crossed = self._valid_offspring("crossover", self._crossover, parents, cfg.num_crossovers, rng, stats)
+        return np.concatenate([mutants, crossed])
+
+    def _valid_offspring(self, kind: str, make: Callable, parents: np.ndarray, n: int,
+                         rng: np.random.Generator, stats: "_Attempts") -> np.ndarray:
+        """``n`` valid children from ``make(parents, m, rng)``, drawn in batches sized by the
+        valid rate seen so far."""
+        found, need, attempts, rate = [], n, 0, 0.5
+        while need > 0:
+            batch = make(parents, int(min(self.config.sample_batch, max(16, 1.5 * need / rate))), rng)
+            valid_idx = np.flatnonzero(self.constraints.violation(self.constraints.evaluate(batch)) == 0)
+            take = valid_idx[:need]
+            attempts += int(take[-1]) + 1 if len(take) == need else len(batch)
+            found.append(batch[take])
+            need -= len(take)
+            rate = max(len(valid_idx) / len(batch), 1.0 / self.config.sample_batch)
+            if need > 0 and attempts >= self.config.max_sampling_attempts:
+                raise SamplingBudgetError(self._budget_message(kind, n - need, n, attempts))
+        stats.add(kind, attempts, n)
+        return np.concatenate(found) if found else np.empty((0, len(self.space.genes)), dtype=np.int64)
+
+    def _mutate(self, parents: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Each child copies a random parent and redraws each gene from P with ``mutate_prob``."""
+        base = self.distribution.refill_inactive(parents[rng.integers(len(parents), size=n)], rng)
+        redraw = rng.random(base.shape) < self.config.mutate_prob
+        return self.space.canonicalize(np.where(redraw, self.distribution.sample_raw(n, rng), base))
+
+    def _crossover(self, parents: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        """Each child takes every gene from one of two random parents (a fair coin per gene)."""
+        pair = rng.integers(len(parents), size=(2, n))
+        a = self.distribution.refill_inactive(parents[pair[0]], rng)
+        b = self.distribution.refill_inactive(parents[pair[1]], rng)
+        return self.space.canonicalize(np.where(rng.random(a.shape) < 0.5, a, b))
+
+    # ---- helpers
+    def _predict(self, genomes: np.ndarray) -> np.ndarray:
+        if len(genomes) == 0:
+            return np.empty(0)
+        accuracy = np.asarray(self.predictor.predict_genomes(genomes), dtype=float).reshape(-1)
+        if accuracy.shape != (len(genomes),) or not np.isfinite(accuracy).all():
+            raise SearchError(f"accuracy predictor returned {accuracy.shape} values (finite: "
+                              f"{np.isfinite(accuracy).all()}) for {len(genomes)} genomes")
+        return accuracy
+
+    def _probe(self, rng: np.random.Generator) -> float:
+        """Valid rate of fresh samples from the current P (Fig. 4: 1 / attempts per valid)."""
+        if self.config.probe_samples == 0:
+            return math.nan
+        batch = self.distribution.sample(self.config.probe_samples, rng)
+        return float(np.mean(self.constraints.violation(self.constraints.evaluate(batch)) == 0))
+
+    def _record(self, generation, population, accuracy, quality, evolved, stats, probe_rng, tick) -> dict:
+        best = self.constraints.all_metrics(population[:1])
+        row = {"generation": generation, "best_accuracy": float(accuracy[0]), "quality": quality,
+               "space_evolved": bool(evolved), **stats.as_row(),
+               "space_valid_rate": self._probe(probe_rng), "space_entropy": self.distribution.entropy(),
+               "population": len(population), "best_arch_id": self._arch_id(population[0]),
+               **{f"best_{k}": float(v[0]) for k, v in best.items()}}
+        row["seconds"] = time.perf_counter() - tick
+        return row
+
+    def _arch_id(self, genome: np.ndarray) -> str:
+        key = genome.tobytes()
+        if key not in self._ids:
+            self._ids[key] = self.space.decode(genome).arch_id
+        return self._ids[key]
+
+    def _candidates(self, genomes: np.ndarray, accuracy: np.ndarray) -> list[Candidate]:
+        metrics = self.constraints.all_metrics(genomes)
+        return [Candidate(tuple(int(x) for x in g), float(a), {k: float(v[i]) for k, v in metrics.items()})
+                for i, (g, a) in enumerate(zip(genomes, accuracy))]
+
+    def _budget_message(self, kind: str, got: int, wanted: int, attempts: int) -> str:
+        limits = ", ".join(f"{_describe_metric(k)} <= {_fmt_metric(k, v)}"
+                           for k, v in self.constraints.limits().items())
+        hint = ("relax the constraints, or turn search-space evolution on (evolve_space: true)"
+                if not self.config.evolve_space else "relax the constraints or raise max_sampling_attempts")
+        return (f"{kind}: only {got} of {wanted} valid subnets in {attempts:,} attempts "
+                f"(max_sampling_attempts={self.config.max_sampling_attempts:,}) for {limits}; {hint}")
+
+
+class _Attempts:
+    """Per-generation counters: attempts and valid subnets by kind (fresh / mutation / crossover)."""
+
+    KINDS = ("fresh", "mutation", "crossover")
+
+    def __init__(self):
+        self.attempts = dict.fromkeys(self.KINDS, 0)
+        self.valid = dict.fromkeys(self.KINDS, 0)
+
+    def add(self, kind: str, attempts: int, valid: int) -> None:
+        self.attempts[kind] += attempts
+        self.valid[kind] += valid
+
+    def as_row(self) -> dict:
+        attempts, valid = sum(self.attempts.values()), sum(self.valid.values())
+        return {"attempts": attempts, "valid": valid, "valid_rate": valid / attempts if attempts else math.nan,
+                **{f"{k}_attempts": self.attempts[k] for k in self.KINDS},
+                **{f"{k}_valid": self.valid[k] for k in self.KINDS}}
+
+
+def _unique_by_accuracy(genomes: np.ndarray, accuracy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct genomes, sorted by accuracy (descending; ties by first occurrence)."""
+    rows = np.ascontiguousarray(genomes, dtype=np.int8)  # choices < 128: one byte per gene
+    _, first = np.unique(rows.view(np.dtype((np.void, rows.shape[1]))).ravel(), return_index=True)
+    first = np.sort(first)
+    order = first[np.argsort(-accuracy[first], kind="stable")]
+    return genomes[order], accuracy[order]
+
+
+def search(space: SearchSpace, accuracy_predictor: AccuracyPredictor, constraints: Constraints,
+           config: EvolutionConfig | None = None, on_generation: Callable[[dict], None] | None = None) -> SearchResult:
+    """Run one evolutionary search (see :class:`EvolutionFinder`)."""
+    return EvolutionFinder(space, accuracy_predictor, constraints, config).run(on_generation)
+
+
+# --------------------------------------------------------------------------- names
+def format_number(value: float) -> str:
+    """7.6 -> '7.6', 95.0 -> '95', 7.25 -> '7.25' (file names and model names)."""
+    return f"{float(value):.4g}"
+
+
+def run_name(latency_ms: Mapping[str, float], max_params: float | None = None,
+             max_macs: float | None = None) -> str:
+    """``<device>@<ms>ms[+<device2>@<ms2>ms][_<M>M][_<G>MMACs]``, the paper's naming (§6.2, §6.3)."""
+    if not latency_ms:
+        raise SearchError("a search needs at least one latency target to be named")
+    name = "+".join(f"{device}@{format_number(ms)}ms" for device, ms in latency_ms.items())
+    if max_params is not None:
+        name += f"_{format_number(max_params / 1e6)}M"
+    if max_macs is not None:
+        name += f"_{format_number(max_macs / 1e6)}MMACs"
+    return name
+
+
+def model_name(latency_ms: Mapping[str, float], max_params: float | None = None,
+               max_macs: float | None = None) -> str:
+    """``ours_<device>@<ms>ms...``: how the paper names its searched models."""
+    return "ours_" + run_name(latency_ms, max_params, max_macs)
+
+
+# --------------------------------------------------------------------------- meeting the target on the device
+MeasureFn = Callable[[Candidate], "float | Mapping[str, float]"]
+ResearchFn = Callable[[Mapping[str, float]], Sequence[Candidate]]
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """Knobs of :func:`refine_on_device` (params.yaml ``search.refine``)."""
+
+    tolerance: float = 0.03  # accept measured latency in [target * (1 - tolerance), target]
+    measure_top: int = 5  # candidates measured per round, in order of predicted accuracy
+    max_rounds: int = 3  # search rounds (the first + re-targeted ones)
+
+    def __post_init__(self):
+        if not 0 < self.tolerance < 1 or self.measure_top < 1 or self.max_rounds < 1:
+            raise ValueError(f"search.refine: need 0 < tolerance < 1, measure_top >= 1, max_rounds >= 1; got {self}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> "RefineConfig":
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        if set(values) - known:
+            raise ValueError(f"search.refine: unknown keys {sorted(set(values) - known)}; "
+                             f"known: {', '.join(sorted(known))}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RefineResult:
+    """Outcome of :func:`refine_on_device`. ``records`` has one dict per (measured candidate,
+    device): round, search_target_ms, arch_id, predicted_accuracy, device, target_ms,
+    estimated_ms, measured_ms, measured_over_estimated, bound_by (non-latency
+    constraints that bind), within."""
+
+    chosen: Candidate | None
+    measured_ms: dict[str, float]
+    records: list[dict]
+    rounds: int
+    message: str
+    window: dict[str, tuple[float, float]]
+
+    @property
+    def within(self) -> bool:
+        return self.chosen is not None
+
+    def to_dict(self, space: SearchSpace | None = None) -> dict:
+        out = {"within": self.within, "measured_ms": self.measured_ms, "rounds": self.rounds,
+               "message": self.message, "window_ms": {d: list(w) for d, w in self.window.items()},
+               "records": self.records}
+        if self.chosen is not None and space is not None:
+            out["arch_id"] = self.chosen.arch(space).arch_id
+        return out
+
+
+def refine_on_device(candidates: Sequence[Candidate], measure_fn: MeasureFn, target: float | Mapping[str, float], *,
+                     tolerance: float = 0.03, measure_top: int = 5, max_rounds: int = 3,
+                     research: ResearchFn | None = None, arch_id: Callable[[Candidate], str] | None = None,
+                     other_limits: Mapping[str, float] | None = None,
+                     log: Callable[[str], None] | None = None) -> RefineResult:
+    """The most accurate candidate whose *measured* latency is within
+    ``[target * (1 - tolerance), target]``.
+
+    With several devices, one architecture rarely sits at every target at once (usually one
+    constraint binds), so "within" means: at most the target on every device and within the
+    window on at least one of them. When a non-latency constraint binds instead
+    (``other_limits``, e.g. ``{"params": 5e6}``: the candidate's value is within ``tolerance``
+    of that limit), the latency cannot be pushed up to the window, and at most the target on
+    every device is enough.
+
+    Each round measures up to ``measure_top`` candidates in order of predicted accuracy and
+    stops at the first one within the window (it is the most accurate within, since the order
+    is by accuracy). If none is, ``research`` is asked for new candidates at search targets
+    ``search_target * center / median(measured)`` per device (``center`` = the middle of the
+    window): this corrects both the estimator's bias (measured / estimated) and the search's
+    slack below its bound, and compounds over rounds. At most ``max_rounds`` rounds; without
+    ``research`` only one. Measurements are reused by ``arch_id`` (default: the genome).
+
+    ``measure_fn(candidate)`` returns measured milliseconds: a float for one device, or
+    device -> ms.
+    """
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
+    targets = _targets_by_device(candidates, target)
+    window = {d: (t * (1 - tolerance), t) for d, t in targets.items()}
+    key = arch_id or (lambda c: ",".join(map(str, c.genome)))
+    say = log or (lambda _msg: None)
+    measured: dict[str, dict[str, float]] = {}
+    records: list[dict] = []
+    search_targets = dict(targets)
+    for round_number in range(1, max_rounds + 1):
+        round_ms: dict[str, list[float]] = {d: [] for d in targets}
+        for cand in sorted(candidates, key=lambda c: -c.predicted_accuracy)[:measure_top]:
+            if key(cand) not in measured:
+                measured[key(cand)] = _as_device_ms(measure_fn(cand), targets)
+            ms = measured[key(cand)]
+            bound_by = [k for k, limit in (other_limits or {}).items() if cand.metrics[k] >= (1 - tolerance) * limit]
+            inside = _within(ms, window, lower_bound=not bound_by)
+            for d in targets:
+                round_ms[d].append(ms[d])
+                records.append(_refine_record(round_number, search_targets[d], key(cand), cand, d, targets[d],
+                                              ms[d], bound_by, inside))
+            say(f"round {round_number}: {key(cand)} acc {cand.predicted_accuracy:.4f} " +
+                " ".join(f"{d} est {cand.latency_ms()[d]:.3f} ms measured {ms[d]:.3f} ms" for d in targets) +
+                (" -> within" if inside else ""))
+            if inside:
+                message = f"measured within [-{tolerance:.0%}, 0] of the target in round {round_number}"
+                return RefineResult(cand, ms, records, round_number, message, window)
+        if research is None or round_number == max_rounds:
+            break
+        center = {d: (lo + hi) / 2 for d, (lo, hi) in window.items()}
+        search_targets = {d: search_targets[d] * center[d] / float(np.median(round_ms[d])) for d in targets}
+        say("none within; searching again at " + ", ".join(f"{d} {t:.3f} ms" for d, t in search_targets.items()))
+        candidates = list(research(search_targets))
+    ratios = {d: float(np.median([r["measured_over_estimated"] for r in records if r["device"] == d]))
+              for d in targets}
+    message = (f"no candidate measured within [-{tolerance:.0%}, 0] of {targets} after {round_number} round(s) "
+               f"({len(measured)} measured; median measured/estimated {ratios})")
+    return RefineResult(None, {}, records, round_number, message, window)
+
+
+def _refine_record(round_number, search_target, arch_id, cand, device, target, measured, bound_by, inside) -> dict:
+    estimate = cand.latency_ms()[device]
+    return {"round": round_number, "search_target_ms": search_target, "arch_id": arch_id,
+            "predicted_accuracy": cand.predicted_accuracy, "device": device, "target_ms": target,
+            "estimated_ms": estimate, "measured_ms": measured, "measured_over_estimated": measured / estimate,
+            "bound_by": ",".join(bound_by), "within": inside}
+
+
+def _within(measured: Mapping[str, float], window: Mapping[str, tuple[float, float]], lower_bound: bool = True) -> bool:
+    """At most the target everywhere, and (if ``lower_bound``) at most ``tolerance`` below it somewhere."""
+    return (all(measured[d] <= hi for d, (_lo, hi) in window.items())
+            and (not lower_bound or any(measured[d] >= lo for d, (lo, _hi) in window.items())))
+
+
+def _targets_by_device(candidates: Sequence[Candidate], target: float | Mapping[str, float]) -> dict[str, float]:
+    if not candidates:
+        raise SearchError("refine_on_device: no candidates to measure")
+    devices = list(candidates[0].latency_ms())
+    if isinstance(target, Mapping):
+        missing = set(target) - set(devices)
+        if missing:
+            raise SearchError(f"refine_on_device: candidates have no latency estimate for {sorted(missing)}")
+        return {d: float(t) for d, t in target.items()}
+    if len(devices) != 1:
+        raise SearchError(f"refine_on_device: a single target needs candidates for one device; they have {devices}")
+    return {devices[0]: float(target)}
+
+
+def _as_device_ms(value: float | Mapping[str, float], targets: Mapping[str, float]) -> dict[str, float]:
+    if isinstance(value, Mapping):
+        missing = set(targets) - set(value)
+        if missing:
+            raise SearchError(f"measure_fn returned no latency for {sorted(missing)}")
+        return {d: float(value[d]) for d in targets}
+    if len(targets) != 1:
+        raise SearchError("measure_fn returned one number for several devices; return device -> ms")
+    return {next(iter(targets)): float(value)}
+
+
+def device_measure_fn(space: SearchSpace, profiles: Mapping[str, Any], *, num_classes: int = HEAD_CLASSES,
+                      resolution: int | None = None, timing_config=None) -> MeasureFn:
+    """A ``measure_fn`` timing the candidate as a standalone ``SubnetModel`` (random weights:
+    weights do not change latency) on each device profile with
+    ``nas_core.latency.measure.measure_module``; returns device -> median ms. The caller
+    holds the machine's exclusive CPU lock around it (nas_core cannot import tasks)."""
+    from .latency.measure import measure_module
+    from .subnet import SubnetModel
+
+    def measure(candidate: Candidate) -> dict[str, float]:
+        out = {}
+        for name, profile in profiles.items():
+            size = resolution or profile.resolution
+            model = SubnetModel(candidate.arch(space), num_classes=num_classes, resolution=size).eval()
+            out[name] = measure_module(model, profile.input_shape(size), profile, config=timing_config).median_ms
+        return out
+
+    return measure
