@@ -1,0 +1,193 @@
+"""Latency of architectures for the search: calibrated LUT sums over batches of genomes (§5.3).
+
+The search scores millions of candidates, so the estimate is a table look-up and a sum
+(Once-for-All calls this the efficiency predictor)::
+
+    lut_sum(subnet) = sum of its blocks' LUT latencies            (BlockCatalog.sum_table)
+    latency(subnet) = a · lut_sum(subnet) + b                      (the calibration fit)
+
+Everything is vectorised over genomes (``SearchSpace.genes``): no architecture objects,
+no Python loop per candidate. ``LatencyEstimator.from_files`` refuses any table that would
+give a silently wrong number: a LUT for another device, runtime version, resolution,
+precision, threads or batch; a LUT with missing blocks; a fit made from another LUT.
+
+>>> est = LatencyEstimator.from_files("data/lut/ort_cpu_fp32.parquet",
+...                                   "data/lut/ort_cpu_fp32.fit.json", "ort_cpu_fp32")  # doctest: +SKIP
+>>> est.predict_genomes(space.sample_genomes(100_000, rng))        # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import warnings
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from nas_core.block_catalog import HEAD_CLASSES, BlockCatalog, BlockSpec
+from nas_core.io import file_sha256
+from nas_core.latency.calibration import read_fit
+from nas_core.latency.devices import DeviceProfile, get_profile, load_profiles
+from nas_core.latency.lut import LookupTable, LutError, LutPaths
+from nas_core.search_space import ArchConfig, AttnConfig, BlockConfig, FFNConfig, SearchSpace, StageConfig
+
+
+class LatencyEstimator:
+    """Calibrated latency (ms) of genomes on one device: ``a · Σ block_ms + b``.
+
+    ``block_ms`` holds one latency per catalog row (``catalog.blocks``); ``a = 1, b = 0``
+    gives the raw LUT sum.
+    """
+
+    def __init__(self, catalog: BlockCatalog, block_ms: np.ndarray, a: float = 1.0, b: float = 0.0, *,
+                 device: str | None = None, provenance: Mapping | None = None):
+        block_ms = np.asarray(block_ms, dtype=np.float64)
+        if block_ms.shape != (len(catalog.blocks),):
+            raise LutError(f"block_ms must have one value per catalog block ({len(catalog.blocks)}), "
+                           f"got shape {block_ms.shape}")
+        if not np.isfinite(block_ms).all():
+            raise LutError(f"block_ms has {int((~np.isfinite(block_ms)).sum())} missing (non-finite) latencies")
+        self.catalog, self.space = catalog, catalog.space
+        self.block_ms, self.a, self.b = block_ms, float(a), float(b)
+        self.device = device
+        self.provenance = dict(provenance or {})
+
+    @classmethod
+    def from_files(cls, lut_parquet: str | os.PathLike, fit_json: str | os.PathLike | None,
+                   profile: DeviceProfile | str, *, runtime_version: str | None = None,
+                   space: SearchSpace | None = None, profiles: Mapping[str, DeviceProfile] | None = None,
+                   ) -> "LatencyEstimator":
+        """The estimator of ``profile`` (a DeviceProfile, or a name looked up in ``profiles``,
+        default the built-in ones) from its LUT and calibration fit (None: raw LUT sums).
+
+        Raises ``KeyError`` listing the devices for an unknown name, and ``LutError`` when the
+        LUT does not match the profile (``LookupTable.check_matches``; ``runtime_version``
+        overrides the expected version, e.g. for a LUT measured on a remote device), lacks
+        blocks, or the fit was made for another device or from another LUT.
+        """
+        if isinstance(profile, str):
+            profile = get_profile(profile, profiles if profiles is not None else load_profiles())
+        lut = LookupTable.read(lut_parquet)
+        lut.check_matches(profile, runtime_version)
+        catalog = BlockCatalog(space or SearchSpace(), profile.resolution)
+        block_ms = lut.require_complete(catalog, f"complete it: scan-edge lut build --device {profile.name} --resume")
+        a, b, fit_provenance = 1.0, 0.0, None
+        if fit_json is not None:
+            fit_provenance = _checked_fit(fit_json, lut, profile)
+            a, b = fit_provenance["a"], fit_provenance["b"]
+        provenance = {"lut": str(lut_parquet), "fit": str(fit_json) if fit_json else None,
+                      "lut_identity": lut.identity, "calibrated": fit_json is not None}
+        return cls(catalog, block_ms, a, b, device=profile.name, provenance=provenance)
+
+    @classmethod
+    def for_device(cls, profile: DeviceProfile | str, root: str | os.PathLike = "data/lut", **kwargs
+                   ) -> "LatencyEstimator":
+        """``from_files`` with the standard file names under ``root`` (``LutPaths``)."""
+        name = profile if isinstance(profile, str) else profile.name
+        paths = LutPaths.for_device(name, root)
+        return cls.from_files(paths.lut, paths.fit, profile, **kwargs)
+
+    # ---- estimates
+    def raw_sum_ms(self, genomes: np.ndarray) -> np.ndarray:
+        """Sum of the LUT latencies of each genome's blocks (uncalibrated), shape [N]."""
+        return self.catalog.sum_table(self.block_ms, genomes)
+
+    def predict_genomes(self, genomes: np.ndarray) -> np.ndarray:
+        """Calibrated latency (ms) of each genome, shape [N]."""
+        return self.a * self.raw_sum_ms(genomes) + self.b
+
+    def predict(self, archs: ArchConfig | Iterable[ArchConfig]) -> np.ndarray:
+        """Calibrated latency (ms) of architectures (one or many), shape [N]."""
+        archs = [archs] if isinstance(archs, ArchConfig) else list(archs)
+        return self.predict_genomes(np.stack([self.space.encode(arch) for arch in archs]))
+
+    def count_params(self, genomes: np.ndarray, num_classes: int = HEAD_CLASSES) -> np.ndarray:
+        return self.catalog.count_params(genomes, num_classes)
+
+    def count_macs(self, genomes: np.ndarray, num_classes: int = HEAD_CLASSES) -> np.ndarray:
+        return self.catalog.count_macs(genomes, num_classes)
+
+    # ---- the feasible range
+    def min_latency_ms(self) -> float:
+        """The exact minimum calibrated latency over the whole space (targets below it are infeasible)."""
+        return float(self.predict(self.fastest_arch())[0])
+
+    def fastest_arch(self) -> ArchConfig:
+        """An architecture with the minimum calibrated latency (the minimum raw sum when a >= 0)."""
+        return _extreme_arch(self.catalog, self.block_ms if self.a >= 0 else -self.block_ms)
+
+
+def _checked_fit(fit_json, lut: LookupTable, profile: DeviceProfile) -> dict:
+    fit = read_fit(fit_json)
+    if fit.get("device") != profile.name:
+        raise LutError(f"{fit_json} calibrates device {fit.get('device')!r}, not {profile.name!r}")
+    made_from = (fit.get("lut") or {}).get("sha256")
+    if made_from != file_sha256(lut.path):
+        raise LutError(f"{fit_json} was fitted on another version of {lut.path} (the LUT changed since); "
+                       f"re-run scan-edge lut calibrate --device {profile.name}")
+    if not fit["a"] > 0:
+        raise LutError(f"{fit_json}: calibration slope a = {fit['a']} is not positive, so the estimate would "
+                       f"rank architectures backwards; re-run the calibration on a quiet machine")
+    if not (fit.get("targets") or {}).get("met", True):
+        scored = ((fit.get("metrics") or {}).get("validation") or {}).get("calibrated") or {}
+        mape, spearman = scored.get("mape_pct") or float("nan"), scored.get("spearman") or float("nan")
+        warnings.warn(f"{fit_json}: the calibrated LUT missed its accuracy targets on the held-out subnets "
+                      f"(MAPE {mape:.1f} %, Spearman {spearman:.3f}); its estimates may be "
+                      "far off. Was the machine busy? Re-run the LUT and calibration on a quiet machine "
+                      "(or with the cpu clock, see nas_core.latency.lut.CLOCKS)", stacklevel=3)
+    return fit
+
+
+def _extreme_arch(catalog: BlockCatalog, cost: np.ndarray) -> ArchConfig:
+    """An architecture minimising the sum of ``cost`` (one value per catalog row), exactly.
+
+    A subnet's blocks are coupled only through the stage widths: given the widths, every
+    block slot is minimised on its own (the cheapest FFN of the stage at that width, an
+    MHSA only where it costs less than nothing, the depth with the lowest total). So the
+    minimum is the best of the per-slot minima over all width combinations (4^4 in Table 2).
+    """
+    spec = catalog.space.spec
+    cheapest = _cheapest_by_slot(catalog, cost)
+    best_total, best_arch = np.inf, None
+    for widths in itertools.product(*(s.widths for s in spec.stages)):
+        total, stem = cheapest[("stem", 1, 3, widths[0])]
+        joins = []
+        for i, stage in enumerate(spec.stages[1:], start=1):
+            kind = "embed_attn" if stage.number == 4 else "embed"
+            value, block = cheapest[(kind, stage.number, widths[i - 1], widths[i])]
+            total += value
+            joins.append(block)
+        head_value, _ = cheapest[("head", spec.stages[-1].number, widths[-1], HEAD_CLASSES)]
+        total += head_value
+        stages = [_cheapest_stage(cheapest, stage, width) for stage, width in zip(spec.stages, widths)]
+        total += sum(value for value, _ in stages)
+        if total < best_total:
+            best_total = total
+            embed3 = next(b for b in joins if b.kind == "embed_attn")
+            best_arch = ArchConfig(stem.act, tuple(config for _, config in stages),
+                                   AttnConfig(embed3.value_ratio, embed3.act))
+    return catalog.space.validate(best_arch)
+
+
+def _cheapest_by_slot(catalog: BlockCatalog, cost: np.ndarray) -> dict[tuple, tuple[float, BlockSpec]]:
+    """(kind, stage, in_width, out_width) -> (lowest cost, its block)."""
+    cheapest: dict[tuple, tuple[float, BlockSpec]] = {}
+    for value, block in zip(cost, catalog.blocks):
+        key = (block.kind, block.stage, block.in_width, block.out_width)
+        if key not in cheapest or value < cheapest[key][0]:
+            cheapest[key] = (float(value), block)
+    return cheapest
+
+
+def _cheapest_stage(cheapest, stage, width: int) -> tuple[float, StageConfig]:
+    ffn_value, ffn = cheapest[("ffn", stage.number, width, width)]
+    block_value = ffn_value
+    attn = None
+    if stage.allows_mhsa:
+        mhsa_value, mhsa = cheapest[("mhsa", stage.number, width, width)]
+        if mhsa_value < 0:  # never with real latencies; keeps the minimum exact for any table
+            block_value += mhsa_value
+            attn = AttnConfig(mhsa.value_ratio, mhsa.act)
+    depth = min(stage.depths, key=lambda d: d * block_value)
+    config = BlockConfig(FFNConfig(ffn.ffn_type, ffn.kernel, ffn.expansion, ffn.act), attn)
+    return depth * block_value, StageConfig(width, (config,) * depth)

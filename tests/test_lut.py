@@ -1,0 +1,443 @@
+"""Latency LUTs (§5.3): subset tables at resolution 64, resume, refusals, the vectorised
+estimator, its exact minimum, the calibration fit, and the torch-free bundle round trip."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nas_core import io
+from nas_core.block_catalog import BlockCatalog
+from nas_core.efficiency_predictor import LatencyEstimator
+from nas_core.latency import calibration, lut, timing
+from nas_core.latency.calibration import SubnetChoice
+from nas_core.latency.devices import get_profile
+from nas_core.latency.lut import LookupTable, LutError, LutPaths
+from nas_core.latency.timing import TimingConfig
+from nas_core.search_space import SearchSpace, SpaceSpec, StageSpec
+
+FAST = TimingConfig(warmup_runs=2, warmup_ms=0, min_repeats=5, min_total_ms=2, max_repeats=100,
+                    max_total_ms=100, check_every=5)
+ORT64 = dataclasses.replace(get_profile("ort_cpu_fp32"), resolution=64)
+SPACE = SearchSpace()
+CATALOG64 = BlockCatalog(SPACE, 64)
+# Three subnets with the same block repeated in each stage: together 19 distinct blocks.
+ARCHS = [SPACE.smallest("unified", "relu"), SPACE.smallest("fused", "relu"), SPACE.smallest("unified", "gelu")]
+SUBNETS = [SubnetChoice(ARCHS[0], "calibration"), SubnetChoice(ARCHS[1], "calibration"),
+           SubnetChoice(ARCHS[2], "validation")]
+BLOCKS = lut.blocks_of(CATALOG64, ARCHS)
+CPU_CLOCK_TIMING = TimingConfig(warmup_runs=5, warmup_ms=30, min_repeats=20, min_total_ms=100)
+QUIET = dict(config=FAST, progress=False, drift_tolerance=10.0, drift_pause_s=0)  # no re-timing on a busy machine
+
+
+@pytest.fixture(scope="module")
+def exports(request) -> Path:
+    """One ONNX export cache for the module, kept between runs in pytest's cache folder: its
+    sub-folders are keyed by a hash of the code that builds the models, so a kept export is
+    never stale, and a second run skips the minutes of exporting on a busy machine."""
+    return Path(request.config.cache.mkdir("scan_edge_lut_onnx"))
+
+
+@pytest.fixture(scope="module")
+def host_lut(tmp_path_factory, exports) -> LutPaths:
+    paths = LutPaths.for_device(ORT64.name, tmp_path_factory.mktemp("lut"), exports)
+    lut.build_lut(ORT64, paths, block_filter=BLOCKS, **QUIET)
+    return paths
+
+
+# ----------------------------------------------------------------------------- building a LUT
+def test_subset_lut_has_its_blocks_with_counts_and_provenance(host_lut):
+    import onnxruntime
+
+    frame = io.read_parquet(host_lut.lut)
+    assert list(frame.columns) == lut.LUT_COLUMNS
+    expected = sorted({*BLOCKS, lut.DEFAULT_REFERENCE_BLOCK}, key=CATALOG64.index.__getitem__)
+    assert list(frame["block_id"]) == expected  # catalog order, reference block included
+    rows = frame.set_index("block_id")
+    assert rows.loc["s3/ffn/w96/fused/k3/e2/relu", "input_shape"] == "1x96x4x4"  # 64 / 16
+    assert rows.loc["stem/w24/gelu", "input_shape"] == "1x3x64x64"
+    assert rows.loc["head/w176", "input_shape"] == "1x176x2x2"
+    index = [CATALOG64.index[i] for i in frame["block_id"]]
+    assert (frame["params"].to_numpy() == CATALOG64.params_table()[index]).all()
+    assert (frame["macs"].to_numpy() == CATALOG64.macs_table()[index]).all()
+    assert (frame["median_ms"] > 0).all() and (frame["p10_ms"] <= frame["median_ms"]).all()
+    assert (frame["median_ms"] <= frame["p90_ms"]).all() and (frame["repeats"] >= FAST.min_repeats).all()
+    assert set(frame["runtime_version"]) == {onnxruntime.__version__} and set(frame["resolution"]) == {64}
+    provenance = io.read_provenance(host_lut.lut)
+    assert provenance["kind"] == "latency_lut" and provenance["source"] == "host"
+    assert provenance["measured_blocks"] == 20 and provenance["catalog_blocks"] == 572
+    assert provenance["complete"] is False
+    assert provenance["identity"]["runtime_version"] == onnxruntime.__version__
+    assert provenance["reference"]["id"] == lut.DEFAULT_REFERENCE_BLOCK
+    assert provenance["machine"] == io.machine_fingerprint()
+
+
+def test_interrupted_build_resumes_without_remeasuring_or_reexporting(tmp_path, exports):
+    profile = dataclasses.replace(ORT64, options={"clock": "cpu"})  # the process-CPU-time clock, for a change
+    paths = LutPaths.for_device(ORT64.name, tmp_path, exports)
+    measured: list[str] = []
+
+    def crash_after_four(block_id, result):
+        measured.append(block_id)
+        if len(measured) == 4:  # reference, block of 2 (checkpointed), then one more: crash
+            raise KeyboardInterrupt
+
+    selection = BLOCKS[:6]
+    with pytest.raises(KeyboardInterrupt):
+        lut.build_lut(profile, paths, block_filter=selection, check_every=2, on_measured=crash_after_four, **QUIET)
+    saved = [r["id"] for r in timing.read_rows(paths.block_timings)[0]]
+    assert saved == measured[:3] and not paths.lut.exists()
+    onnx_files = sorted(paths.exports.rglob("*.onnx"))
+    mtimes = {p: p.stat().st_mtime_ns for p in onnx_files}
+
+    again: list[str] = []
+    with pytest.raises(ValueError, match="other settings"):  # the clock is part of what a resume must match
+        lut.build_lut(ORT64, paths, block_filter=selection, check_every=2, **QUIET)
+    frame = lut.build_lut(profile, paths, block_filter=selection, check_every=2,
+                          on_measured=lambda i, r: again.append(i), **QUIET)
+    remaining = {*selection, lut.DEFAULT_REFERENCE_BLOCK} - set(saved)
+    assert sorted(again) == sorted(remaining)  # finished blocks (and the reference) are not timed again
+    assert len(frame) == 7 and frame["block_id"].is_unique
+    assert all(p.stat().st_mtime_ns == mtimes[p] for p in onnx_files)  # no export redone
+    assert io.read_provenance(paths.lut)["clock"] == "cpu"
+
+
+def test_resume_refuses_timings_of_models_built_by_other_code(tmp_path):
+    raw = tmp_path / "timings.parquet"
+    timing.write_rows(raw, [], {"export_key": "0123456789"})
+    with pytest.raises(LutError, match=r"built by other code \(export key 0123456789, now [0-9a-f]{10}"):
+        lut.check_same_code(raw, resume=True)
+    assert lut.check_same_code(raw, resume=False) == lut.export_key()  # starting over is fine
+
+
+def test_select_blocks_filters_and_names_unknown_ids():
+    catalog = BlockCatalog(SPACE, 224)
+    assert len(lut.select_blocks(catalog)) == 572
+    assert [b.kind for b in lut.select_blocks(catalog, "s3/mhsa/*")] == ["mhsa"] * 24
+    assert len(lut.select_blocks(catalog, lambda b: b.kind == "head", limit=2)) == 2
+    with pytest.raises(LutError, match=r"2 block ids are not in the catalog, e\.g\. \['nope/1', 'nope/2'\]"):
+        lut.select_blocks(catalog, ["stem/w24/relu", "nope/1", "nope/2"])
+
+
+# ----------------------------------------------------------------------------- refusing wrong LUTs
+def _synthetic_lut(path: Path, profile, block_ms: np.ndarray, runtime=None, drop: int = 0) -> Path:
+    """A LUT file as build_lut writes it, with made-up latencies (one per catalog block)."""
+    import onnxruntime
+
+    catalog = BlockCatalog(SPACE, profile.resolution)
+    runtime = runtime or ("onnxruntime", onnxruntime.__version__)
+    identity = timing.run_identity(timing.normalise_settings(profile), runtime, io.machine_fingerprint())
+    base = {k: identity[k] for k in ("device", "backend", "runtime", "runtime_version", "provider", "precision",
+                                     "threads", "batch_size", "resolution", "machine_id")}
+    rows = [{**base, "id": b.block_id, "input_shape": "x".join(map(str, b.input_shape)), "median_ms": float(ms),
+             "p10_ms": ms * 0.9, "p90_ms": ms * 1.1, "mean_ms": float(ms), "min_ms": ms * 0.8, "repeats": 50,
+             "stable": True, "attempts": 1, "drift_flag": False, "reference_ratio": 1.0, "precision_actual": "fp32",
+             "code_version": "test", "timestamp": io.utc_now()}
+            for b, ms in zip(catalog.blocks[: len(catalog.blocks) - drop], block_ms)]
+    provenance = {"identity": identity, "settings": timing.normalise_settings(profile),
+                  "reference": {"id": rows[0]["id"], "baseline_ms": rows[0]["median_ms"]}, "reference_checks": []}
+    frame, lut_provenance = lut.assemble_lut(rows, provenance, catalog, profile)
+    io.write_parquet(path, frame, lut_provenance)
+    return path
+
+
+def _fit_file(path: Path, lut_path: Path, device: str, a: float, b: float) -> Path:
+    io.write_json(path, {"kind": calibration.FIT_KIND, "device": device, "a": a, "b": b,
+                         "lut": {"sha256": io.file_sha256(lut_path)}})
+    return path
+
+
+@pytest.fixture
+def synthetic(tmp_path):
+    block_ms = np.random.default_rng(0).uniform(0.05, 2.0, len(CATALOG64.blocks))
+    lut_path = _synthetic_lut(tmp_path / "ort_cpu_fp32.parquet", ORT64, block_ms)
+    fit_path = _fit_file(tmp_path / "ort_cpu_fp32.fit.json", lut_path, ORT64.name, 0.8, 0.5)
+    return lut_path, fit_path, block_ms
+
+
+def test_estimator_reads_a_matching_lut_and_fit(synthetic):
+    lut_path, fit_path, block_ms = synthetic
+    estimator = LatencyEstimator.from_files(lut_path, fit_path, ORT64)
+    genome = SPACE.encode(ARCHS[0])[None]
+    expected_raw = sum(block_ms[CATALOG64.index[i]] for i in CATALOG64.block_ids(ARCHS[0]))
+    assert estimator.raw_sum_ms(genome)[0] == pytest.approx(expected_raw)
+    assert estimator.predict_genomes(genome)[0] == pytest.approx(0.8 * expected_raw + 0.5)
+    raw_only = LatencyEstimator.from_files(lut_path, None, ORT64)
+    assert raw_only.predict(ARCHS[0])[0] == pytest.approx(expected_raw)
+    missed = {**json.loads(fit_path.read_text()), "targets": {"met": False},
+              "metrics": {"validation": {"calibrated": {"mape_pct": 15.5, "spearman": 0.8}}}}
+    io.write_json(fit_path, missed)
+    with pytest.warns(UserWarning, match=r"missed its accuracy targets .*MAPE 15\.5 %, Spearman 0\.800"):
+        LatencyEstimator.from_files(lut_path, fit_path, ORT64)
+
+
+def test_estimator_refuses_luts_made_another_way(synthetic, tmp_path):
+    lut_path, fit_path, block_ms = synthetic
+    with pytest.raises(LutError, match=r"runtime_version: '\d[^']*' in the LUT, '0\.0\.1' wanted"):
+        LatencyEstimator.from_files(lut_path, fit_path, ORT64, runtime_version="0.0.1")
+    with pytest.raises(LutError, match=r"resolution: 64 in the LUT, 224 wanted"):
+        LatencyEstimator.from_files(lut_path, fit_path, dataclasses.replace(ORT64, resolution=224))
+    with pytest.raises(LutError, match=r"threads: 1 in the LUT, 2 wanted"):
+        LatencyEstimator.from_files(lut_path, fit_path, dataclasses.replace(ORT64, threads=2))
+    with pytest.raises(LutError, match=r"precision: 'fp32' in the LUT, 'default' wanted"):
+        LatencyEstimator.from_files(lut_path, fit_path, dataclasses.replace(ORT64, precision="default"))
+    with pytest.raises(LutError, match=r"clock: 'wall' in the LUT, 'cpu' wanted"):
+        LatencyEstimator.from_files(lut_path, fit_path, dataclasses.replace(ORT64, options={"clock": "cpu"}))
+    with pytest.raises(LutError, match="the cpu clock reads latency only for single-thread CPU profiles"):
+        lut.profile_clock(dataclasses.replace(ORT64, threads=2, options={"clock": "cpu"}))
+    old_runtime = _synthetic_lut(tmp_path / "old.parquet", ORT64, block_ms, runtime=("onnxruntime", "1.10.0"))
+    with pytest.raises(LutError, match=r"runtime_version: '1\.10\.0' in the LUT"):
+        LatencyEstimator.from_files(old_runtime, None, ORT64)
+    with pytest.raises(KeyError, match=r"unknown device 'jetson_nano'; known devices: .*ort_cpu_fp32"):
+        LatencyEstimator.from_files(lut_path, fit_path, "jetson_nano")
+    trt = dataclasses.replace(get_profile("tensorrt_fp32"), name=ORT64.name, resolution=64)
+    with pytest.raises(LutError, match="tensorrt is not installed"):
+        LatencyEstimator.from_files(lut_path, fit_path, trt)
+
+
+def test_estimator_refuses_missing_blocks_and_stale_fits(synthetic, tmp_path):
+    lut_path, fit_path, block_ms = synthetic
+    partial = _synthetic_lut(tmp_path / "partial.parquet", ORT64, block_ms, drop=3)
+    with pytest.raises(LutError, match=r"lacks 3 of 572 blocks \(e\.g\. head/w200, head/w224, head/w248\)"):
+        LatencyEstimator.from_files(partial, None, ORT64)
+    _synthetic_lut(lut_path, ORT64, block_ms * 2)  # re-measured after the fit
+    with pytest.raises(LutError, match="fitted on another version"):
+        LatencyEstimator.from_files(lut_path, fit_path, ORT64)
+    _fit_file(fit_path, lut_path, "openvino_cpu_fp32", 1.0, 0.0)
+    with pytest.raises(LutError, match="calibrates device 'openvino_cpu_fp32'"):
+        LatencyEstimator.from_files(lut_path, fit_path, ORT64)
+
+
+# ----------------------------------------------------------------------------- the estimator
+def _block_ids_by_hand(arch) -> list[str]:
+    """The block ids of an architecture, written out from the block id scheme (independent of block_rows)."""
+    w = arch.widths
+    ids = [f"stem/w{w[0]}/{arch.stem_act}"]
+    for n, stage in enumerate(arch.stages, start=1):
+        if n in (2, 3):
+            ids.append(f"embed{n - 1}/w{w[n - 2]}-{w[n - 1]}")
+        if n == 4:
+            ids.append(f"embed3/w{w[2]}-{w[3]}/v{arch.embed3_attn.value_ratio}/{arch.embed3_attn.act}")
+        for block in stage.blocks:
+            if block.mhsa is not None:
+                ids.append(f"s{n}/mhsa/w{stage.width}/v{block.mhsa.value_ratio}/{block.mhsa.act}")
+            f = block.ffn
+            ids.append(f"s{n}/ffn/w{stage.width}/{f.type}/k{f.kernel}/e{f.expansion}/{f.act}")
+    return ids + [f"head/w{w[3]}"]
+
+
+def test_vectorised_estimate_equals_the_python_loop_sum():
+    catalog = BlockCatalog(SPACE, 224)
+    block_ms = np.random.default_rng(1).uniform(0.01, 3.0, len(catalog.blocks))
+    estimator = LatencyEstimator(catalog, block_ms, a=0.9, b=1.5)
+    genomes = SPACE.sample_genomes(100, np.random.default_rng(2))
+    loop = np.array([sum(block_ms[catalog.index[i]] for i in _block_ids_by_hand(SPACE.decode(g))) for g in genomes])
+    np.testing.assert_allclose(estimator.raw_sum_ms(genomes), loop, rtol=1e-12)
+    np.testing.assert_allclose(estimator.predict_genomes(genomes), 0.9 * loop + 1.5, rtol=1e-12)
+    np.testing.assert_allclose(estimator.predict([SPACE.decode(g) for g in genomes[:5]]), 0.9 * loop[:5] + 1.5)
+    assert (estimator.count_params(genomes) == catalog.count_params(genomes)).all()
+
+
+TINY = SpaceSpec(
+    stages=(StageSpec(1, 4, (24, 32), (1, 2), False), StageSpec(2, 8, (40, 48), (1,), False),
+            StageSpec(3, 16, (96,), (1,), True), StageSpec(4, 32, (176, 200), (1,), True)),
+    ffn_types=("unified",), kernels=(3, 5), expansions=(2,), activations=("relu",), value_ratios=(2, 3))
+
+
+def test_min_latency_is_the_brute_force_minimum_on_a_tiny_space():
+    space = SearchSpace(TINY)
+    catalog = BlockCatalog(space, 64)
+    genomes = np.indices(tuple(space.num_choices)).reshape(len(space.genes), -1).T  # every genome
+    assert len(genomes) == 2 ** 14
+    for seed in range(3):
+        # Some negative entries too: the minimum must stay exact for any table (optional MHSA, depth).
+        block_ms = np.random.default_rng(seed).uniform(-0.3, 1.0, len(catalog.blocks))
+        for a, b in ((0.7, 2.0), (-0.5, 1.0)):
+            estimator = LatencyEstimator(catalog, block_ms, a=a, b=b)
+            brute = estimator.predict_genomes(genomes).min()
+            assert estimator.min_latency_ms() == pytest.approx(brute, abs=1e-12)
+
+
+def test_min_latency_bounds_every_sampled_subnet():
+    catalog = BlockCatalog(SPACE, 224)
+    block_ms = np.random.default_rng(3).uniform(0.01, 3.0, len(catalog.blocks))
+    estimator = LatencyEstimator(catalog, block_ms, a=0.85, b=0.4)
+    sampled = estimator.predict_genomes(SPACE.sample_genomes(20_000, np.random.default_rng(4)))
+    fastest = estimator.fastest_arch()
+    assert estimator.min_latency_ms() <= sampled.min()
+    assert fastest.depths == tuple(min(s.depths) for s in SPACE.spec.stages) and fastest.num_mhsa == 0
+
+
+# ----------------------------------------------------------------------------- calibration
+def test_fit_recovers_a_and_b_and_metrics_are_exact():
+    rng = np.random.default_rng(5)
+    lut_sum = rng.uniform(10, 60, 10)
+    measured = 0.82 * lut_sum + 1.7 + rng.normal(0, 0.01, 10)
+    fit = calibration.fit_linear(lut_sum, measured)
+    assert fit.a == pytest.approx(0.82, abs=2e-3) and fit.b == pytest.approx(1.7, abs=0.06)
+    exact = calibration.fit_linear([1.0, 2.0, 4.0], [3.0, 5.0, 9.0])
+    assert (exact.a, exact.b) == pytest.approx((2.0, 1.0))
+    m = calibration.error_metrics([11.0, 18.0, 33.0], [10.0, 20.0, 30.0])
+    assert m["mape_pct"] == pytest.approx(10.0) and m["max_abs_err_ms"] == pytest.approx(3.0)
+    assert m["rmse_ms"] == pytest.approx(np.sqrt((1 + 4 + 9) / 3)) and m["spearman"] == pytest.approx(1.0)
+    assert m["bias_ms"] == pytest.approx(2 / 3) and m["max_ape_pct"] == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="2 distinct x"):
+        calibration.fit_linear([3.0, 3.0], [1.0, 2.0])
+
+
+def test_subnet_choice_is_distinct_reproducible_and_stratified_spans_the_range():
+    chosen = calibration.choose_subnets(SPACE, 10, 30, seed=7)
+    ids = [c.arch.arch_id for c in chosen]
+    assert len(set(ids)) == 40 and [c.role for c in chosen] == ["calibration"] * 10 + ["validation"] * 30
+    assert ids == [c.arch.arch_id for c in calibration.choose_subnets(SPACE, 10, 30, seed=7)]
+    catalog = BlockCatalog(SPACE, 224)
+    estimator = LatencyEstimator(catalog, np.random.default_rng(8).uniform(0.01, 3.0, len(catalog.blocks)))
+    spread = calibration.choose_subnets(SPACE, 5, 30, seed=7, sampling="stratified",
+                                        raw_sum_ms=estimator.raw_sum_ms, pool_size=2000)
+    pool = estimator.raw_sum_ms(SPACE.sample_genomes(2000, np.random.default_rng([7, 0])))
+    raw = estimator.predict([c.arch for c in spread[:5]])
+    assert raw[0] == pytest.approx(pool.min()) and raw[-1] == pytest.approx(pool.max())
+    assert [c.arch.arch_id for c in spread[5:]] == ids[10:]  # the same held-out subnets
+
+
+def test_quiet_machine_check_reads_reference_drift_and_load():
+    import pandas as pd
+
+    def check(lut_times, subnet_times, load, clock="wall"):
+        def provenance(times):
+            return {"reference": {"id": "ref", "baseline_ms": times[0]},
+                    "reference_checks": [{"median_ms": t} for t in times[1:]]}
+        table = LookupTable(pd.DataFrame({"load_average": [load] * 3}),
+                            {**provenance(lut_times), "machine": {"cores": 2}, "clock": clock})
+        return calibration.quiet_machine_check(table, provenance(subnet_times), pd.DataFrame({"load_average": [0.5]}))
+
+    quiet = check([1.0, 1.02, 0.98], [1.01, 0.99], load=0.9)
+    assert quiet["ok"] and quiet["ratio"] == pytest.approx(1.0) and quiet["lut_reference_ms"] == 1.0
+    spoiled_baseline = check([1.3, 1.0, 1.0], [1.0], load=0.9)  # the median, not the first timing, is the yardstick
+    assert spoiled_baseline["subnet_run_max_deviation"] == pytest.approx(0.0)
+    assert not spoiled_baseline["ok"] and "moved 30.0%" in spoiled_baseline["reason"]
+    busy = check([1.0, 1.0], [1.0], load=7.5)
+    assert not busy["ok"] and busy["reason"] == "load average 7.5 on 2 cores with the wall clock"
+    assert check([1.0, 1.0], [1.0], load=7.5, clock="cpu")["ok"]
+
+
+def test_host_calibration_fits_and_writes_table_fit_and_figure(host_lut):
+    report = calibration.calibrate(ORT64, host_lut, subnets=SUBNETS, **QUIET)
+    frame = io.read_parquet(host_lut.calibration)
+    assert list(frame.columns) == calibration.CALIBRATION_COLUMNS
+    assert list(frame["role"]) == ["calibration", "calibration", "validation"]
+    lut_ms = LookupTable.read(host_lut.lut).block_ms(CATALOG64)
+    expected_sum = [sum(lut_ms[CATALOG64.index[i]] for i in CATALOG64.block_ids(a)) for a in ARCHS]
+    np.testing.assert_allclose(frame["lut_sum_ms"], expected_sum)
+    calib = frame[frame["role"] == "calibration"]  # two points: the line goes through both
+    np.testing.assert_allclose(calib["calibrated_ms"], calib["median_ms"], rtol=1e-9)
+    np.testing.assert_allclose(frame["calibrated_ms"], report.a * frame["lut_sum_ms"] + report.b)
+    document = json.loads(host_lut.fit.read_text())
+    assert document["a"] == report.a and document["n_calibration"] == 2 and document["n_validation"] == 1
+    assert document["lut"]["sha256"] == io.file_sha256(host_lut.lut)
+    assert document["quiet_machine"]["reference_id"] == lut.DEFAULT_REFERENCE_BLOCK
+    assert set(document["metrics"]["validation"]) == {"lut_sum", "calibrated", "macs", "params"}
+    assert document["metrics"]["validation"]["calibrated"]["spearman"] is None  # one point: no rank correlation
+    assert host_lut.figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # One architecture timed alone (scan-edge latency --measure) agrees with its calibration timing.
+    alone = calibration.measure_arch(ARCHS[2], dataclasses.replace(ORT64, options={"clock": "cpu"}), FAST)
+    assert alone.median_ms == pytest.approx(frame["median_ms"].iloc[2], rel=0.5)
+
+
+# ----------------------------------------------------------------------------- remote devices
+_BLOCKED_RUN = """
+import runpy, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'pandas', 'nas_core', 'timm'):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+sys.meta_path.insert(0, Block())
+sys.argv = [RUNNER, *sys.argv[1:]]
+runpy.run_path(RUNNER, run_name='__main__')
+"""
+
+
+def test_bundle_round_trip_on_a_device_without_torch(tmp_path, exports):
+    bundle = calibration.make_profiling_bundle(
+        ORT64, tmp_path / "bundle", LutPaths.for_device(ORT64.name, tmp_path, exports), block_filter=BLOCKS,
+        subnets=SUBNETS, config=FAST, drift_tolerance=10.0, progress=False)
+    sidecar = json.loads((bundle / calibration.BUNDLE_SIDECAR).read_text())
+    assert len(sidecar["blocks"]) == 20
+    assert [s["role"] for s in sidecar["subnets"]] == ["calibration", "calibration", "validation"]
+    code = _BLOCKED_RUN.replace("RUNNER", repr(str(bundle / "run_bundle.py")))
+    run = subprocess.run([sys.executable, "-c", code, str(bundle), "--out", str(bundle / "lut.parquet"), "--quiet"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "wrote 23 rows" in run.stdout
+
+    paths = LutPaths.for_device(ORT64.name, tmp_path / "imported")
+    report = calibration.import_profiling_results(ORT64, bundle, paths=paths)
+    table = LookupTable.read(paths.lut)
+    assert table.provenance["source"] == "bundle" and len(table.frame) == 20
+    table.check_matches(ORT64)  # measured elsewhere: its runtime version is taken at its word ...
+    with pytest.raises(LutError, match="runtime_version"):
+        table.check_matches(ORT64, runtime_version="0.0.1")  # ... unless the profile says which one
+    calib = report.frame[report.frame["role"] == "calibration"]
+    np.testing.assert_allclose(calib["calibrated_ms"], calib["median_ms"], rtol=1e-9)
+    assert json.loads(paths.fit.read_text())["bundle"] == str(bundle)
+
+    rows, provenance = timing.read_rows(bundle / "lut.parquet")
+    timing.write_rows(tmp_path / "short.parquet", [r for r in rows if r["id"] != SUBNETS[2].id], provenance)
+    with pytest.raises(LutError, match="no timing for 1 of 23 models"):
+        calibration.import_profiling_results(ORT64, bundle, tmp_path / "short.parquet", paths)
+    with pytest.raises(LutError, match="threads: 1 in the bundle, 2 in the profile"):
+        calibration.import_profiling_results(dataclasses.replace(ORT64, threads=2), bundle, paths=paths)
+    with pytest.raises(LutError, match="a bundle's runner times wall-clock latency"):
+        calibration.make_profiling_bundle(dataclasses.replace(ORT64, options={"clock": "cpu"}), tmp_path / "b2")
+
+
+# ----------------------------------------------------------------------------- the command line
+def test_cli_devices_and_latency(synthetic, capsys):
+    from flows.cli import main
+
+    lut_path, fit_path, block_ms = synthetic
+    assert main(["devices", "--json", "--root", str(lut_path.parent)]) == 0
+    devices = {d["device"]: d for d in json.loads(capsys.readouterr().out)}
+    assert devices["ort_cpu_fp32"]["usable"] and devices["ort_cpu_fp32"]["lut"] == "572/572"
+    assert not devices["torch_cuda"]["usable"] and devices["torch_cuda"]["why_not"]
+
+    archs_file = lut_path.parent / "arch.json"
+    io.write_json(archs_file, ARCHS[1].to_dict())
+    assert main(["latency", str(archs_file), "--device", "ort_cpu_fp32", "--resolution", "64",
+                 "--root", str(lut_path.parent), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    raw = sum(block_ms[CATALOG64.index[i]] for i in CATALOG64.block_ids(ARCHS[1]))
+    assert result["estimated_ms"] == pytest.approx(0.8 * raw + 0.5) and result["lut_sum_ms"] == pytest.approx(raw)
+    assert main(["latency", str(archs_file), "--device", "ort_cpu_fp32", "--root", str(lut_path.parent)]) == 2
+    assert "resolution: 64 in the LUT, 224 wanted" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"device 'torch_cuda' cannot be measured here: no CUDA GPU"):
+        main(["lut", "build", "--device", "torch_cuda", "--root", str(lut_path.parent)])
+
+
+# ----------------------------------------------------------------------------- the real thing (minutes)
+@pytest.mark.slow
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_full_lut_and_calibration_meet_the_targets_on_onnxruntime_cpu(tmp_path, clock):
+    """Full 572-block LUT at 224 + 10/30 calibration on ORT CPU (10-20 min each). The wall clock
+    (the paper's) needs a quiet machine; the cpu clock holds on a busy one."""
+    import os
+
+    if clock == "wall" and os.getloadavg()[0] >= (os.cpu_count() or 1):
+        pytest.skip(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: wall-clock timings of "
+                    "long calls would be stretched by other processes")
+    profile = dataclasses.replace(get_profile("ort_cpu_fp32"), options={"clock": clock})
+    paths = LutPaths.for_device(profile.name, tmp_path, export_root="data/lut/_work/onnx")
+    # CPU-time medians settle fast: a shorter timing (as validated in data/lut/cpu_clock) keeps it ~10 min.
+    config = CPU_CLOCK_TIMING if clock == "cpu" else None
+    frame = lut.build_lut(profile, paths, config=config, progress=False)
+    assert len(frame) == 572 and frame["median_ms"].gt(0).all()
+    report = calibration.calibrate(profile, paths, progress=False)
+    validation = report.document["metrics"]["validation"]["calibrated"]
+    assert validation["mape_pct"] <= 3.0 and validation["spearman"] >= 0.95, report.summary()
+    estimator = LatencyEstimator.from_files(paths.lut, paths.fit, profile)
+    assert estimator.min_latency_ms() < report.frame["median_ms"].min()
