@@ -40,7 +40,10 @@ def exports(request) -> Path:
     """One ONNX export cache for the module, kept between runs in pytest's cache folder: its
     sub-folders are keyed by a hash of the code that builds the models, so a kept export is
     never stale, and a second run skips the minutes of exporting on a busy machine."""
-    return Path(request.config.cache.mkdir("scan_edge_lut_onnx"))
+    cache = getattr(request.config, "cache", None)  # absent under `-p no:cacheprovider`
+    if cache is None:
+        return request.getfixturevalue("tmp_path_factory").mktemp("scan_edge_lut_onnx")
+    return Path(cache.mkdir("scan_edge_lut_onnx"))
 
 
 @pytest.fixture(scope="module")
