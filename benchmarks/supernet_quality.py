@@ -1,0 +1,150 @@
+"""Is a trained supernet useful? Inherited-weight accuracy of random subnets vs their size.
+
+    python benchmarks/supernet_quality.py --out quality.json [--supernet data/supernet/supernet.pt]
+                                          [--data data/dataset] [--num-subnets 50] [--val-images 800]
+
+Loads a trained supernet and evaluates, with weights inherited and BatchNorm statistics
+recalibrated on a fixed set of training images (``nas_core.evaluate``), the smallest and
+largest subnets (``space.smallest()`` / ``space.largest()``) and ``--num-subnets`` uniformly
+random ones on the dataset's ``val`` split (a fixed seeded subset with ``--val-images``).
+The search downstream needs three things from it, each reported:
+
+* the largest subnet far above chance (``1 / num_classes``);
+* random subnets' accuracies spread over a useful range (not all at chance, not all equal);
+* accuracy increasing with size: Spearman rank correlation of top-1 with params and MACs.
+
+JSON: ``{"supernet": path, "supernet_meta": {...}, "dataset": path, "num_classes", "chance",
+"val_images", "bn_calib": {"batches", "batch_size"}, "subnets": [{"role", "arch_id",
+"top1", "top5", "loss", "params", "macs", "seconds", "arch"}], "summary": {"top1_largest",
+"top1_smallest", "random_top1": {"min", "median", "max", "std"}, "spearman_params",
+"spearman_macs", "spearman_params_all", "spearman_macs_all", "above_chance_fraction"},
+"threads", "created", "code_version"}``. ``spearman_*`` use the random subnets;
+``*_all`` add the smallest and largest.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nas_core.io import code_version, utc_now, write_json  # noqa: E402
+
+
+def load_eval_data(manifest, root: Path, resolution: int, val_images: int | None, batch_size: int,
+                   calib_batches: int, calib_batch_size: int, seed: int):
+    """Decoded once: the BN calibration batches (train split) and the val batches."""
+    from torch.utils.data import DataLoader, Subset
+
+    from nas_core.data.folders import build_loader
+    from nas_core.evaluate import calibration_batches
+
+    calib_source = build_loader(manifest, root, "train", resolution, calib_batch_size, train=False).dataset
+    calib = calibration_batches(calib_source, calib_batches, calib_batch_size, seed)
+    val = build_loader(manifest, root, "val", resolution, batch_size, train=False).dataset
+    indices = list(range(len(val)))
+    if val_images is not None and val_images < len(val):
+        generator = torch.Generator().manual_seed(seed)
+        indices = sorted(torch.randperm(len(val), generator=generator)[:val_images].tolist())
+    batches = [(x, y) for x, y in DataLoader(Subset(val, indices), batch_size=batch_size)]
+    return calib, batches
+
+
+def evaluate_subnets(supernet, archs, calib, val_batches, num_classes: int) -> list[dict]:
+    from nas_core.block_catalog import BlockCatalog
+    from nas_core.evaluate import evaluate, recalibrate_bn
+
+    catalog = BlockCatalog(supernet.space, supernet.resolution)
+    genomes = np.stack([supernet.space.encode(arch) for _, arch in archs])
+    params = catalog.count_params(genomes, num_classes)
+    macs = catalog.count_macs(genomes, num_classes)
+    rows = []
+    for i, (role, arch) in enumerate(archs):
+        start = time.perf_counter()
+        recalibrate_bn(supernet, arch, calib, len(calib))
+        metrics = evaluate(supernet, val_batches, arch)
+        rows.append({"role": role, "arch_id": arch.arch_id, **metrics, "params": int(params[i]),
+                     "macs": int(macs[i]), "seconds": time.perf_counter() - start, "arch": arch.to_dict()})
+        print(f"{i + 1:>3}/{len(archs)} {role:<9} {arch.arch_id}  top-1 {metrics['top1']:.3f}  "
+              f"params {params[i] / 1e6:5.2f} M  MACs {macs[i] / 1e6:6.1f} M", flush=True)
+    return rows
+
+
+def summarize(rows: list[dict], chance: float) -> dict:
+    from scipy.stats import spearmanr
+
+    random_rows = [r for r in rows if r["role"] == "random"]
+    top1 = [r["top1"] for r in random_rows]
+
+    def rho(subset: list[dict], key: str) -> float:
+        return float(spearmanr([r["top1"] for r in subset], [r[key] for r in subset]).statistic)
+
+    by_role = {r["role"]: r for r in rows if r["role"] in ("smallest", "largest")}
+    return {
+        "top1_largest": by_role["largest"]["top1"], "top1_smallest": by_role["smallest"]["top1"],
+        "random_top1": {"min": min(top1), "median": statistics.median(top1), "max": max(top1),
+                        "std": statistics.pstdev(top1)},
+        "spearman_params": rho(random_rows, "params"), "spearman_macs": rho(random_rows, "macs"),
+        "spearman_params_all": rho(rows, "params"), "spearman_macs_all": rho(rows, "macs"),
+        "above_chance_fraction": sum(t > chance for t in top1) / len(top1),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="JSON file for the results")
+    parser.add_argument("--supernet", default="data/supernet/supernet.pt")
+    parser.add_argument("--data", default="data/dataset", help="dataset folder (with manifest.parquet)")
+    parser.add_argument("--num-subnets", type=int, default=50)
+    parser.add_argument("--val-images", type=int, help="seeded subset of the val split (default: all)")
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--bn-batches", type=int, default=10, help="BN recalibration batches")
+    parser.add_argument("--bn-batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0, help="subnet sampling and subsets")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    from nas_core.data.folders import class_names, load_manifest
+    from nas_core.train import load_supernet
+
+    supernet, meta = load_supernet(args.supernet)
+    manifest = load_manifest(args.data)
+    num_classes = len(class_names(manifest))
+    if num_classes != supernet.num_classes:
+        raise SystemExit(f"error: {args.data} has {num_classes} classes, the supernet {supernet.num_classes}")
+    calib, val_batches = load_eval_data(manifest, Path(args.data), supernet.resolution, args.val_images,
+                                        args.batch_size, args.bn_batches, args.bn_batch_size, args.seed)
+    space = supernet.space
+    rng = np.random.default_rng(args.seed)
+    archs = [("largest", space.largest()), ("smallest", space.smallest())]
+    archs += [("random", space.sample(rng)) for _ in range(args.num_subnets)]
+    rows = evaluate_subnets(supernet, archs, calib, val_batches, num_classes)
+    chance = 1.0 / num_classes
+    summary = summarize(rows, chance)
+    result = {"supernet": args.supernet, "supernet_meta": {k: meta.get(k) for k in (
+                  "epochs", "steps", "resolution", "num_classes", "config", "final_metrics", "code_version")},
+              "dataset": args.data, "num_classes": num_classes, "chance": chance,
+              "val_images": rows[0]["images"], "bn_calib": {"batches": args.bn_batches,
+                                                            "batch_size": args.bn_batch_size},
+              "subnets": rows, "summary": summary, "threads": torch.get_num_threads(),
+              "created": utc_now(), "code_version": code_version()}
+    write_json(args.out, result)
+    r = summary["random_top1"]
+    print(f"\nchance {chance:.3f} | largest {summary['top1_largest']:.3f} | smallest {summary['top1_smallest']:.3f}")
+    print(f"{args.num_subnets} random subnets: top-1 min {r['min']:.3f} median {r['median']:.3f} max {r['max']:.3f} "
+          f"(std {r['std']:.3f}); {summary['above_chance_fraction']:.0%} above chance")
+    print(f"Spearman top-1 vs params {summary['spearman_params']:+.2f}, vs MACs {summary['spearman_macs']:+.2f} "
+          f"(with the extremes: {summary['spearman_params_all']:+.2f} / {summary['spearman_macs_all']:+.2f}); "
+          f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""``scan-edge reproduce | status | stage | dataset | report | reprofile | schedule``: the pipeline.
+
+    scan-edge reproduce [--profile smoke] [--only STAGE ...]   the whole DAG, Prefect flow with cache
+    scan-edge reproduce --dvc                                  the same stages through `dvc repro`
+    scan-edge status [--json]                                  which stages are up to date, stale, and why
+    scan-edge stage NAME [--device D] [--target 1.0x] [--name N] [--prefect]
+                                                               one stage (what dvc.yaml runs)
+    scan-edge dataset | report                                 the dataset / report stages
+    scan-edge reprofile [--device D]                           re-profile devices whose runtime changed
+    scan-edge schedule reprofile --cron "0 3 * * 1"            serve reprofile on a cron schedule
+
+Every command calls the stage functions of ``tasks/stages.py`` (directly, or through their
+cached Prefect tasks); params come from ``--params`` (default params.yaml) and ``--profile``
+(default: the file's ``profile`` key).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+def _params(args) -> dict:
+    from nas_core.params import load_params
+
+    return load_params(args.params, args.profile)
+
+
+def _add_params(p) -> None:
+    p.add_argument("--profile", help="params profile (default: params.yaml's `profile`)")
+    p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    p.add_argument("--root", default="data", help="artifact folder (default data; DVC and status use data)")
+
+
+# --------------------------------------------------------------------------- reproduce
+def cmd_reproduce(args) -> int:
+    if args.dvc:
+        if args.profile or args.only:
+            raise ValueError("--dvc runs dvc.yaml as it is: choose the profile with params.yaml's `profile:` "
+                             "(or `dvc exp run -S profile=NAME`) and stages with `dvc repro STAGE`")
+        return _dvc(["repro"])
+    from flows.reproduce import reproduce
+
+    # The temporary Prefect server inherits this: without internet its telemetry only logs errors.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    params = _params(args)
+    started = time.monotonic()
+    print(f"reproduce: profile {params['profile']}, artifacts in {args.root}/", flush=True)
+    outcome = reproduce(params, root=args.root, only=args.only, record_in_dvc=not args.no_dvc_commit)
+    ran = [step for step, o in outcome.items() if o["status"] == "ran"]
+    print(f"reproduce: {len(outcome)} steps, {len(ran)} ran, {len(outcome) - len(ran)} cached, "
+          f"{time.monotonic() - started:.0f} s; report: {Path(args.root) / 'report' / 'README.md'}")
+    return 0
+
+
+def _dvc(argv: list[str], capture: bool = False) -> int | subprocess.CompletedProcess:
+    """``dvc ARGV`` in this project with analytics off; ``scan-edge`` on the PATH of its stages."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    command = [sys.executable, "-m", "dvc", *argv]
+    if capture:
+        return subprocess.run(command, env=env, capture_output=True, text=True)
+    return subprocess.run(command, env=env).returncode
+
+
+# --------------------------------------------------------------------------- status
+def explain_dvc_status(status: dict, stage_ids: list[str]) -> list[dict]:
+    """``dvc status --json`` as one row per stage: ``{"stage", "state", "why"}``.
+
+    state: ``up to date``, ``never run`` (dvc.lock has no record of it), ``stale`` (a
+    dependency, parameter or output changed: ``why`` says which) or ``always runs`` (the
+    runtime check). Stages DVC lists that the plan does not know are appended.
+    """
+    rows = []
+    for stage in [*stage_ids, *[s for s in status if s not in stage_ids]]:
+        entries = status.get(stage)
+        if not entries:
+            rows.append({"stage": stage, "state": "up to date", "why": ""})
+            continue
+        reasons, never_run = [], False
+        for entry in entries:
+            if entry == "always changed":
+                reasons.append("always changed")
+                continue
+            for kind, changes in entry.items():
+                if not isinstance(changes, dict):
+                    reasons.append(f"{kind}: {changes}")
+                    continue
+                never_run |= changes.get("params.yaml") == "new"  # a stage without a lock entry
+                reasons += [f"{kind.replace('changed ', '')} {path}: {_change_text(what)}"
+                            for path, what in changes.items()]
+        state = "never run" if never_run else ("always runs" if reasons == ["always changed"] else "stale")
+        rows.append({"stage": stage, "state": state, "why": "" if never_run else "; ".join(reasons)})
+    return rows
+
+
+def _change_text(what) -> str:
+    if isinstance(what, dict):  # changed params: {name: {"old": ..., "new": ...}} or "modified"
+        return ", ".join(f"{k} {v}" if not isinstance(v, dict) else f"{k} {v.get('old')!r} -> {v.get('new')!r}"
+                         for k, v in what.items())
+    return str(what)
+
+
+def cmd_status(args) -> int:
+    from tasks.stages import pipeline_steps
+
+    done = _dvc(["status", "--json"], capture=True)
+    if done.returncode != 0:
+        raise ValueError(f"dvc status failed: {done.stderr.strip()[-800:]}")
+    status = json.loads(done.stdout or "{}")
+    rows = explain_dvc_status(status, [step.id for step in pipeline_steps(_params(args), "data")])
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["stage"]) for r in rows)
+    for row in rows:
+        reasons = row["why"].split("; ") if row["why"] else []
+        shown = "; ".join(reasons[:3]) + (f" (+{len(reasons) - 3} more, --json lists all)" if len(reasons) > 3 else "")
+        print(f"{row['stage']:<{width}}  {row['state']:<11} {shown}")
+    todo = sum(r["state"] in ("stale", "never run") for r in rows)
+    print(f"\n{todo} of {len(rows)} stages to run" + ("; `scan-edge reproduce` brings them up to date" if todo else ""))
+    return 0
+
+
+# --------------------------------------------------------------------------- stage
+def stage_options(args) -> dict:
+    """The stage function's options from the command line, checked per stage."""
+    devices = args.device or []
+    if args.stage in ("runtime", "lut", "calibration", "baselines"):
+        if len(devices) != 1:
+            raise ValueError(f"stage {args.stage} needs exactly one --device")
+        return {"device": devices[0]}
+    if args.stage == "search":
+        if not devices or not args.target:
+            raise ValueError("stage search needs --device (one or more) and --target (e.g. 1.0x or 7.6ms)")
+        return {"devices": tuple(devices), "target": args.target, "params_m": args.params_m}
+    if args.stage == "finetune":
+        if not args.name:
+            raise ValueError("stage finetune needs --name (ours_<run> or a baseline of pipeline.finetune_baselines)")
+        return {"name": args.name}
+    return {}
+
+
+def cmd_stage(args) -> int:
+    params = _params(args)
+    options = stage_options(args)
+    if args.prefect:
+        from flows._server import prefect_server
+        from flows.reproduce import needs_server, stage_flow
+
+        with prefect_server(required=args.stage == "pairs" and needs_server(params)):
+            outcome = stage_flow(args.stage, params, options, args.root, refresh=args.force)
+        outputs = next(iter(outcome.values()))["outputs"]
+    else:
+        from tasks.stages import STAGES
+
+        outputs = STAGES[args.stage].function(params, **options, root=args.root)
+    for name, path in outputs.items():
+        print(f"  {name}: {path}")
+    return 0
+
+
+def cmd_dataset(args) -> int:
+    from tasks.stages import stage_dataset
+
+    stage_dataset(_params(args), root=args.root)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from tasks.stages import stage_report
+
+    stage_report(_params(args), root=args.root)
+    return 0
+
+
+# --------------------------------------------------------------------------- reprofile / schedule
+def cmd_reprofile(args) -> int:
+    from flows.reprofile import reprofile_flow
+
+    reprofile_flow(args.params, args.profile, args.root, args.device or None, args.threshold)
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    from flows.reprofile import reprofile_deployment, serve_reprofile
+
+    kwargs = {"params_file": args.params, "profile": args.profile, "root": args.root, "threshold": args.threshold}
+    deployment = reprofile_deployment(args.cron, **kwargs)
+    print(f"deployment {deployment.flow_name}/{deployment.name}: cron {args.cron!r}, parameters "
+          f"{json.dumps(deployment.parameters)}")
+    if args.print_only:
+        return 0
+    print("serving it (Ctrl-C stops; a local Prefect server is started when PREFECT_API_URL is not set)", flush=True)
+    try:
+        serve_reprofile(args.cron, **kwargs)
+    except KeyboardInterrupt:
+        print("stopped")
+    return 0
+
+
+# --------------------------------------------------------------------------- registration
+def register(sub) -> None:
+    p = sub.add_parser("reproduce", help="run the whole pipeline (Prefect flow with cache; --dvc: dvc repro)",
+                       description="Run every stage of DESIGN.md's DAG in dependency order. Stages whose inputs, "
+                                   "params and code are unchanged are not executed (Prefect cache). After a full "
+                                   "run the state is recorded in DVC (dvc commit), so `scan-edge status` agrees.")
+    _add_params(p)
+    p.add_argument("--only", nargs="+", metavar="STAGE",
+                   help="only these stages or steps (e.g. lut, search@ort_cpu_fp32-1.0); inputs must exist")
+    p.add_argument("--dvc", action="store_true", help="run `dvc repro` instead (the same stages, DVC's cache)")
+    p.add_argument("--no-dvc-commit", action="store_true", help="do not record the run in dvc.lock")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("status", help="which stages are up to date, which are stale and why (dvc status)")
+    _add_params(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("stage", help="run one stage (the entry point dvc.yaml calls)",
+                       description="Run one stage function of tasks/stages.py. Per-device stages take --device; "
+                                   "search takes --device (repeat for a joint search) and --target (<k>x: k times "
+                                   "MobileNetV2's measured latency; or <ms>ms); finetune takes --name.")
+    from tasks.stages import STAGES  # light: the stage functions import their libraries when called
+
+    p.add_argument("stage", choices=list(STAGES))
+    _add_params(p)
+    p.add_argument("--device", action="append", help="device profile (repeat for a joint search)")
+    p.add_argument("--target", help="search target: <k>x or <ms>ms")
+    p.add_argument("--params-m", type=float, help="search: parameter bound in millions (Table 4)")
+    p.add_argument("--name", help="finetune: ours_<run> or a baseline name")
+    p.add_argument("--prefect", action="store_true", help="run it as a Prefect flow with its cached task")
+    p.add_argument("--force", action="store_true", help="with --prefect: run even on a cache hit")
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("dataset", help="generate the classification dataset (params dataset:)")
+    _add_params(p)
+    p.set_defaults(func=cmd_dataset)
+
+    p = sub.add_parser("report", help="write data/report/ (Tables 3-6, Figs. 3-5) from the artifacts")
+    _add_params(p)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("reprofile", help="re-profile devices whose runtime version changed; write a change report")
+    _add_params(p)
+    p.add_argument("--device", action="append", help="only this device (repeatable; default search.devices)")
+    p.add_argument("--threshold", type=float, default=0.10, help="report blocks that moved by more (default 0.10)")
+    p.set_defaults(func=cmd_reprofile)
+
+    p = sub.add_parser("schedule", help="serve a flow on a schedule (Prefect deployment)")
+    schedule_sub = p.add_subparsers(dest="flow", required=True, metavar="{reprofile}")
+    p = schedule_sub.add_parser("reprofile", help="re-profile on a cron schedule",
+                                description="Deploy the reprofile flow with a cron schedule and serve it "
+                                            "(prefect serve). Needs a Prefect server: PREFECT_API_URL, or a "
+                                            "local one started for as long as this command runs.")
+    _add_params(p)
+    p.add_argument("--cron", default="0 3 * * 1", help="cron schedule (default: Mondays 03:00)")
+    p.add_argument("--threshold", type=float, default=0.10)
+    p.add_argument("--print-only", action="store_true", help="show the deployment and exit without serving")
+    p.set_defaults(func=cmd_schedule)

@@ -1,0 +1,131 @@
+"""The ``reproduce`` flow: DESIGN.md's whole DAG, one cached Prefect task per stage run.
+
+    dataset -> supernet -> pairs -> predictor
+    per device: runtime -> lut -> calibration, baselines
+    per search (device x target [x params bound]): search -> fine-tune (measured on the device)
+    baselines trained like ours -> transfer -> detection -> report
+
+``tasks.stages.pipeline_steps`` lists the steps in dependency order; the flow runs them one
+after the other (each stage already uses the machine: parallel stages would only fight
+over its cores, and latency measurement must run alone anyway), printing one progress
+line per step. A step whose cache key is unchanged (its params sections, the content of
+what it reads, its code, the runtimes it measures with) is not executed: a second
+``reproduce`` with nothing changed runs no stage, and changing one parameter re-runs that
+stage and, through the content of its outputs, what depends on it.
+
+:func:`reproduce` runs the flow inside a real Prefect server when a step needs one (a
+Dask runner for the pairs stage) and, after a complete run, records the state in DVC
+(``dvc commit``) so that ``scan-edge status`` / ``dvc status`` agree with what the flow
+made. ``stage_flow`` runs a single stage the same way (``scan-edge stage NAME --prefect``).
+"""
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from prefect import flow
+
+from flows._server import prefect_server, require_flow_result
+from tasks import stages
+from tasks.prefect_tasks import step_arguments, step_task
+
+
+def select_steps(steps: Sequence[stages.Step], only: Sequence[str] | None) -> list[stages.Step]:
+    """The steps named in ``only`` (a stage name such as ``lut`` or a step id such as
+    ``lut@ort_cpu_fp32``), in pipeline order; all of them when ``only`` is empty."""
+    if not only:
+        return list(steps)
+    known = {s.stage for s in steps} | {s.id for s in steps}
+    unknown = [name for name in only if name not in known]
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; stages: {', '.join(dict.fromkeys(s.stage for s in steps))}; "
+                         f"steps: {', '.join(s.id for s in steps)}")
+    return [s for s in steps if s.stage in only or s.id in only]
+
+
+def _run_steps(steps: Sequence[stages.Step], params: Mapping[str, Any], root: str, results: str | None,
+               refresh: bool = False) -> dict[str, dict]:
+    """Run the steps' cached tasks in order; stop at the first failure (its error is raised)."""
+    outcome: dict[str, dict] = {}
+    for index, step in enumerate(steps, 1):
+        started, cpu_started = time.monotonic(), _cpu_seconds()
+        task = step_task(step, params, results)
+        if refresh:
+            task = task.with_options(refresh_cache=True)
+        state = task(**step_arguments(step, params, root), return_state=True)
+        seconds, cpu = time.monotonic() - started, _cpu_seconds() - cpu_started
+        status = "cached" if state.name == "Cached" else ("ran" if state.is_completed() else state.name.lower())
+        print(f"[{index}/{len(steps)}] {step.id}: {status} ({seconds:.1f} s, {cpu:.1f} s CPU)", flush=True)
+        paths = state.result()  # raises the stage's error for a failed step
+        outcome[step.id] = {"status": status, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
+                            "outputs": paths}
+    return outcome
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children: on a shared machine, wall time
+    says how busy the machine was, CPU time what the step cost."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@flow(name="reproduce", log_prints=True)
+def reproduce_flow(params: dict, root: str = str(stages.DATA_ROOT), only: list[str] | None = None,
+                   results: str | None = None) -> dict[str, dict]:
+    """Every step of the pipeline (or those in ``only``), cached; returns
+    ``{step id: {"status": "ran" | "cached", "seconds", "outputs": {name: path}}}``."""
+    return _run_steps(select_steps(stages.pipeline_steps(params, root), only), params, root, results)
+
+
+@flow(name="stage", log_prints=True)
+def stage_flow(stage: str, params: dict, options: dict | None = None, root: str = str(stages.DATA_ROOT),
+               results: str | None = None, refresh: bool = False) -> dict[str, dict]:
+    """One stage run as a flow with its cached task (the per-stage flow of ``scan-edge stage NAME --prefect``)."""
+    step = stages.find_step(stage, options or {}, params, root)
+    return _run_steps([step], params, root, results, refresh)
+
+
+def needs_server(params: Mapping[str, Any]) -> bool:
+    """Whether a step's task runner runs tasks in other processes (the pairs stage on Dask)."""
+    from flows._runners import runner_needs_server
+    from flows.pairs import runner_params
+
+    return runner_needs_server(runner_params(params))
+
+
+def reproduce(params: Mapping[str, Any], *, root: str | os.PathLike = stages.DATA_ROOT,
+              only: Sequence[str] | None = None, results: str | None = None,
+              record_in_dvc: bool = True) -> dict[str, dict]:
+    """Run :func:`reproduce_flow` (inside a real Prefect server when one is needed) and,
+    after a complete run into ``data/``, record the outcome in DVC."""
+    with prefect_server(required=needs_server(params)):
+        state = reproduce_flow(dict(params), str(root), list(only) if only else None, results, return_state=True)
+        outcome = require_flow_result(state, "reproduce flow")
+    if record_in_dvc and not only and Path(root) == stages.DATA_ROOT:
+        dvc_commit()
+    return outcome
+
+
+def dvc_commit(cwd: str | os.PathLike = ".") -> bool:
+    """``dvc commit --force``: make dvc.lock describe what the flow just made, so that
+    ``dvc status`` / ``scan-edge status`` report it up to date. Best effort: a warning,
+    not an error, when DVC is not set up or disagrees (e.g. a profile that changes the
+    DAG's shape, which dvc.yaml reads from the top level of params.yaml)."""
+    if not (Path(cwd) / "dvc.yaml").exists() or not (Path(cwd) / ".dvc").is_dir():
+        return False
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet"], cwd=cwd, env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"warning: could not record the run in DVC (dvc commit): {done.stderr.strip()[-800:]}",
+              file=sys.stderr)
+        return False
+    return True
+
+
+__all__ = ["reproduce", "reproduce_flow", "stage_flow", "select_steps", "dvc_commit"]

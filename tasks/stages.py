@@ -1,0 +1,982 @@
+"""The pipeline's stages as plain functions: the one entry point every door calls.
+
+DESIGN.md's DAG, one function per stage. ``scan-edge stage NAME`` (what ``dvc.yaml``
+runs), the Prefect tasks of ``tasks/prefect_tasks.py`` (what ``scan-edge reproduce`` and
+the ``reprofile`` flow run) and tests all call these, so a stage does the same thing
+whichever door it came through. No Prefect here (it is imported by the tasks that wrap
+these functions), only ``nas_core`` and the machine's CPU lock.
+
+Each stage function
+
+* reads only its own params sections (``STAGES[name].sections``: the Prefect cache key and
+  the ``params:`` of its DVC stage are made of exactly these),
+* reads its upstream artifacts at fixed places under ``root`` (:class:`Layout`),
+* holds the machine's CPU lock for its whole body: ``"shared"`` for CPU-heavy work,
+  ``"exclusive"`` where it measures latency (so a measurement never runs beside other
+  pipeline work, in any process); the two exceptions take the lock per unit of work
+  inside (pairs: per shard; distributed training: per rank), see their docstrings,
+* continues an interrupted run of the *same* inputs and starts afresh otherwise
+  (:func:`resume_or_restart`), and
+* returns the paths it wrote (``{name: Path}``).
+
+Artifacts (``root`` = ``data/``)::
+
+    dataset/                               generated classification set + manifest.parquet
+    supernet/{supernet.pt,train_log.parquet}
+    pairs/accuracy_pairs.parquet           (+ pairs/shards/: resumable work)
+    predictor/{predictor.pt,metrics.json,predicted_vs_measured.png,predictions.parquet}
+    runtime/<device>.json                  runtime name + version + machine the device runs on
+    lut/<device>.parquet                   (+ lut/_work/: exports, raw timings)
+    lut/<device>.{calibration.parquet,fit.json,calibration.png}
+    baselines/<device>.parquet             timm baselines timed on the device (Table 3)
+    search/<run>/                          one search: history, top-k, .arch.json, measurements
+    search/<run>.json                      its summary (a DVC metric)
+    finetune/<name>/                       metrics.json, model.pt, model.onnx, train_log.parquet
+    transfer/{dataset/,runs/,metrics.json} downstream classification (Table 5)
+    detection/{dataset/,runs/,metrics.json}  SSDLite (Table 6)
+    report/                                README.md, tables (Parquet), figures (PNG)
+
+``<run>`` names a search: ``<device>[+<device>]@<target>[_<M>M]`` where ``<target>`` is
+``<k>x`` (k times MobileNetV2's latency measured on the device: the paper's targets) or
+``<ms>ms``; the fine-tuned model of a search is ``finetune/ours_<run>/``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+from tasks import cpu_lock
+
+DATA_ROOT = Path("data")
+REFERENCE_MODEL = "mobilenetv2_100"  # the paper's latency target (Table 3)
+OURS = "ours"  # in pipeline.transfer_models / detection_models: the first search's fine-tuned model
+
+Paths = dict[str, Path]
+
+
+# --------------------------------------------------------------------------- where things are
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where every artifact lives under ``root`` (the module docstring's tree)."""
+
+    root: Path = DATA_ROOT
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset"
+
+    @property
+    def manifest(self) -> Path:
+        return self.dataset / "manifest.parquet"
+
+    @property
+    def supernet_dir(self) -> Path:
+        return self.root / "supernet"
+
+    @property
+    def supernet(self) -> Path:
+        return self.supernet_dir / "supernet.pt"
+
+    @property
+    def pairs(self) -> Path:
+        return self.root / "pairs" / "accuracy_pairs.parquet"
+
+    @property
+    def predictor_dir(self) -> Path:
+        return self.root / "predictor"
+
+    @property
+    def predictor(self) -> Path:
+        return self.predictor_dir / "predictor.pt"
+
+    def runtime(self, device: str) -> Path:
+        return self.root / "runtime" / f"{device}.json"
+
+    def lut_paths(self, device: str):
+        from nas_core.latency.lut import LutPaths
+
+        return LutPaths.for_device(device, self.root / "lut")
+
+    def baselines(self, device: str) -> Path:
+        return self.root / "baselines" / f"{device}.parquet"
+
+    def search_dir(self, run: str) -> Path:
+        return self.root / "search" / run
+
+    def search_summary(self, run: str) -> Path:
+        return self.root / "search" / f"{run}.json"
+
+    def finetune_dir(self, name: str) -> Path:
+        return self.root / "finetune" / name
+
+    @property
+    def transfer(self) -> Path:
+        return self.root / "transfer"
+
+    @property
+    def detection(self) -> Path:
+        return self.root / "detection"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def resume_stamps(self) -> Path:
+        return self.root / ".resume"
+
+
+# --------------------------------------------------------------------------- params
+def section(params: Mapping[str, Any], name: str) -> dict:
+    """A params section as a dict (``{}`` when absent or null)."""
+    return dict(params.get(name) or {})
+
+
+def pipeline_section(params: Mapping[str, Any]) -> dict:
+    """``pipeline:``, the DAG's shape, with its documented keys checked."""
+    known = {"finetune_baselines", "params_constrained", "transfer_models", "transfer_data", "transfer_synthetic",
+             "detection_models", "detection_data", "torchrun"}
+    values = section(params, "pipeline")
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"params pipeline: unknown keys {unknown}; known keys: {sorted(known)}")
+    return values
+
+
+def search_devices(params: Mapping[str, Any]) -> list[str]:
+    """The devices the pipeline profiles and searches for (``search.devices``)."""
+    devices = list(section(params, "search").get("devices") or [])
+    if not devices:
+        raise ValueError("params search.devices is empty: name the device profiles to search for "
+                         "(see `scan-edge devices`)")
+    return devices
+
+
+# --------------------------------------------------------------------------- search runs
+@dataclasses.dataclass(frozen=True)
+class SearchRun:
+    """One search of the pipeline: devices, a latency target and an optional params bound.
+
+    ``target`` is ``"<k>x"`` (k times MobileNetV2's latency measured on each device, the
+    paper's targets) or ``"<ms>ms"`` (absolute, the same for every device).
+    """
+
+    devices: tuple[str, ...]
+    target: str
+    params_m: float | None = None
+
+    def __post_init__(self):
+        parse_target(self.target)  # fail on a malformed target before anything runs
+
+    @property
+    def key(self) -> str:
+        """``<device>[+<device>]@<target>[_<M>M]``: folder and DVC stage names."""
+        suffix = "" if self.params_m is None else f"_{self.params_m}M"
+        return f"{'+'.join(self.devices)}@{self.target}{suffix}"
+
+    @property
+    def model_name(self) -> str:
+        """The fine-tuned model's name (``finetune/<name>/``)."""
+        return f"ours_{self.key}"
+
+
+def parse_target(target: str) -> tuple[str, float]:
+    """``"1.0x"`` -> ``("x", 1.0)``; ``"7.6ms"`` -> ``("ms", 7.6)``."""
+    text = str(target).strip()
+    for unit in ("ms", "x"):
+        if text.endswith(unit):
+            try:
+                value = float(text[: -len(unit)])
+            except ValueError:
+                break
+            if value > 0:
+                return unit, value
+    raise ValueError(f"search target {target!r}: write '<k>x' (k times MobileNetV2's measured latency, "
+                     "e.g. 1.0x) or '<ms>ms' (e.g. 7.6ms)")
+
+
+def search_runs(params: Mapping[str, Any]) -> list[SearchRun]:
+    """Every search of the pipeline, in order: each ``search.devices`` x
+    ``search.targets_vs_mobilenetv2`` (latency only, Table 3 / Fig. 5), then
+    ``pipeline.params_constrained`` (latency and parameters, Table 4)."""
+    multiples = section(params, "search").get("targets_vs_mobilenetv2") or [1.0]
+    runs = [SearchRun((device,), f"{k}x") for device in search_devices(params) for k in multiples]
+    constrained = dict(pipeline_section(params).get("params_constrained") or {})
+    for device in constrained.get("devices") or []:
+        for k in constrained.get("targets_vs_mobilenetv2") or [1.0]:
+            for params_m in constrained.get("params_m") or []:
+                runs.append(SearchRun((device,), f"{k}x", params_m))
+    return runs
+
+
+def finetune_baselines(params: Mapping[str, Any]) -> dict[str, str]:
+    """``pipeline.finetune_baselines``: model -> init (``scratch`` | ``supernet``)."""
+    baselines = {str(k): str(v) for k, v in (pipeline_section(params).get("finetune_baselines") or {}).items()}
+    for name, init in baselines.items():
+        if init not in ("scratch", "supernet"):
+            raise ValueError(f"params pipeline.finetune_baselines.{name}: init must be scratch or supernet, not {init!r}")
+    return baselines
+
+
+def resolve_model(name: str, params: Mapping[str, Any], layout: Layout, check: bool = True) -> Path | str:
+    """A model named in ``pipeline.transfer_models`` / ``detection_models``: ``ours`` (the
+    fine-tuned model of the first search: first device, first target), a fine-tune name,
+    or anything ``nas_core.finetune.load_classifier`` takes (a preset, ``mobilenetv2_100``)."""
+    if name == OURS:
+        first = (section(params, "search").get("targets_vs_mobilenetv2") or [1.0])[0]
+        name = SearchRun((search_devices(params)[0],), f"{first}x").model_name
+    folder = layout.finetune_dir(name)
+    if folder.exists() or name.startswith("ours_") or name in finetune_baselines(params):
+        if check:
+            _require(folder / "model.pt", f"the fine-tune stage (scan-edge stage finetune --name {name})")
+        return folder
+    return name
+
+
+# --------------------------------------------------------------------------- resuming
+def input_digest(paths: Iterable[Path]) -> dict[str, str]:
+    """sha256 of each input file (a folder counts by its ``manifest.parquet``, else its file list)."""
+    from nas_core.io import file_sha256
+
+    digests = {}
+    for path in paths:
+        path = Path(path)
+        if path.is_file():
+            digests[str(path)] = file_sha256(path)
+        elif (path / "manifest.parquet").is_file():
+            digests[str(path)] = file_sha256(path / "manifest.parquet")
+        elif path.is_dir():
+            listing = sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*") if p.is_file())
+            digests[str(path)] = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+        else:
+            digests[str(path)] = "missing"
+    return digests
+
+
+def resume_or_restart(layout: Layout, stage_id: str, identity: Mapping[str, Any]) -> bool:
+    """True when the last run of ``stage_id`` had these inputs (continue it, it may have been
+    interrupted); otherwise record them and return False (start over: stale partial work
+    of other inputs must not be continued).
+
+    ``identity`` is what the work depends on (params sections, input digests, runtime);
+    the stamp is ``<root>/.resume/<stage_id>.json``.
+    """
+    from nas_core.io import write_json
+
+    stamp = layout.resume_stamps / f"{stage_id.replace('/', '_')}.json"
+    wanted = json.loads(json.dumps(identity, sort_keys=True, default=str))
+    try:
+        same = json.loads(stamp.read_text()) == wanted
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        write_json(stamp, wanted)
+    return same
+
+
+@contextlib.contextmanager
+def _lock(mode: str) -> Iterator[None]:
+    """The machine's CPU lock, saying so when it has to wait."""
+    try:
+        with cpu_lock(mode, timeout=0.5):
+            yield
+        return
+    except TimeoutError:
+        print(f"waiting for the CPU lock ({mode}) ...", file=sys.stderr, flush=True)
+    with cpu_lock(mode):
+        yield
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+# --------------------------------------------------------------------------- dataset
+DATASET_PATH_KEYS = ("path", "val_fraction", "test_fraction", "seed")
+
+
+def stage_dataset(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT) -> Paths:
+    """The classification dataset in ``dataset/`` (its ``manifest.parquet`` is what later stages read).
+
+    ``dataset:`` holds ``generate_classification`` arguments (the generated default data);
+    a dataset already there with the same arguments is kept as it is, so its content hash
+    and everything downstream stay valid. With ``dataset.path`` (e.g. ImageNet, in ImageNet
+    or class-folder layout) only a manifest of that folder is written, with absolute image
+    paths (``val_fraction``, ``test_fraction``, ``seed`` split a folder without splits).
+    """
+    layout = Layout(root)
+    dataset = section(params, "dataset")
+    with _lock("shared"):
+        if dataset.get("path"):
+            manifest = _manifest_of(Path(dataset["path"]), layout, {k: dataset[k] for k in DATASET_PATH_KEYS[1:]
+                                                                    if k in dataset})
+        else:
+            from nas_core.data.synthetic import generate_classification
+
+            manifest = generate_classification(layout.dataset, overwrite=True, **{k: v for k, v in dataset.items()
+                                                                                   if k != "path"})
+    _say(f"dataset: {len(manifest)} images, manifest {layout.manifest}")
+    return {"dataset": layout.dataset, "manifest": layout.manifest}
+
+
+def _manifest_of(source: Path, layout: Layout, split: Mapping[str, Any]):
+    """Write ``dataset/manifest.parquet`` for an existing image folder (absolute image paths)."""
+    from nas_core.data.folders import build_manifest, write_manifest
+
+    _require(source, "the image folder named by dataset.path")
+    manifest = build_manifest(source, **split)
+    manifest["path"] = [str((source / rel).resolve()) for rel in manifest["path"]]
+    write_manifest(layout.manifest, manifest, {**manifest.attrs.get("provenance", {}), "absolute_paths": True})
+    return manifest
+
+
+# --------------------------------------------------------------------------- supernet
+def stage_supernet(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT, device: str | None = None) -> Paths:
+    """Train the supernet (``supernet:``) on the dataset; resumes an interrupted run of the same inputs.
+
+    With ``pipeline.torchrun.nproc_per_node`` > 1 the training runs under ``torchrun``
+    (``scan-edge train-supernet``, one process per rank); each rank then holds the CPU
+    lock itself, so this process does not.
+    """
+    from nas_core.train import SupernetTrainConfig, train_supernet
+
+    layout = Layout(root)
+    supernet = section(params, "supernet")
+    config = SupernetTrainConfig.from_params(supernet)
+    _require(layout.manifest, "the dataset (scan-edge stage dataset)")
+    identity = {"supernet": config.to_dict(), "inputs": input_digest([layout.dataset])}
+    resume = resume_or_restart(layout, "supernet", identity)
+    nproc = _torchrun_nproc(params)
+    if nproc > 1:
+        _torchrun(nproc, ["train-supernet", "--data", str(layout.dataset), "--out", str(layout.supernet_dir),
+                          "--resume" if resume else "--overwrite", "--no-progress"], {"supernet": supernet}, layout)
+    else:
+        with _lock("shared"):
+            train_supernet(config, layout.dataset, layout.supernet_dir, resume=resume, overwrite=not resume,
+                           params={"supernet": supernet}, progress=sys.stderr.isatty(), device=device)
+    return {"supernet": layout.supernet, "train_log": layout.supernet_dir / "train_log.parquet"}
+
+
+def _torchrun_nproc(params: Mapping[str, Any]) -> int:
+    return int((pipeline_section(params).get("torchrun") or {}).get("nproc_per_node") or 1)
+
+
+def _torchrun(nproc: int, command: Sequence[str], sections: Mapping[str, Any], layout: Layout) -> None:
+    """Run ``scan-edge <command>`` under ``torchrun --standalone`` with these params sections."""
+    from nas_core.io import write_text
+    import yaml
+
+    # The sections are already resolved for the active profile: the file holds them as its
+    # top level, which is the default ("smoke") profile of a params file.
+    params_file = write_text(layout.resume_stamps / f"torchrun-{command[0]}.params.yaml",
+                             yaml.safe_dump({"profile": "smoke", **dict(sections)}, sort_keys=False))
+    argv = torchrun_command(nproc, command, params_file)
+    _say("launching: " + " ".join(argv[2:]))
+    subprocess.run(argv, check=True)
+
+
+def torchrun_command(nproc: int, command: Sequence[str], params_file: str | os.PathLike) -> list[str]:
+    """The command line :func:`_torchrun` runs (shown in the README; tested)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "flows.cli", *command, "--params", str(params_file)]
+
+
+# --------------------------------------------------------------------------- accuracy pairs + predictor
+def stage_pairs(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT) -> Paths:
+    """Evaluate ``pairs.num_subnets`` subnets with inherited weights (``pairs:``, runner: ``runners:``).
+
+    The one stage that is itself a flow: ``flows.pairs.collect_pairs`` maps the shards over
+    a Prefect task runner (threads, or Dask with a real Prefect server started on demand),
+    and each shard task holds the CPU lock (shared) — not this function, whose lock would
+    block the shard workers behind a waiting latency measurement. Finished shards of the
+    same plan are kept; a plan of other inputs is discarded.
+    """
+    from flows.pairs import collect_pairs  # the stage's runner lives with the flows (see above)
+    from nas_core.io import read_provenance
+    from nas_core.pairs import PairsConfig, plan_identity
+
+    layout = Layout(root)
+    _require(layout.supernet, "the supernet (scan-edge stage supernet)")
+    shards = layout.pairs.parent / "shards"
+    plan = shards / "plan.parquet"
+    key = plan_identity(PairsConfig.from_dict(section(params, "pairs")), layout.supernet, layout.dataset)["key"]
+    same_plan = plan.exists() and read_provenance(plan).get("key") == key
+    out = collect_pairs({"pairs": section(params, "pairs"), "runners": section(params, "runners")},
+                        supernet=layout.supernet, data_root=layout.dataset, out=layout.pairs, shards_dir=shards,
+                        resume=same_plan, fresh=not same_plan, log=_say)
+    return {"pairs": Path(out)}
+
+
+def stage_predictor(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT) -> Paths:
+    """Fit the accuracy predictor on the pairs (``predictor:``); metrics on held-out test pairs."""
+    from nas_core.accuracy_predictor import PredictorConfig, fit_and_write
+
+    layout = Layout(root)
+    _require(layout.pairs, "the accuracy pairs (scan-edge stage pairs)")
+    config = PredictorConfig.from_dict(section(params, "predictor"))
+    with _lock("shared"):
+        paths, _ = fit_and_write(layout.pairs, layout.predictor_dir, config,
+                                 params={"predictor": section(params, "predictor")}, log=_say)
+    return {name: Path(path) for name, path in paths.items()}
+
+
+# --------------------------------------------------------------------------- devices
+def device_profile(params: Mapping[str, Any], device: str):
+    """The device profile ``device`` (``devices:`` over the built-in ones) at ``search_space.resolution``."""
+    from nas_core.latency.devices import get_profile, load_profiles
+
+    profile = get_profile(device, load_profiles(section(params, "devices")))
+    resolution = section(params, "search_space").get("resolution")
+    if resolution and int(resolution) != profile.resolution:
+        profile = dataclasses.replace(profile, resolution=int(resolution))
+    return profile
+
+
+def runtime_identity(params: Mapping[str, Any], device: str) -> dict[str, Any]:
+    """What a latency on ``device`` depends on besides the model: the profile's settings, the
+    runtime's name and installed version, and the machine. (Prefect cache keys and the
+    ``runtime`` stage's file, on which DVC's device stages depend.)"""
+    from nas_core.io import machine_fingerprint
+    from nas_core.latency.devices import check_usable
+
+    profile = device_profile(params, device)
+    usability = check_usable(profile)
+    machine = machine_fingerprint()
+    return {"device": device, "settings": profile.to_settings(), "runtime": usability.runtime_name,
+            "runtime_version": usability.runtime_version, "usable": usability.usable,
+            "machine": {k: machine[k] for k in ("id", "cpu", "cores", "machine", "system")}}
+
+
+def stage_runtime(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> Paths:
+    """Record :func:`runtime_identity` in ``runtime/<device>.json`` (rewritten only when it
+    changed, so a runtime upgrade, and nothing else, re-runs the device's LUT under DVC)."""
+    from nas_core.io import write_json
+
+    path = Layout(root).runtime(device)
+    identity = runtime_identity(params, device)
+    try:
+        unchanged = json.loads(path.read_text()) == json.loads(json.dumps(identity))
+    except (OSError, ValueError):
+        unchanged = False
+    if not unchanged:
+        write_json(path, identity)
+    return {"runtime": path}
+
+
+def _measurable(params: Mapping[str, Any], device: str):
+    """The profile when this machine can run it; None (with the reason printed) when not."""
+    from nas_core.latency.devices import check_usable
+
+    profile = device_profile(params, device)
+    usability = check_usable(profile)
+    if not usability.usable:
+        _say(f"{device}: not measurable here ({usability.reason})")
+        return None
+    return profile
+
+
+def _imported_elsewhere(path: Path) -> bool:
+    """A LUT measured on a remote device through a profiling bundle (``scan-edge profile import``)."""
+    from nas_core.io import read_provenance
+
+    return path.exists() and read_provenance(path).get("source") == "bundle"
+
+
+def stage_lut(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> Paths:
+    """Time every block of the search space on ``device`` (``lut:``; exclusive CPU lock).
+
+    Continues an interrupted build of the same settings and runtime; otherwise re-times
+    everything. A device this machine cannot run is profiled through a bundle instead
+    (``scan-edge profile bundle`` / ``import``); its imported LUT is kept as it is.
+    """
+    from nas_core.latency.lut import build_lut
+    from nas_core.latency.timing import TimingConfig
+
+    layout = Layout(root)
+    paths = layout.lut_paths(device)
+    profile = _measurable(params, device)
+    if profile is None:
+        if _imported_elsewhere(paths.lut):
+            _say(f"lut {device}: keeping the LUT imported from a profiling bundle ({paths.lut})")
+            return {"lut": paths.lut}
+        raise ValueError(f"device {device!r} cannot be measured on this machine and has no imported LUT: run "
+                         f"`scan-edge profile bundle --device {device} --out DIR`, the bundle's runner on the "
+                         f"device, then `scan-edge profile import --device {device} --bundle DIR`")
+    lut = section(params, "lut")
+    identity = {"lut": lut, "runtime": runtime_identity(params, device)}
+    resume = resume_or_restart(layout, f"lut@{device}", identity)
+    timing = TimingConfig.from_dict(lut["timing"]) if lut.get("timing") else None
+    with _lock("exclusive"):
+        frame = build_lut(profile, paths, block_filter=lut.get("blocks"), limit=lut.get("limit"), resume=resume,
+                          reference_id=lut.get("reference_block"), seed=lut.get("seed", 0), config=timing,
+                          check_every=lut.get("check_every", 10), drift_tolerance=lut.get("drift_tolerance", 0.10),
+                          progress=sys.stderr.isatty())
+    _say(f"lut {device}: {len(frame)} blocks, {int(frame['drift_flag'].sum())} drift-flagged -> {paths.lut}")
+    return {"lut": paths.lut}
+
+
+def stage_calibration(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> Paths:
+    """Measure random subnets end to end and fit ``measured = a * LUT sum + b`` (``calibration:``)."""
+    from nas_core.latency.calibration import calibrate
+
+    layout = Layout(root)
+    paths = layout.lut_paths(device)
+    _require(paths.lut, f"the LUT of {device} (scan-edge stage lut --device {device})")
+    outputs = {"calibration": paths.calibration, "fit": paths.fit, "figure": paths.figure}
+    profile = _measurable(params, device)
+    if profile is None:
+        if _imported_elsewhere(paths.lut) and paths.fit.exists():
+            return outputs
+        raise ValueError(f"device {device!r} cannot be measured here; its calibration comes with "
+                         f"`scan-edge profile import --device {device}`")
+    calibration = section(params, "calibration")
+    identity = {"calibration": calibration, "lut": input_digest([paths.lut]),
+                "runtime": runtime_identity(params, device)}
+    resume = resume_or_restart(layout, f"calibration@{device}", identity)
+    with _lock("exclusive"):
+        report = calibrate(profile, paths, n_calibration=calibration.get("n_calibration", 10),
+                           n_validation=calibration.get("n_validation", 30), seed=calibration.get("seed", 0),
+                           sampling=calibration.get("sampling", "uniform"), resume=resume,
+                           progress=sys.stderr.isatty())
+    _say(report.summary())
+    return outputs
+
+
+def stage_baselines(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> Paths:
+    """Time the comparison models (``baselines.models``, MobileNetV2 always) on ``device`` (Table 3).
+
+    MobileNetV2's latency here is what the ``<k>x`` search targets multiply.
+    """
+    from nas_core.latency.baselines import BASELINE_MODELS, measure_baselines
+    from nas_core.latency.timing import TimingConfig
+
+    layout = Layout(root)
+    profile = _measurable(params, device)
+    if profile is None:
+        raise ValueError(f"device {device!r} cannot be measured here: give absolute search targets ('<ms>ms') "
+                         "for it, or run the baselines on the device")
+    baselines = section(params, "baselines")
+    names = list(dict.fromkeys([REFERENCE_MODEL, *(baselines.get("models") or [])]))
+    models = {name: BASELINE_MODELS.get(name, profile.resolution) for name in names}
+    timing = TimingConfig.from_dict(baselines["timing"]) if baselines.get("timing") else None
+    out = layout.baselines(device)
+    with _lock("exclusive"):
+        frame = measure_baselines([profile], models, out_path=out, workdir=layout.root / "baselines" / "_work",
+                                  config=timing, progress=True)
+    failed = frame[frame["error"] != ""]
+    if REFERENCE_MODEL in set(failed["model"]):
+        raise RuntimeError(f"{REFERENCE_MODEL} could not be timed on {device}: "
+                           f"{failed[failed['model'] == REFERENCE_MODEL]['error'].iloc[0]}")
+    return {"baselines": out}
+
+
+# --------------------------------------------------------------------------- search
+def target_latencies(run: SearchRun, layout: Layout) -> dict[str, float]:
+    """Each device's latency target in ms (``<k>x``: k times MobileNetV2 measured there)."""
+    unit, value = parse_target(run.target)
+    if unit == "ms":
+        return {device: value for device in run.devices}
+    from flows.cli_search import reference_latency_ms  # see stage_search
+
+    return {device: round(value * reference_latency_ms(layout.baselines(device), device, REFERENCE_MODEL), 3)
+            for device in run.devices}
+
+
+def search_setup(params: Mapping[str, Any], devices: Sequence[str], layout: Layout, out_dir: Path):
+    """``flows.cli_search.SearchSetup`` from params sections (``search:``, ``devices:``,
+    ``search_space:``) and this layout's predictor and LUTs."""
+    from flows.cli_search import (SearchSetup, load_accuracy_predictor, load_latency_estimator,
+                                  search_section)
+    from nas_core.block_catalog import BlockCatalog
+    from nas_core.search_algorithm import EvolutionConfig, RefineConfig
+    from nas_core.search_space import SearchSpace
+
+    search = search_section(params)
+    profiles = {device: device_profile(params, device) for device in devices}
+    lut_dir = layout.root / "lut"
+    space = SearchSpace()
+    digests = input_digest([layout.predictor, *[layout.lut_paths(d).lut for d in devices],
+                            *[layout.lut_paths(d).fit for d in devices]])
+    return SearchSetup(space=space, catalog=BlockCatalog(space, next(iter(profiles.values())).resolution),
+                       predictor=load_accuracy_predictor(layout.predictor),
+                       estimators={d: load_latency_estimator(d, lut_dir, profiles[d]) for d in devices},
+                       profiles=profiles, config=EvolutionConfig.from_dict(search.get("evolution")),
+                       refine=RefineConfig.from_dict(search.get("refine")),
+                       num_classes=int(search.get("num_classes", 1000)), out_dir=out_dir,
+                       digests={Path(k).name: v for k, v in digests.items()}, section=search)
+
+
+def stage_search(params: Mapping[str, Any], devices: str | Sequence[str], target: str | float,
+                 params_m: float | None = None, root: str | os.PathLike = DATA_ROOT, measure: bool = True) -> Paths:
+    """Evolutionary search (``search:``) for one run; then meet the target on the device.
+
+    ``target``: ``"<k>x"`` or ``"<ms>ms"`` (a bare number means ms). With ``measure`` (and
+    every device usable here) the best candidates are measured on the device and the most
+    accurate within [-3 %, 0] of the target is returned (``search.refine``), under the
+    exclusive CPU lock. Writes ``search/<run>/`` and its summary ``search/<run>.json``;
+    a target that is not met is reported there (``within: false``), not raised.
+
+    The search orchestration (up-to-date check, device refinement, outputs) is
+    ``flows.cli_search.run_search``, imported from the flows layer until it moves into
+    ``nas_core``.
+    """
+    from flows.cli_search import run_search
+    from nas_core.io import write_json
+    from nas_core.search_algorithm import run_name
+
+    devices = [devices] if isinstance(devices, str) else list(devices)
+    target = f"{target}ms" if isinstance(target, (int, float)) else str(target)
+    run = SearchRun(tuple(devices), target, params_m)
+    layout = Layout(root)
+    for device in devices:
+        _require(layout.lut_paths(device).fit, f"the calibrated LUT of {device} (scan-edge stage calibration "
+                                                f"--device {device})")
+    _require(layout.predictor, "the accuracy predictor (scan-edge stage predictor)")
+    out_dir = layout.search_dir(run.key)
+    targets = target_latencies(run, layout)
+    setup = search_setup(params, devices, layout, out_dir)
+    measure = measure and all(_measurable(params, d) is not None for d in devices)
+    max_params = None if params_m is None else float(params_m) * 1e6
+    with _lock("exclusive" if measure else "shared"):
+        record, within = run_search(setup, targets, max_params=max_params, measure=measure, say=_say)
+    name = run_name(targets, max_params)
+    _remove_other_runs(out_dir, name)
+    summary = {"run": run.key, "target": run.target, "targets_ms": targets, "params_m": params_m,
+               "arch_json": str(out_dir / f"{name}.arch.json"), "within": bool(within), "measured": measure,
+               **{k: record.get(k) for k in ("name", "arch_id", "compact", "predicted_accuracy", "latency_ms",
+                                             "params", "macs")},
+               "measured_ms": _measured_ms(out_dir / f"{name}.measured.parquet", record["arch_id"])}
+    write_json(layout.search_summary(run.key), summary)
+    return {"search": out_dir, "arch": out_dir / f"{name}.arch.json", "summary": layout.search_summary(run.key)}
+
+
+def _measured_ms(cache: Path, arch_id: str) -> dict[str, float] | None:
+    """The chosen architecture's measured latency per device (also when it missed the target)."""
+    from nas_core.io import read_parquet
+
+    if not cache.exists():
+        return None
+    rows = read_parquet(cache)
+    rows = rows[rows["arch_id"] == arch_id]
+    return {row.device: float(row.measured_ms) for row in rows.itertuples()} or None
+
+
+def _remove_other_runs(out_dir: Path, keep: str) -> None:
+    """A run folder holds one search: files of an earlier target (other ms) are removed."""
+    for path in out_dir.iterdir():
+        if path.is_file() and not path.name.startswith(f"{keep}."):
+            path.unlink()
+
+
+def searched_arch(layout: Layout, run_key: str) -> Path:
+    """The ``.arch.json`` a search run chose (from its summary)."""
+    from nas_core.io import read_json
+
+    summary = layout.search_summary(run_key)
+    _require(summary, f"the search {run_key} (scan-edge stage search)")
+    return layout.search_dir(run_key) / Path(read_json(summary)["arch_json"]).name  # wherever the root moved
+
+
+# --------------------------------------------------------------------------- fine-tune, transfer, detection
+def stage_finetune(params: Mapping[str, Any], name: str, root: str | os.PathLike = DATA_ROOT) -> Paths:
+    """Fine-tune a searched model (``ours_<run>``) or train a baseline the same way
+    (``pipeline.finetune_baselines``), export it and measure it on its devices (``finetune:``).
+
+    Measures latency at the end, so the whole stage holds the CPU lock exclusively.
+    """
+    from nas_core.finetune import FinetuneConfig, finetune
+
+    layout = Layout(root)
+    finetune_params = section(params, "finetune")
+    config = FinetuneConfig.from_params(finetune_params)
+    if name.startswith("ours_"):
+        ref, init = str(searched_arch(layout, name.removeprefix("ours_"))), "supernet"
+    else:
+        baselines = finetune_baselines(params)
+        if name not in baselines:
+            raise KeyError(f"{name!r} is neither a searched model (ours_<run>) nor in pipeline.finetune_baselines "
+                           f"({', '.join(baselines) or 'none'})")
+        ref, init = name, baselines[name]
+    inputs = [layout.dataset, *([layout.supernet] if init == "supernet" else []),
+              *([Path(ref)] if ref.endswith(".json") else [])]
+    for path in inputs:
+        _require(path, "an input of the fine-tune stage")
+    identity = {"finetune": finetune_params, "ref": ref, "init": init, "devices": section(params, "devices"),
+                "inputs": input_digest(inputs)}
+    resume = resume_or_restart(layout, f"finetune@{name}", identity)
+    with _lock("exclusive"):
+        finetune(ref, data_root=layout.dataset, supernet=layout.supernet, name=name, out_root=layout.root / "finetune",
+                 config=config, init=init, devices_section=section(params, "devices"), resume=resume,
+                 overwrite=not resume, progress=sys.stderr.isatty())
+    return {"finetune": layout.finetune_dir(name), "metrics": layout.finetune_dir(name) / "metrics.json"}
+
+
+def _downstream_data(given: str | None, generated: Path, make: Callable[[Path], Any]) -> Path:
+    """A downstream dataset: the given folder, or the generated one (made if needed)."""
+    if given:
+        path = Path(given)
+        _require(path, "the downstream dataset named in params")
+        return path
+    make(generated)
+    return generated
+
+
+def stage_transfer(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT) -> Paths:
+    """Transfer ``pipeline.transfer_models`` to a downstream classification set (``transfer:``; Table 5).
+
+    The data: ``pipeline.transfer_data`` (an image folder, e.g. ``../shared/datasets/sign-digits``)
+    or, when null, a generated set (``pipeline.transfer_synthetic``: ``generate_classification``
+    arguments) in ``transfer/dataset``. Writes ``transfer/runs/<model>.json`` and a summary
+    ``transfer/metrics.json``.
+    """
+    from nas_core.data.synthetic import generate_classification
+    from nas_core.io import read_json, write_json
+    from nas_core.transfer import TransferConfig, transfer
+
+    layout = Layout(root)
+    pipeline = pipeline_section(params)
+    config = TransferConfig.from_params(section(params, "transfer"))
+    synthetic = dict(pipeline.get("transfer_synthetic") or {})
+    data = _downstream_data(pipeline.get("transfer_data"), layout.transfer / "dataset",
+                            lambda out: generate_classification(out, overwrite=True, **synthetic))
+    models = {label: resolve_model(label, params, layout) for label in pipeline.get("transfer_models") or []}
+    runs = layout.transfer / "runs"
+    identity = {"transfer": section(params, "transfer"), "data": input_digest([data]),
+                "models": input_digest(Path(m) / "model.pt" for m in models.values())}
+    resume = resume_or_restart(layout, "transfer", identity)
+    results = {}
+    with _lock("shared"):
+        for label, model in models.items():
+            transfer(str(model), data, name=label, out_root=runs, config=config, resume=resume, overwrite=not resume,
+                     progress=sys.stderr.isatty())
+            results[label] = read_json(runs / f"{label}.json")
+    summary = {label: {k: r.get(k) for k in ("top1", "top5", "params", "epochs", "resolution")}
+               | {"source": str(runs / f"{label}.json"), "dataset": str(data)} for label, r in results.items()}
+    write_json(layout.transfer / "metrics.json", summary)
+    return {"runs": runs, "metrics": layout.transfer / "metrics.json"}
+
+
+def stage_detection(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT) -> Paths:
+    """SSDLite with each of ``pipeline.detection_models`` as backbone (``detection:``; Table 6).
+
+    The data: ``pipeline.detection_data`` (a COCO folder) or the generated shapes
+    (``detection.synthetic``) in ``detection/dataset``. Measures the detectors' latency,
+    so it holds the CPU lock exclusively. Writes ``detection/runs/<model>/`` and a summary
+    ``detection/metrics.json``.
+    """
+    from nas_core.detection import DetectionConfig, ensure_synthetic_detection, run_detection
+    from nas_core.io import write_json
+
+    layout = Layout(root)
+    pipeline = pipeline_section(params)
+    config = DetectionConfig.from_params(section(params, "detection"))
+    data = _downstream_data(pipeline.get("detection_data"), layout.detection / "dataset",
+                            lambda out: ensure_synthetic_detection(out, config))
+    models = {label: resolve_model(label, params, layout) for label in pipeline.get("detection_models") or []}
+    runs = layout.detection / "runs"
+    identity = {"detection": section(params, "detection"), "data": input_digest([data / "instances_train.json"]),
+                "models": input_digest(Path(m) / "model.pt" for m in models.values()),
+                "devices": section(params, "devices")}
+    resume = resume_or_restart(layout, "detection", identity)
+    summary = {}
+    with _lock("exclusive"):
+        for label, model in models.items():
+            metrics = run_detection(str(model), data, out_root=runs, name=label, config=config,
+                                    devices_section=section(params, "devices"), resume=resume, overwrite=not resume,
+                                    progress=sys.stderr.isatty())
+            summary[label] = {"mAP": metrics["coco"]["mAP"], "mAP50": metrics["coco"]["mAP50"],
+                              "params": metrics["params"], "resolution": metrics["resolution"],
+                              "latency_ms": {d: v.get("median_ms") for d, v in metrics["latency_ms"].items()},
+                              "source": str(runs / label / "metrics.json")}
+    write_json(layout.detection / "metrics.json", summary)
+    return {"runs": runs, "metrics": layout.detection / "metrics.json"}
+
+
+# --------------------------------------------------------------------------- report
+def stage_report(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT) -> Paths:
+    """Tables 3-6 and Figs. 3-5 from the artifacts under ``root`` (``nas_core.report``)."""
+    from nas_core.report import build_report
+
+    layout = Layout(root)
+    with _lock("shared"):
+        paths = build_report(layout.root, layout.report, devices=search_devices(params),
+                             searches=[run.key for run in search_runs(params)],
+                             baselines=list(finetune_baselines(params)), params=params)
+    _say(f"report: {paths['readme']}")
+    return paths
+
+
+def _require(path: Path, what: str) -> None:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: missing; it is made by {what}")
+
+
+# --------------------------------------------------------------------------- the registry
+@dataclasses.dataclass(frozen=True)
+class StageInfo:
+    """A stage: its function, the params sections it reads, the ``nas_core`` modules its
+    result depends on (Prefect cache keys; DVC deps), and whether it measures latency."""
+
+    function: Callable[..., Paths]
+    sections: tuple[str, ...]
+    code: tuple[str, ...]
+    measures_latency: bool = False
+
+
+_LATENCY_CODE = ("nas_core.latency.devices", "nas_core.latency.timing", "nas_core.latency.measure",
+                 "nas_core.latency.export")
+_BLOCK_CODE = ("nas_core.search_space", "nas_core.subnet", "nas_core.blocks", "nas_core.block_catalog")
+_TRAIN_CODE = ("nas_core.search_space", "nas_core.supernet", "nas_core.subnet", "nas_core.train",
+               "nas_core.evaluate", "nas_core.data")
+
+# What `ours` and baseline names in transfer / detection resolve to (resolve_model).
+_MODEL_CHOICE = ("pipeline.finetune_baselines", "search.devices", "search.targets_vs_mobilenetv2")
+
+# Code lists are what the stage's result depends on, deliberately no more: a LUT is only
+# re-timed when the code that builds, exports or times its blocks changes. The glue in this
+# file only routes params and paths, and nas_core.io only writes files: neither is listed.
+STAGES: dict[str, StageInfo] = {
+    "dataset": StageInfo(stage_dataset, ("dataset",), ("nas_core.data",)),
+    "supernet": StageInfo(stage_supernet, ("supernet", "pipeline.torchrun"), _TRAIN_CODE),
+    "pairs": StageInfo(stage_pairs, ("pairs", "runners"), ("nas_core.pairs", "flows.pairs", "tasks.pairs", *_TRAIN_CODE)),
+    "predictor": StageInfo(stage_predictor, ("predictor",),
+                           ("nas_core.accuracy_predictor", "nas_core.encoding", "nas_core.pairs",
+                            "nas_core.search_space", "nas_core.block_catalog")),
+    "runtime": StageInfo(stage_runtime, ("devices", "search_space"), ("nas_core.latency.devices",), True),
+    "lut": StageInfo(stage_lut, ("devices", "search_space", "lut"),
+                     ("nas_core.latency.lut", *_BLOCK_CODE, *_LATENCY_CODE), True),
+    "calibration": StageInfo(stage_calibration, ("devices", "search_space", "calibration"),
+                             ("nas_core.latency.calibration", "nas_core.latency.lut", *_BLOCK_CODE, *_LATENCY_CODE),
+                             True),
+    "baselines": StageInfo(stage_baselines, ("devices", "search_space", "baselines"),
+                           ("nas_core.latency.baselines", *_LATENCY_CODE), True),
+    "search": StageInfo(stage_search, ("devices", "search_space", "search.evolution", "search.refine",
+                                       "search.num_classes"),
+                        ("nas_core.search_algorithm", "nas_core.search_report", "nas_core.efficiency_predictor",
+                         "nas_core.accuracy_predictor", "nas_core.encoding", "nas_core.latency.calibration",
+                         "nas_core.latency.lut", "flows.cli_search", *_BLOCK_CODE, *_LATENCY_CODE), True),
+    "finetune": StageInfo(stage_finetune, ("devices", "finetune", "pipeline.finetune_baselines"),
+                          ("nas_core.finetune", "nas_core.complexity", *_TRAIN_CODE, "nas_core.blocks",
+                           *_LATENCY_CODE), True),
+    "transfer": StageInfo(stage_transfer, ("transfer", "pipeline.transfer_models", "pipeline.transfer_data",
+                                           "pipeline.transfer_synthetic", *_MODEL_CHOICE),
+                          ("nas_core.transfer", "nas_core.finetune", "nas_core.complexity", *_TRAIN_CODE)),
+    "detection": StageInfo(stage_detection, ("detection", "devices", "pipeline.detection_models",
+                                             "pipeline.detection_data", *_MODEL_CHOICE),
+                           ("nas_core.detection", "nas_core.finetune", "nas_core.complexity", *_TRAIN_CODE,
+                            *_LATENCY_CODE), True),
+    "report": StageInfo(stage_report, ("search.devices", "search.targets_vs_mobilenetv2",
+                                       "pipeline.params_constrained", "pipeline.finetune_baselines"),
+                        ("nas_core.report", "nas_core.search_report", "nas_core.latency.calibration")),
+}
+
+
+def params_for(stage: str, params: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The part of ``params`` a stage reads, its cache key: its sections (a dotted name is one
+    key of a section) and the profile name; ``devices`` narrowed to the step's own device(s)."""
+    chosen: dict[str, Any] = {"profile": params.get("profile")}
+    for name in STAGES[stage].sections:
+        head, _, key = name.partition(".")
+        if key:
+            chosen.setdefault(head, {})[key] = (params.get(head) or {}).get(key)
+        else:
+            chosen[head] = params.get(head)
+    devices = _step_devices(options or {})
+    if devices and "devices" in chosen:
+        chosen["devices"] = {d: v for d, v in (chosen["devices"] or {}).items() if d in devices}
+    return chosen
+
+
+def _step_devices(options: Mapping[str, Any]) -> list[str]:
+    if "device" in options:
+        return [options["device"]]
+    return list(options.get("devices") or [])
+
+
+# --------------------------------------------------------------------------- the plan
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One stage run of the pipeline: ``STAGES[stage].function(params, **options, root=...)``.
+
+    ``inputs`` are the artifacts it reads (their content is part of its Prefect cache key),
+    ``outputs`` the ones it writes (a missing one forces a re-run). ``id`` is the DVC stage
+    name (``lut@ort_cpu_fp32``, ``search@ort_cpu_fp32-1.0``, ...).
+    """
+
+    stage: str
+    id: str
+    options: tuple[tuple[str, Any], ...] = ()
+    inputs: tuple[Path, ...] = ()
+    outputs: tuple[Path, ...] = ()
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+def pipeline_steps(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT) -> list[Step]:
+    """Every step of the pipeline for these params, in an order that respects the DAG."""
+    L = Layout(root)
+    devices = search_devices(params)
+    runs = search_runs(params)
+    lut = {d: L.lut_paths(d) for d in devices}
+    steps = [
+        Step("dataset", "dataset", outputs=(L.manifest,)),
+        Step("supernet", "supernet", inputs=(L.manifest,), outputs=(L.supernet,)),
+        Step("pairs", "pairs", inputs=(L.supernet, L.manifest), outputs=(L.pairs,)),
+        Step("predictor", "predictor", inputs=(L.pairs,),
+             outputs=(L.predictor, L.predictor_dir / "metrics.json", L.predictor_dir / "predicted_vs_measured.png")),
+    ]
+    for d in devices:
+        options = (("device", d),)
+        steps += [
+            Step("runtime", f"runtime@{d}", options, outputs=(L.runtime(d),)),
+            Step("lut", f"lut@{d}", options, inputs=(L.runtime(d),), outputs=(lut[d].lut,)),
+            Step("calibration", f"calibration@{d}", options, inputs=(lut[d].lut,),
+                 outputs=(lut[d].fit, lut[d].calibration)),
+            Step("baselines", f"baselines@{d}", options, outputs=(L.baselines(d),)),
+        ]
+    for run in runs:
+        # DVC's matrix names: search@<device>-<k>, search-params@<device>-<k>-<M>
+        matrix = f"{run.devices[0]}-{run.target.removesuffix('x')}"
+        dvc_id = f"search@{matrix}" if run.params_m is None else f"search-params@{matrix}-{run.params_m}"
+        reads = (L.predictor, *[p for dev in run.devices for p in (lut[dev].lut, lut[dev].fit, L.baselines(dev))])
+        steps.append(Step("search", dvc_id, (("devices", run.devices), ("target", run.target),
+                                             ("params_m", run.params_m)), reads,
+                          (L.search_summary(run.key),)))
+        steps.append(Step("finetune", dvc_id.replace("search", "finetune", 1), (("name", run.model_name),),
+                          (L.search_summary(run.key), L.supernet, L.manifest),
+                          (L.finetune_dir(run.model_name) / "metrics.json",)))
+    for name, init in finetune_baselines(params).items():
+        reads = (L.manifest,) + ((L.supernet,) if init == "supernet" else ())
+        steps.append(Step("finetune", f"finetune-baseline@{name}", (("name", name),), reads,
+                          (L.finetune_dir(name) / "metrics.json",)))
+    pipeline = pipeline_section(params)
+    for stage, key in (("transfer", "transfer_models"), ("detection", "detection_models")):
+        models = [resolve_model(m, params, L, check=False) for m in pipeline.get(key) or []]
+        reads = tuple(Path(m) / "metrics.json" for m in models if isinstance(m, Path))
+        steps.append(Step(stage, stage, inputs=reads, outputs=(L.root / stage / "metrics.json",)))
+    reported = ("predictor", "calibration", "baselines", "search", "finetune", "transfer", "detection")
+    read = tuple(p for step in steps if step.stage in reported for p in step.outputs if p.suffix != ".pt")
+    steps.append(Step("report", "report", inputs=read, outputs=(L.report / "README.md",)))
+    return steps
+
+
+def find_step(stage: str, options: Mapping[str, Any], params: Mapping[str, Any],
+              root: str | os.PathLike = DATA_ROOT) -> Step:
+    """The planned step of ``stage`` with these options (what ``scan-edge stage`` runs), or an
+    ad-hoc one (e.g. a search the params do not list) with no declared inputs or outputs."""
+    wanted = {k: (tuple(v) if isinstance(v, list) else v) for k, v in options.items()}
+    for step in pipeline_steps(params, root):
+        if step.stage == stage and all(step.kwargs().get(k) == v for k, v in wanted.items()):
+            return step
+    return Step(stage, stage, tuple(wanted.items()))
