@@ -15,7 +15,7 @@ if [ ! -x .venv/bin/uv ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check "uv>=0.5"
 fi
 stamp=.venv/.scan-edge-installed
-want=$(cat pyproject.toml requirements.lock 2>/dev/null | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml $(ls requirements.lock 2>/dev/null) | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing dependencies (uv; ~1 minute the first time)"
   if [ -f requirements.lock ]; then
