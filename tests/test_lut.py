@@ -411,12 +411,14 @@ def test_cli_devices_and_latency(synthetic, capsys):
 
     archs_file = lut_path.parent / "arch.json"
     io.write_json(archs_file, ARCHS[1].to_dict())
-    assert main(["latency", str(archs_file), "--device", "ort_cpu_fp32", "--resolution", "64",
+    # --clock wall: the synthetic LUT is a wall-clock one, whatever params.yaml's profile overrides say
+    assert main(["latency", str(archs_file), "--device", "ort_cpu_fp32", "--resolution", "64", "--clock", "wall",
                  "--root", str(lut_path.parent), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     raw = sum(block_ms[CATALOG64.index[i]] for i in CATALOG64.block_ids(ARCHS[1]))
     assert result["estimated_ms"] == pytest.approx(0.8 * raw + 0.5) and result["lut_sum_ms"] == pytest.approx(raw)
-    assert main(["latency", str(archs_file), "--device", "ort_cpu_fp32", "--root", str(lut_path.parent)]) == 2
+    assert main(["latency", str(archs_file), "--device", "ort_cpu_fp32", "--clock", "wall",
+                 "--root", str(lut_path.parent)]) == 2
     assert "resolution: 64 in the LUT, 224 wanted" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r"device 'torch_cuda' cannot be measured here: no CUDA GPU"):
         main(["lut", "build", "--device", "torch_cuda", "--root", str(lut_path.parent)])
