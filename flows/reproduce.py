@@ -106,7 +106,9 @@ def reproduce(params: Mapping[str, Any], *, root: str | os.PathLike = stages.DAT
     with prefect_server(required=needs_server(params)):
         state = reproduce_flow(dict(params), str(root), list(only) if only else None, results, return_state=True)
         outcome = require_flow_result(state, "reproduce flow")
-    if record_in_dvc and not only and Path(root) == stages.DATA_ROOT:
+    ran = [step for step, o in outcome.items() if o["status"] != "cached" and not step.startswith("runtime@")]
+    # Nothing ran: dvc.lock already describes these files (a no-op stays a few seconds shorter).
+    if record_in_dvc and not only and Path(root) == stages.DATA_ROOT and (ran or not Path("dvc.lock").exists()):
         dvc_commit()
     return outcome
 
