@@ -10,8 +10,9 @@ after the other (each stage already uses the machine: parallel stages would only
 over its cores, and latency measurement must run alone anyway), printing one progress
 line per step. A step whose cache key is unchanged (its params sections, the content of
 what it reads, its code, the runtimes it measures with) is not executed: a second
-``reproduce`` with nothing changed runs no stage, and changing one parameter re-runs that
-stage and, through the content of its outputs, what depends on it.
+``reproduce`` with nothing changed runs no stage (only the runtime checks, which are never
+cached and cost a fraction of a second), and changing one parameter re-runs that stage
+and, through the content of its outputs, what depends on it.
 
 :func:`reproduce` runs the flow inside a real Prefect server when a step needs one (a
 Dask runner for the pairs stage) and, after a complete run, records the state in DVC
@@ -48,7 +49,7 @@ def select_steps(steps: Sequence[stages.Step], only: Sequence[str] | None) -> li
     return [s for s in steps if s.stage in only or s.id in only]
 
 
-def _run_steps(steps: Sequence[stages.Step], params: Mapping[str, Any], root: str, results: str | None,
+def run_steps(steps: Sequence[stages.Step], params: Mapping[str, Any], root: str, results: str | None,
                refresh: bool = False) -> dict[str, dict]:
     """Run the steps' cached tasks in order; stop at the first failure (its error is raised)."""
     outcome: dict[str, dict] = {}
@@ -79,7 +80,7 @@ def reproduce_flow(params: dict, root: str = str(stages.DATA_ROOT), only: list[s
                    results: str | None = None) -> dict[str, dict]:
     """Every step of the pipeline (or those in ``only``), cached; returns
     ``{step id: {"status": "ran" | "cached", "seconds", "outputs": {name: path}}}``."""
-    return _run_steps(select_steps(stages.pipeline_steps(params, root), only), params, root, results)
+    return run_steps(select_steps(stages.pipeline_steps(params, root), only), params, root, results)
 
 
 @flow(name="stage", log_prints=True)
@@ -87,7 +88,7 @@ def stage_flow(stage: str, params: dict, options: dict | None = None, root: str 
                results: str | None = None, refresh: bool = False) -> dict[str, dict]:
     """One stage run as a flow with its cached task (the per-stage flow of ``scan-edge stage NAME --prefect``)."""
     step = stages.find_step(stage, options or {}, params, root)
-    return _run_steps([step], params, root, results, refresh)
+    return run_steps([step], params, root, results, refresh)
 
 
 def needs_server(params: Mapping[str, Any]) -> bool:
@@ -130,4 +131,4 @@ def dvc_commit(cwd: str | os.PathLike = ".") -> bool:
     return True
 
 
-__all__ = ["reproduce", "reproduce_flow", "stage_flow", "select_steps", "dvc_commit"]
+__all__ = ["reproduce", "reproduce_flow", "stage_flow", "run_steps", "select_steps", "dvc_commit"]

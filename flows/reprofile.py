@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from prefect import flow
 
-from flows.reproduce import _run_steps
+from flows.reproduce import run_steps
 from tasks import stages
 
 DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00: a quiet hour for timing
@@ -103,7 +103,7 @@ def reprofile_device(params: Mapping[str, Any], device: str, root: str = str(sta
     runs = _device_runs(params, device)
     aside = layout.root / "reprofile" / device / stamp / "before"
     before = set_aside(layout, device, runs, aside)
-    _run_steps(device_steps(params, device, root), params, root, results, refresh=True)
+    run_steps(device_steps(params, device, root), params, root, results, refresh=True)
 
     moved = lut_changes(before["lut"], read_parquet(paths.lut), threshold)
     searches = search_change_rows(before["searches"], _summaries(layout, runs))
