@@ -52,7 +52,7 @@ def load_latency(device: str, lut_dir: Path, catalog: BlockCatalog):
 
 def default_target(device: str, baselines: Path) -> tuple[float, str]:
     if baselines.exists():
-        from flows.cli_search import reference_latency_ms
+        from nas_core.search_run import reference_latency_ms
 
         try:
             return reference_latency_ms(baselines, device), f"MobileNetV2 on {device} ({baselines})"

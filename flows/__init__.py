@@ -1,5 +1,5 @@
-"""Prefect flows: compose tasks into the pipeline's DAG, choose task runners and schedules.
-
-Shared plumbing: ``flows._server`` (a real Prefect API when a run needs one, and
-``require_flow_result``) and ``flows._runners`` (task runners from params, ``cpu_lock``).
+"""Prefect flows and the ``scan-edge`` command: compose the stage tasks into the pipeline's
+DAG (``reproduce``), re-profile devices on a schedule (``reprofile``), parse commands
+(``cli*.py``). The plumbing they share with the tasks (task runners from params, a real
+Prefect API when a run needs one) lives in ``tasks._runners`` and ``tasks._server``.
 """

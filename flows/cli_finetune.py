@@ -12,6 +12,11 @@ MODEL (transfer, detect): a fine-tune output folder or its name under data/finet
 or architecture JSON (random weights, or inherited with --supernet), or ``mobilenetv2_100``.
 Knobs come from params.yaml (sections ``finetune``, ``transfer``, ``detection``; ``--profile``
 picks a profile). Every command resumes an interrupted run from its checkpoint.
+
+``finetune``, ``transfer`` and ``detect`` do the work of their stages on one model
+(``tasks.stages.run_finetune``, ``run_transfer``, ``run_detection``: configs from params,
+the machine's CPU lock shared while training, exclusive while measuring latency); the
+flags only override params and name the files.
 """
 from __future__ import annotations
 
@@ -20,22 +25,22 @@ from pathlib import Path
 DEFAULT_DETECTION_DATA = Path("data/detection_dataset")
 
 
-def _params(args) -> dict:
+def _params(args, stage: str) -> dict:
+    """The params file, with ``--epochs`` overriding ``<stage>.epochs``."""
     from nas_core.params import load_params
 
-    return load_params(args.params, args.profile)
+    params = load_params(args.params, args.profile)
+    if args.epochs is not None:
+        params = {**params, stage: {**(params.get(stage) or {}), "epochs": args.epochs}}
+    return params
 
 
 def cmd_finetune(args) -> int:
-    from nas_core.finetune import FinetuneConfig, finetune
+    from tasks.stages import run_finetune
 
-    params = _params(args)
-    section = dict(params.get("finetune") or {})
-    if args.epochs is not None:
-        section["epochs"] = args.epochs
-    metrics = finetune(args.arch, data_root=args.data, supernet=args.supernet, name=args.name, out_root=args.out,
-                       config=FinetuneConfig.from_params(section), init=args.init, predicted_accuracy=args.predicted,
-                       devices_section=params.get("devices"), overwrite=args.overwrite)
+    metrics = run_finetune(_params(args, "finetune"), args.arch, data=args.data, supernet=args.supernet,
+                           out_root=args.out, name=args.name, init=args.init, predicted_accuracy=args.predicted,
+                           overwrite=args.overwrite)
     if metrics:
         _print_finetune(metrics, Path(args.out))
     return 0
@@ -58,6 +63,7 @@ def _pct(value) -> str:
 
 def cmd_finetune_table(args) -> int:
     from nas_core.finetune import comparison_table, load_metrics, remeasure_latency
+    from tasks import stage_lock
 
     metrics = load_metrics(args.out)
     if not metrics:
@@ -66,7 +72,8 @@ def cmd_finetune_table(args) -> int:
     if args.remeasure:
         devices = [args.device] if args.device else sorted({d for m in metrics for d, v in m["latency_ms"].items()
                                                            if "median_ms" in v})
-        latency = remeasure_latency(metrics, devices, args.rounds)
+        with stage_lock("exclusive"):  # latency is measured with nothing else running
+            latency = remeasure_latency(metrics, devices, args.rounds)
     frame = comparison_table(metrics, args.device, latency)
     print(frame.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else frame.to_string(index=False))
     return 0
@@ -81,14 +88,10 @@ def _has_tabulate() -> bool:
 
 
 def cmd_transfer(args) -> int:
-    from nas_core.transfer import TransferConfig, transfer
+    from tasks.stages import run_transfer
 
-    params = _params(args)
-    section = dict(params.get("transfer") or {})
-    if args.epochs is not None:
-        section["epochs"] = args.epochs
-    record = transfer(args.model, args.data, name=args.name, out_root=args.out,
-                      config=TransferConfig.from_params(section), supernet=args.supernet, overwrite=args.overwrite)
+    record = run_transfer(_params(args, "transfer"), args.model, args.data, out_root=args.out, name=args.name,
+                          supernet=args.supernet, overwrite=args.overwrite)
     if record:
         print(f"{record['name']}: top-1 {_pct(record['top1'])} on {record['dataset']['eval_split']} "
               f"({record['images']} images, {record['dataset']['classes']} classes) after {record['epochs']} epochs; "
@@ -97,16 +100,12 @@ def cmd_transfer(args) -> int:
 
 
 def cmd_detect(args) -> int:
-    from nas_core.detection import DetectionConfig, ensure_synthetic_detection, run_detection
+    from tasks.stages import detection_dataset, run_detection
 
-    params = _params(args)
-    section = dict(params.get("detection") or {})
-    if args.epochs is not None:
-        section["epochs"] = args.epochs
-    config = DetectionConfig.from_params(section)
-    data = Path(args.data) if args.data else ensure_synthetic_detection(DEFAULT_DETECTION_DATA, config)
-    metrics = run_detection(args.model, data, out_root=args.out, name=args.name, config=config,
-                            supernet=args.supernet, devices_section=params.get("devices"), overwrite=args.overwrite)
+    params = _params(args, "detection")
+    data = detection_dataset(params, args.data, DEFAULT_DETECTION_DATA)
+    metrics = run_detection(params, args.model, data, out_root=args.out, name=args.name, supernet=args.supernet,
+                            overwrite=args.overwrite)
     if metrics:
         coco = metrics["coco"]
         print(f"{metrics['name']}: mAP {100 * coco['mAP']:.1f}, mAP@0.5 {100 * coco['mAP50']:.1f} "

@@ -8,18 +8,18 @@
     scan-edge latency ARCH --device D [--measure]        estimate (and measure) one architecture
 
 Device profiles are the built-in ones overlaid with params.yaml's ``devices:``; the
-``lut:`` and ``calibration:`` sections give defaults for the options below. Measuring
-commands hold the machine's CPU lock exclusively (``tasks.cpu_lock``), so no other
-pipeline work runs beside them; other users of the machine still disturb timings, which
-the drift checks and the fit file's ``quiet_machine`` record.
+``lut:`` and ``calibration:`` sections give defaults for the options below. ``lut build``
+and ``lut calibrate`` do the work of the LUT and calibration stages
+(``tasks.stages.run_lut`` / ``run_calibration``) on the profile and files the flags name.
+Measuring commands hold the machine's CPU lock exclusively (``tasks.stage_lock``), so no
+other pipeline work runs beside them; other users of the machine still disturb timings,
+which the drift checks and the fit file's ``quiet_machine`` record.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 from flows.cli import EPILOG, resolve_arch
@@ -51,29 +51,15 @@ def _profile(args):
     return profile
 
 
-def _section(args, name: str) -> dict:
-    return dict(_params(args).get(name) or {})
+def _with_flags(args, name: str, **flags) -> dict:
+    """The params with the flags that were given overriding keys of section ``name``."""
+    params = _params(args)
+    given = {key: value for key, value in flags.items() if value is not None}
+    return {**params, name: {**(params.get(name) or {}), **given}}
 
 
-def _timing_config(section: dict):
-    from nas_core.latency.timing import TimingConfig
-
-    return TimingConfig.from_dict(section.get("timing")) if section.get("timing") else None
-
-
-@contextlib.contextmanager
-def _exclusive_cpu():
-    """The machine-wide CPU lock, exclusively: latency is measured with nothing else running."""
-    from tasks import cpu_lock
-
-    try:
-        with cpu_lock("exclusive", timeout=0.5):
-            yield
-        return
-    except TimeoutError:
-        print("waiting for the CPU lock (other pipeline work is running) ...", file=sys.stderr, flush=True)
-    with cpu_lock("exclusive"):
-        yield
+def _calibration_flags(args) -> dict:
+    return {"n_calibration": args.n_calibration, "n_validation": args.n_validation, "seed": args.seed}
 
 
 def _require_usable(profile) -> None:
@@ -167,19 +153,15 @@ def _lut_status(root: str, device: str) -> dict:
 def cmd_lut_build(args) -> int:
     import time
 
-    from nas_core.latency.lut import build_lut
+    from tasks.stages import run_lut
 
     profile = _profile(args)
     paths = _paths(args, profile)
-    section = _section(args, "lut")
     _require_usable(profile)
     resume = _resume(args.resume, paths.block_timings, paths.lut, "LUT build")
     started = time.monotonic()
-    with _exclusive_cpu():
-        frame = build_lut(profile, paths, block_filter=args.blocks, limit=args.limit, resume=resume,
-                          reference_id=section.get("reference_block"), seed=section.get("seed", 0),
-                          config=_timing_config(section), check_every=section.get("check_every", 10),
-                          drift_tolerance=section.get("drift_tolerance", 0.10), progress=not args.quiet)
+    params = _with_flags(args, "lut", blocks=args.blocks, limit=args.limit)
+    frame = run_lut(params, profile, paths, resume=resume, progress=not args.quiet)
     provenance = frame.attrs["provenance"]
     flagged = int(frame["drift_flag"].sum())
     print(f"wrote {paths.lut}: {provenance['measured_blocks']}/{provenance['catalog_blocks']} blocks, "
@@ -188,26 +170,18 @@ def cmd_lut_build(args) -> int:
 
 
 def cmd_lut_calibrate(args) -> int:
-    from nas_core.latency.calibration import calibrate
+    from tasks.stages import run_calibration
 
     profile = _profile(args)
     paths = _paths(args, profile)
-    section = _section(args, "calibration")
     _require_usable(profile)
     resume = _resume(args.resume, paths.subnet_timings, paths.fit, "calibration")
-    with _exclusive_cpu():
-        report = calibrate(
-            profile, paths, n_calibration=_pick(args.n_calibration, section, "n_calibration", 10),
-            n_validation=_pick(args.n_validation, section, "n_validation", 30),
-            seed=_pick(args.seed, section, "seed", 0), sampling=_pick(args.sampling, section, "sampling", "uniform"),
-            resume=resume, runtime_version=args.runtime_version, progress=not args.quiet)
+    params = _with_flags(args, "calibration", **_calibration_flags(args), sampling=args.sampling)
+    report = run_calibration(params, profile, paths, resume=resume, progress=not args.quiet,
+                             runtime_version=args.runtime_version)
     print(report.summary())
     print(f"wrote {paths.calibration}, {paths.fit}, {paths.figure}")
     return 0
-
-
-def _pick(value, section: dict, key: str, default):
-    return value if value is not None else section.get(key, default)
 
 
 # --------------------------------------------------------------------------- profile bundle / import
@@ -215,12 +189,11 @@ def cmd_profile_bundle(args) -> int:
     from nas_core.latency.calibration import make_profiling_bundle
 
     profile = _profile(args)
-    section = _section(args, "calibration")
+    calibration = _with_flags(args, "calibration", **_calibration_flags(args))["calibration"]
     bundle = make_profiling_bundle(
         profile, args.out, _paths(args, profile), block_filter=args.blocks, limit=args.limit,
-        n_calibration=_pick(args.n_calibration, section, "n_calibration", 10),
-        n_validation=_pick(args.n_validation, section, "n_validation", 30),
-        seed=_pick(args.seed, section, "seed", 0), progress=not args.quiet)
+        n_calibration=calibration.get("n_calibration", 10), n_validation=calibration.get("n_validation", 30),
+        seed=calibration.get("seed", 0), progress=not args.quiet)
     manifest = json.loads((bundle / "manifest.json").read_text())
     print(f"wrote {bundle}: {len(manifest['models'])} models for {profile.name}. On the device:\n"
           f"    python run_bundle.py . --out lut.parquet\n"
@@ -278,10 +251,11 @@ def _measure(arch, profile, paths) -> dict:
     from nas_core.latency.calibration import measure_arch
     from nas_core.latency.lut import LookupTable
     from nas_core.latency.timing import TimingConfig
+    from tasks import stage_lock
 
     _require_usable(profile)
     config = TimingConfig.from_dict(LookupTable.read(paths.lut).provenance.get("timing"))
-    with _exclusive_cpu():
+    with stage_lock("exclusive"):
         timed = measure_arch(arch, profile, config)
     return {"measured_ms": timed.median_ms, "measured_p10_ms": timed.p10_ms, "measured_p90_ms": timed.p90_ms}
 

@@ -148,8 +148,8 @@ def cmd_stage(args) -> int:
     params = _params(args)
     options = stage_options(args)
     if args.prefect:
-        from flows._server import prefect_server
         from flows.reproduce import needs_server, stage_flow
+        from tasks._server import prefect_server
 
         with prefect_server(required=args.stage == "pairs" and needs_server(params)):
             outcome = stage_flow(args.stage, params, options, args.root, refresh=args.force)

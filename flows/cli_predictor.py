@@ -4,11 +4,12 @@
     scan-edge fit-predictor [--profile smoke]
     scan-edge predict ARCH [ARCH ...]           # preset names or architecture JSON files
 
-``collect-pairs`` evaluates subnets with inherited weights (``flows/pairs.py``, sharded and
-resumable) into ``data/pairs/accuracy_pairs.parquet``; ``fit-predictor`` trains the predictor
-on it and writes ``data/predictor/predictor.pt``, ``metrics.json`` (test-split quality
-against baselines) and ``predicted_vs_measured.png`` (Suppl. S4); ``predict`` prints the
-predicted top-1 of architectures.
+``collect-pairs`` evaluates subnets with inherited weights (``tasks.pairs.collect_pairs``,
+sharded and resumable) into ``data/pairs/accuracy_pairs.parquet``; ``fit-predictor`` trains
+the predictor on it (``tasks.stages.run_predictor``) and writes ``data/predictor/predictor.pt``,
+``metrics.json`` (test-split quality against baselines) and ``predicted_vs_measured.png``
+(Suppl. S4); ``predict`` prints the predicted top-1 of architectures. The first two do the
+work of the pairs and predictor stages; their flags only override params and name the files.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ DEFAULT_SUPERNET, DEFAULT_DATA = "data/supernet/supernet.pt", "data/dataset"
 
 
 def cmd_collect_pairs(args) -> int:
-    from flows.pairs import collect_pairs
     from nas_core.params import load_params
+    from tasks.pairs import collect_pairs
 
     params = load_params(args.params, args.profile)
     if args.runner or args.dask_address:
@@ -44,16 +45,15 @@ def cmd_collect_pairs(args) -> int:
 
 
 def cmd_fit_predictor(args) -> int:
-    from nas_core.accuracy_predictor import PredictorConfig, fit_and_write
+    from nas_core.io import read_json
     from nas_core.params import load_params
+    from tasks.stages import run_predictor
 
     params = load_params(args.params, args.profile)
-    section = dict(params.get("predictor") or {})
     if args.epochs:
-        section["epochs"] = args.epochs
-    config = PredictorConfig.from_dict(section)
-    paths, metrics = fit_and_write(args.pairs, args.out_dir, config, params=params)
-    print(format_metrics(metrics))
+        params = {**params, "predictor": {**(params.get("predictor") or {}), "epochs": args.epochs}}
+    paths = run_predictor(params, args.pairs, args.out_dir)
+    print(format_metrics(read_json(paths["metrics"])))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

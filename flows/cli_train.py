@@ -12,40 +12,25 @@ On several GPUs or machines, start the same command under torchrun, e.g.
 
     torchrun --nproc_per_node 8 --no-python scan-edge train-supernet --profile imagenet
 
-(``supernet.batch_size`` is the total over all processes). For now this calls
-``nas_core.train`` directly; a Prefect flow will wrap it.
+(``supernet.batch_size`` is the total over all processes). The training itself is the
+supernet stage's (``tasks.stages.run_supernet``: config from ``supernet:``, the machine's
+CPU lock held shared by each process); this command only turns its flags into params and paths.
 """
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
 DEFAULT_DATA, DEFAULT_OUT = "data/dataset", "data/supernet"
 
 
-@contextlib.contextmanager
-def _shared_cpu():
-    """The machine's CPU lock, shared: training may run beside other work, but not beside
-    latency measurement (which holds it exclusively)."""
-    from tasks import cpu_lock
-
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(cpu_lock("shared", timeout=0.5))
-        except TimeoutError:
-            print("waiting for the CPU lock (a latency measurement is running) ...", file=sys.stderr, flush=True)
-            stack.enter_context(cpu_lock("shared"))
-        yield
-
-
 def cmd_train_supernet(args) -> int:
-    from nas_core.params import load_params, section
-    from nas_core.train import SupernetTrainConfig, train_supernet
+    from nas_core.params import load_params
+    from tasks.stages import run_supernet
 
     params = load_params(args.params, args.profile)
-    overrides = {"threads": args.threads} if args.threads else {}
-    config = SupernetTrainConfig.from_params({**section(params, "supernet"), **overrides})
+    if args.threads:
+        params = {**params, "supernet": {**(params.get("supernet") or {}), "threads": args.threads}}
     manifest = Path(args.data) / "manifest.parquet"
     if not Path(args.data).is_dir():
         raise FileNotFoundError(f"{args.data}: no dataset folder (run the dataset stage first, or pass --data "
@@ -53,9 +38,8 @@ def cmd_train_supernet(args) -> int:
     if not manifest.exists():
         print(f"note: {manifest} not found; building a manifest from the folder layout", file=sys.stderr)
     try:
-        with _shared_cpu():
-            path = train_supernet(config, args.data, args.out, resume=args.resume, overwrite=args.overwrite,
-                                  params=params, progress=not args.no_progress, device=args.device)
+        path = run_supernet(params, args.data, args.out, resume=args.resume, overwrite=args.overwrite,
+                            device=args.device, progress=not args.no_progress)
     except FileExistsError as err:
         raise ValueError(str(err).replace("pass resume", "pass --resume").replace("overwrite to", "--overwrite to"))
     except KeyboardInterrupt:

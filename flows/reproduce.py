@@ -31,8 +31,8 @@ from typing import Any, Mapping, Sequence
 
 from prefect import flow
 
-from flows._server import prefect_server, require_flow_result
 from tasks import stages
+from tasks._server import prefect_server, require_flow_result
 from tasks.prefect_tasks import step_arguments, step_task
 
 
@@ -93,8 +93,8 @@ def stage_flow(stage: str, params: dict, options: dict | None = None, root: str 
 
 def needs_server(params: Mapping[str, Any]) -> bool:
     """Whether a step's task runner runs tasks in other processes (the pairs stage on Dask)."""
-    from flows._runners import runner_needs_server
-    from flows.pairs import runner_params
+    from tasks._runners import runner_needs_server
+    from tasks.pairs import runner_params
 
     return runner_needs_server(runner_params(params))
 

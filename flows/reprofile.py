@@ -166,7 +166,7 @@ def serve_reprofile(cron: str = DEFAULT_CRON, **kwargs: Any) -> None:
     """Serve the scheduled deployment until interrupted (a local server is started if none is configured)."""
     from prefect import serve
 
-    from flows._server import prefect_server
+    from tasks._server import prefect_server
 
     with prefect_server(required=True):
         serve(reprofile_deployment(cron, **kwargs))

@@ -14,6 +14,8 @@ so any additive per-subnet quantity is a sum over the subnet's blocks of a per-b
 :meth:`BlockCatalog.block_rows` maps a batch of genomes to catalog rows with numpy fancy
 indexing only, which is what makes latency/params/MACs estimation vectorised (>100k
 architectures per second) - the LUT estimator and the fast counts share it.
+:meth:`BlockCatalog.min_table_sum` is the exact minimum of such a sum over the whole space
+(the fastest subnet of a LUT, the smallest parameter count): the feasible range of the search.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from functools import cached_property
 
 import numpy as np
 
-from .search_space import ArchConfig, SearchSpace
+from .search_space import (ArchConfig, AttnConfig, BlockConfig, FFNConfig, SearchSpace, SpaceSpec, StageConfig,
+                           StageSpec)
 
 HEAD_CLASSES = 1000  # the LUT's heads are ImageNet classifiers, as on the paper's devices
 
@@ -287,3 +290,78 @@ class BlockCatalog:
         if (what, num_classes) not in cache:
             cache[(what, num_classes)] = (self.params_table if what == "params" else self.macs_table)(num_classes)
         return cache[(what, num_classes)]
+
+    # ---- the exact minimum of a table sum
+    def min_table_sum(self, table: np.ndarray) -> tuple[float, np.ndarray]:
+        """The exact minimum over the whole space of a per-block table summed over a
+        subnet's blocks (:meth:`sum_table`), and a genome that attains it.
+
+        A subnet's blocks are coupled only through the stage widths. Given the widths, the
+        stem, the embeddings and the head each take their cheapest knobs, and each stage
+        repeats its cheapest FFN, adds its cheapest MHSA only where that is negative, and
+        takes the depth that minimises ``depth * (ffn + mhsa)``. So the minimum is the best
+        of these per-width minima over all width combinations (4**4 in Table 2). Exact for
+        any table, negative entries included; the minimum of ``-table`` is the maximum.
+        """
+        table = np.asarray(table, dtype=float)
+        if table.shape != (len(self.blocks),):
+            raise ValueError(f"per-block table has shape {table.shape}; the catalog has {len(self.blocks)} rows")
+        cheapest = _cheapest_per_slot(self.blocks, table)
+        best_value, best_arch = math.inf, None
+        for widths in itertools.product(*(s.widths for s in self.space.spec.stages)):
+            value, arch = _cheapest_arch(self.space.spec, cheapest, widths)
+            if value < best_value:
+                best_value, best_arch = value, arch
+        genome = self.space.encode(self.space.validate(best_arch))
+        check = float(self.sum_table(table, genome[None])[0])
+        if not math.isclose(check, best_value, rel_tol=1e-9, abs_tol=1e-9):
+            raise AssertionError(f"min_table_sum: the argmin genome sums to {check}, expected {best_value}")
+        return best_value, genome
+
+
+Slot = tuple[str, int, int, int]  # (kind, stage, in_width, out_width): where a block can sit
+
+
+def _cheapest_per_slot(blocks: list[BlockSpec], table: np.ndarray) -> dict[Slot, tuple[float, BlockSpec]]:
+    """slot -> (lowest table value of the blocks that fit it, that block)."""
+    cheapest: dict[Slot, tuple[float, BlockSpec]] = {}
+    for value, block in zip(table, blocks):
+        slot = (block.kind, block.stage, block.in_width, block.out_width)
+        if slot not in cheapest or value < cheapest[slot][0]:
+            cheapest[slot] = (float(value), block)
+    return cheapest
+
+
+def _cheapest_arch(spec: SpaceSpec, cheapest: dict[Slot, tuple[float, BlockSpec]],
+                   widths: tuple[int, ...]) -> tuple[float, ArchConfig]:
+    """The lowest table sum of the subnets with these stage widths, and one such subnet."""
+    total, stem = cheapest[("stem", 1, 3, widths[0])]
+    embed3 = None
+    for stage, in_width, out_width in zip(spec.stages[1:], widths, widths[1:]):
+        kind = "embed_attn" if stage.number == 4 else "embed"  # embed 3 carries an MHSA (the catalog's kinds)
+        value, block = cheapest[(kind, stage.number, in_width, out_width)]
+        total += value
+        if kind == "embed_attn":
+            embed3 = block
+    total += cheapest[("head", 4, widths[-1], HEAD_CLASSES)][0]
+    stages = []
+    for stage, width in zip(spec.stages, widths):
+        value, config = _cheapest_stage(cheapest, stage, width)
+        total += value
+        stages.append(config)
+    return total, ArchConfig(stem.act, tuple(stages), AttnConfig(embed3.value_ratio, embed3.act))
+
+
+def _cheapest_stage(cheapest: dict[Slot, tuple[float, BlockSpec]], stage: StageSpec,
+                    width: int) -> tuple[float, StageConfig]:
+    """The lowest table sum of one stage at ``width``, and that stage."""
+    block_value, ffn = cheapest[("ffn", stage.number, width, width)]
+    attn = None
+    if stage.allows_mhsa:
+        mhsa_value, mhsa = cheapest[("mhsa", stage.number, width, width)]
+        if mhsa_value < 0:  # never with real latencies or counts; keeps the minimum exact for any table
+            block_value += mhsa_value
+            attn = AttnConfig(mhsa.value_ratio, mhsa.act)
+    depth = max(stage.depths) if block_value < 0 else min(stage.depths)
+    block = BlockConfig(FFNConfig(ffn.ffn_type, ffn.kernel, ffn.expansion, ffn.act), attn)
+    return depth * block_value, StageConfig(width, (block,) * depth)

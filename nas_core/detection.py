@@ -60,6 +60,7 @@ import torch
 from torch import nn
 
 from .io import code_version, machine_fingerprint, read_json, torch_save, utc_now, write_json
+from .locks import Lock, no_lock
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -458,13 +459,15 @@ class SSDLiteExport(nn.Module):
 def run_detection(model_ref: str, data_dir: str | os.PathLike, out_root: str | os.PathLike = "data/detection",
                   name: str | None = None, config: DetectionConfig | None = None, supernet: str | None = None,
                   devices_section: Mapping | None = None, resume: bool = True, overwrite: bool = False,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, lock: Lock = no_lock) -> dict:
     """Train and evaluate SSDLite with the backbone ``model_ref`` on the COCO folder
     ``data_dir``; export it, time it and write ``out_root/<name>/metrics.json`` (module
     docstring). ``model_ref`` is anything ``finetune.load_classifier`` accepts: a
     fine-tune output folder or name, a preset or ``.arch.json`` (weights from
-    ``supernet`` if given, else random), or ``mobilenetv2_100``. Returns the metrics
-    (an empty dict on ranks other than 0 of a ``torchrun`` job)."""
+    ``supernet`` if given, else random), or ``mobilenetv2_100``. ``lock``
+    (``nas_core.locks``) is held shared while training, evaluating and exporting, then
+    exclusively while timing. Returns the metrics (an empty dict on ranks other than 0
+    of a ``torchrun`` job)."""
     from .complexity import count_macs, count_params
     from .data.coco import write_coco_results
     from .finetune import load_classifier, measure_latency
@@ -473,29 +476,31 @@ def run_detection(model_ref: str, data_dir: str | os.PathLike, out_root: str | o
 
     config = config or DetectionConfig()
     train_set, test_set, paths = detection_datasets(data_dir, config.augment)  # validate the data first
-    seed_everything(config.seed)  # random backbones, the head's and extra blocks' initialisation
-    classifier, source = load_classifier(model_ref, supernet=supernet)
-    name = name or source["name"]
-    out = Path(out_root) / name
-    detector = build_ssdlite(detection_backbone(classifier, config.resolution, config.extra_channels),
-                             train_set.num_classes, config.resolution, config)
-    identity = {"name": name, "backbone": model_ref, "data": str(data_dir), "num_classes": train_set.num_classes,
-                "resolution": config.resolution, "augment": config.augment}
-    started = time.perf_counter()
-    log = train_detector(detector, train_set, config, out, resume=resume, overwrite=overwrite, progress=progress,
-                         identity=identity)
-    train_seconds = time.perf_counter() - started
-    if not init_distributed().is_main:
-        return {}
+    with lock("shared"):  # training, evaluation and export: other shared work may run beside them
+        seed_everything(config.seed)  # random backbones, the head's and extra blocks' initialisation
+        classifier, source = load_classifier(model_ref, supernet=supernet)
+        name = name or source["name"]
+        out = Path(out_root) / name
+        detector = build_ssdlite(detection_backbone(classifier, config.resolution, config.extra_channels),
+                                 train_set.num_classes, config.resolution, config)
+        identity = {"name": name, "backbone": model_ref, "data": str(data_dir), "num_classes": train_set.num_classes,
+                    "resolution": config.resolution, "augment": config.augment}
+        started = time.perf_counter()
+        log = train_detector(detector, train_set, config, out, resume=resume, overwrite=overwrite, progress=progress,
+                             identity=identity)
+        train_seconds = time.perf_counter() - started
+        if not init_distributed().is_main:
+            return {}
 
-    predictions = predict(detector, test_set, config.eval_batch_size)
-    coco = coco_evaluate(predictions, test_set.label_to_category, paths["test"])
-    write_coco_results(out / "predictions.json", predictions, test_set.label_to_category)
+        predictions = predict(detector, test_set, config.eval_batch_size)
+        coco = coco_evaluate(predictions, test_set.label_to_category, paths["test"])
+        write_coco_results(out / "predictions.json", predictions, test_set.label_to_category)
 
-    deployed = SSDLiteExport(detector, config.resolution).eval()
-    shape = (1, 3, config.resolution, config.resolution)
-    onnx_path = export_onnx(deployed, shape, out / "model.onnx")
-    latency = measure_latency(deployed, shape, config.devices, devices_section, config.timing, onnx_path=onnx_path)
+        deployed = SSDLiteExport(detector, config.resolution).eval()
+        shape = (1, 3, config.resolution, config.resolution)
+        onnx_path = export_onnx(deployed, shape, out / "model.onnx")
+    with lock("exclusive"):  # taken after the shared one is released: a holder cannot upgrade
+        latency = measure_latency(deployed, shape, config.devices, devices_section, config.timing, onnx_path=onnx_path)
     torch_save(out / "model.pt", {"kind": "ssdlite", "backbone": source, "num_classes": train_set.num_classes,
                                   "resolution": config.resolution, "config": config.to_dict(),
                                   "label_names": train_set.label_names, "state_dict": detector.state_dict()})

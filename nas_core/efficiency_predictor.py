@@ -17,19 +17,18 @@ precision, threads or batch; a LUT with missing blocks; a fit made from another 
 """
 from __future__ import annotations
 
-import itertools
 import os
 import warnings
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from nas_core.block_catalog import HEAD_CLASSES, BlockCatalog, BlockSpec
+from nas_core.block_catalog import HEAD_CLASSES, BlockCatalog
 from nas_core.io import file_sha256
 from nas_core.latency.calibration import read_fit
 from nas_core.latency.devices import DeviceProfile, get_profile, load_profiles
 from nas_core.latency.lut import LookupTable, LutError, LutPaths
-from nas_core.search_space import ArchConfig, AttnConfig, BlockConfig, FFNConfig, SearchSpace, StageConfig
+from nas_core.search_space import ArchConfig, SearchSpace
 
 
 class LatencyEstimator:
@@ -110,11 +109,16 @@ class LatencyEstimator:
     # ---- the feasible range
     def min_latency_ms(self) -> float:
         """The exact minimum calibrated latency over the whole space (targets below it are infeasible)."""
-        return float(self.predict(self.fastest_arch())[0])
+        return float(self.predict_genomes(self._fastest_genome()[None])[0])
 
     def fastest_arch(self) -> ArchConfig:
         """An architecture with the minimum calibrated latency (the minimum raw sum when a >= 0)."""
-        return _extreme_arch(self.catalog, self.block_ms if self.a >= 0 else -self.block_ms)
+        return self.space.decode(self._fastest_genome())
+
+    def _fastest_genome(self) -> np.ndarray:
+        # A negative slope (refused in fit files, possible when built by hand) ranks backwards:
+        # the fastest subnet then has the largest raw sum.
+        return self.catalog.min_table_sum(self.block_ms if self.a >= 0 else -self.block_ms)[1]
 
 
 def _checked_fit(fit_json, lut: LookupTable, profile: DeviceProfile) -> dict:
@@ -136,58 +140,3 @@ def _checked_fit(fit_json, lut: LookupTable, profile: DeviceProfile) -> dict:
                       "far off. Was the machine busy? Re-run the LUT and calibration on a quiet machine "
                       "(or with the cpu clock, see nas_core.latency.lut.CLOCKS)", stacklevel=3)
     return fit
-
-
-def _extreme_arch(catalog: BlockCatalog, cost: np.ndarray) -> ArchConfig:
-    """An architecture minimising the sum of ``cost`` (one value per catalog row), exactly.
-
-    A subnet's blocks are coupled only through the stage widths: given the widths, every
-    block slot is minimised on its own (the cheapest FFN of the stage at that width, an
-    MHSA only where it costs less than nothing, the depth with the lowest total). So the
-    minimum is the best of the per-slot minima over all width combinations (4^4 in Table 2).
-    """
-    spec = catalog.space.spec
-    cheapest = _cheapest_by_slot(catalog, cost)
-    best_total, best_arch = np.inf, None
-    for widths in itertools.product(*(s.widths for s in spec.stages)):
-        total, stem = cheapest[("stem", 1, 3, widths[0])]
-        joins = []
-        for i, stage in enumerate(spec.stages[1:], start=1):
-            kind = "embed_attn" if stage.number == 4 else "embed"
-            value, block = cheapest[(kind, stage.number, widths[i - 1], widths[i])]
-            total += value
-            joins.append(block)
-        head_value, _ = cheapest[("head", spec.stages[-1].number, widths[-1], HEAD_CLASSES)]
-        total += head_value
-        stages = [_cheapest_stage(cheapest, stage, width) for stage, width in zip(spec.stages, widths)]
-        total += sum(value for value, _ in stages)
-        if total < best_total:
-            best_total = total
-            embed3 = next(b for b in joins if b.kind == "embed_attn")
-            best_arch = ArchConfig(stem.act, tuple(config for _, config in stages),
-                                   AttnConfig(embed3.value_ratio, embed3.act))
-    return catalog.space.validate(best_arch)
-
-
-def _cheapest_by_slot(catalog: BlockCatalog, cost: np.ndarray) -> dict[tuple, tuple[float, BlockSpec]]:
-    """(kind, stage, in_width, out_width) -> (lowest cost, its block)."""
-    cheapest: dict[tuple, tuple[float, BlockSpec]] = {}
-    for value, block in zip(cost, catalog.blocks):
-        key = (block.kind, block.stage, block.in_width, block.out_width)
-        if key not in cheapest or value < cheapest[key][0]:
-            cheapest[key] = (float(value), block)
-    return cheapest
-
-
-def _cheapest_stage(cheapest, stage, width: int) -> tuple[float, StageConfig]:
-    ffn_value, ffn = cheapest[("ffn", stage.number, width, width)]
-    block_value = ffn_value
-    attn = None
-    if stage.allows_mhsa:
-        mhsa_value, mhsa = cheapest[("mhsa", stage.number, width, width)]
-        if mhsa_value < 0:  # never with real latencies; keeps the minimum exact for any table
-            block_value += mhsa_value
-            attn = AttnConfig(mhsa.value_ratio, mhsa.act)
-    depth = min(stage.depths, key=lambda d: d * block_value)
-    config = BlockConfig(FFNConfig(ffn.ffn_type, ffn.kernel, ffn.expansion, ffn.act), attn)
-    return depth * block_value, StageConfig(width, (config,) * depth)

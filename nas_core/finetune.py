@@ -8,11 +8,11 @@ three layers, each usable alone:
 * :class:`ModelTrainer` / :func:`train_epochs` - a generic epoch loop for *any* model and
   loss (classification here, SSDLite in ``nas_core.detection``): timm optimizer and
   cosine schedule with warm-up (updated per step), mixed precision on GPUs, a checkpoint
-  after every epoch and exact resume, ``torchrun`` support. The RNG, distributed and
-  teacher helpers are the supernet trainer's (``nas_core.train``), so both trainers
-  resume and distribute the same way: no DistributedDataParallel wrapper, gradients are
-  averaged with ``train.all_reduce_gradients`` (every parameter of a plain model gets
-  one), BatchNorm statistics are averaged over ranks after each epoch.
+  after every epoch and exact resume, ``torchrun`` support. The optimizer / schedule, RNG,
+  distributed and teacher helpers are the supernet trainer's (``nas_core.train``), so both
+  trainers optimise, resume and distribute the same way: no DistributedDataParallel
+  wrapper, gradients are averaged with ``train.all_reduce_gradients`` (every parameter of
+  a plain model gets one), BatchNorm statistics are averaged over ranks after each epoch.
 * :func:`train_classifier` - that loop with a classification step (label smoothing,
   optional DeiT-style hard distillation: ``head_dist`` learns the teacher's argmax) and
   per-epoch validation. The same function fine-tunes ours, trains the baselines from
@@ -92,8 +92,10 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .io import (code_version, file_sha256, machine_fingerprint, read_json, torch_load,
                  torch_save, utc_now, write_json, write_parquet)
-from .train import (DistContext, all_reduce_gradients, average_bn_statistics, broadcast_state, build_teacher,
-                    init_distributed, rng_state, seed_everything, set_rng_state)
+from .locks import Lock, no_lock
+from .train import (DistContext, all_reduce_gradients, average_bn_statistics, broadcast_state,
+                    build_optimizer_and_scheduler, build_teacher, init_distributed, rng_state, seed_everything,
+                    set_rng_state)
 
 CHECKPOINT_FORMAT = "scan-edge/trainer-checkpoint/v1"
 CLASSIFIER_FORMAT = "scan-edge/classifier/v1"
@@ -259,7 +261,7 @@ class ModelTrainer:
             raise ValueError(f"{len(train_dataset)} training images are fewer than one batch of "
                              f"{self.local_batch} per process; lower batch_size")
         self.steps_per_epoch = min(len(self.loader), recipe.steps_per_epoch or len(self.loader))
-        self.optimizer, self.scheduler = build_optimizer(self.model, recipe, self.steps_per_epoch)
+        self.optimizer, self.scheduler = build_optimizer_and_scheduler(self.model, recipe, self.steps_per_epoch)
         self.use_amp = recipe.amp and self.ctx.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.epoch, self.step = 0, 0
@@ -405,19 +407,6 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def build_optimizer(model: nn.Module, recipe: TrainRecipe, steps_per_epoch: int):
-    """timm optimizer + per-step cosine schedule with linear warm-up (as the supernet's)."""
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
-
-    extra = {"momentum": recipe.momentum} if recipe.opt.lower() in ("sgd", "momentum", "nesterov") else {}
-    optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=recipe.lr, weight_decay=recipe.weight_decay, **extra)
-    scheduler = CosineLRScheduler(optimizer, t_initial=steps_per_epoch * recipe.epochs, lr_min=recipe.min_lr,
-                                  warmup_lr_init=recipe.warmup_lr,
-                                  warmup_t=int(round(recipe.warmup_epochs * steps_per_epoch)), t_in_epochs=False)
-    return optimizer, scheduler
-
-
 def train_epochs(model: nn.Module, train_dataset: Dataset, step_fn: StepFn, recipe: TrainRecipe,
                  out_dir: str | os.PathLike, *, resume: bool = True, overwrite: bool = False, **trainer_kwargs):
     """Run a :class:`ModelTrainer` to completion and return its log as a DataFrame.
@@ -558,7 +547,7 @@ def subnet_at_resolution(model, resolution: int):
     bicubically (as ``Supernet.extract`` does). Returns ``model`` itself when the size matches.
     """
     from .subnet import SubnetModel
-    from .supernet import _resize_bias_table
+    from .supernet import resize_attention_bias_table
 
     if model.resolution == resolution:
         return model
@@ -567,7 +556,7 @@ def subnet_at_resolution(model, resolution: int):
     state = {}
     for key, value in model.state_dict().items():
         if key.endswith("attention_biases") and value.shape != own[key].shape:
-            value = _resize_bias_table(value, int(round(math.sqrt(own[key].shape[1]))))
+            value = resize_attention_bias_table(value, int(round(math.sqrt(own[key].shape[1]))))
         state[key] = value
     rebuilt.load_state_dict(state)
     return rebuilt.train(model.training).to(next(model.parameters()).device)
@@ -858,14 +847,16 @@ def finetune(ref: str, *, data_root: str | os.PathLike = DEFAULT_DATA,
              out_root: str | os.PathLike = DEFAULT_OUT, config: FinetuneConfig | None = None,
              init: str | None = None, predicted_accuracy: float | None = None,
              devices_section: Mapping | None = None, resume: bool = True, overwrite: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, lock: Lock = no_lock) -> dict[str, Any]:
     """Fine-tune (or train a baseline) and write ``out_root/<name>/`` (module docstring).
 
     ``ref``: a search's ``.arch.json``, a preset name, or ``mobilenetv2_100``. ``init``:
     ``supernet`` (inherit; the default for members of the space) or ``scratch`` (the
     default for timm baselines). The inherited accuracy is measured after BN
-    recalibration on training images, on ``config.eval_split``. Returns the metrics
-    (an empty dict on ranks other than 0 of a distributed run).
+    recalibration on training images, on ``config.eval_split``. ``lock`` (``nas_core.locks``)
+    is held shared while training, evaluating and exporting, then exclusively while
+    measuring latency. Returns the metrics (an empty dict on ranks other than 0 of a
+    distributed run).
     """
     from .complexity import count_macs, count_params
     from .evaluate import evaluate, recalibrate_bn
@@ -873,41 +864,44 @@ def finetune(ref: str, *, data_root: str | os.PathLike = DEFAULT_DATA,
     config = config or FinetuneConfig()
     init = init or ("scratch" if ref in TIMM_BASELINES else "supernet")
     supernet_path = Path(supernet) if supernet is not None else None
-    net = _supernet_for(ref, init, supernet_path)
-    resolution = config.resolution or _supernet_resolution(net, supernet_path)
-    data = classification_data(data_root, resolution, config)
-    model, described, record = _initial_model(ref, net, data.num_classes, resolution, config.drop_path)
-    space = net.space if net is not None else None
-    name = name or (described["name"] + ("_scratch" if init == "scratch" and described["kind"] == "subnet" else ""))
-    out = Path(out_root) / name
+    with lock("shared"):  # training, evaluation and export: other shared work may run beside them
+        net = _supernet_for(ref, init, supernet_path)
+        resolution = config.resolution or _supernet_resolution(net, supernet_path)
+        data = classification_data(data_root, resolution, config)
+        model, described, record = _initial_model(ref, net, data.num_classes, resolution, config.drop_path)
+        space = net.space if net is not None else None
+        name = name or (described["name"] + ("_scratch" if init == "scratch" and described["kind"] == "subnet" else ""))
+        out = Path(out_root) / name
 
-    inherited = None
-    if net is not None:
-        recalibrate_bn(model, None, data.calib_batches, len(data.calib_batches))
-        inherited = {**evaluate(model, data.eval_loader), "split": data.eval_split}
-        if progress:
-            print(f"{name}: inherited top-1 {inherited['top1']:.4f} on {data.eval_split} (BN recalibrated)", flush=True)
-        del net
-    model = with_drop_path(model, config.drop_path)
+        inherited = None
+        if net is not None:
+            recalibrate_bn(model, None, data.calib_batches, len(data.calib_batches))
+            inherited = {**evaluate(model, data.eval_loader), "split": data.eval_split}
+            if progress:
+                print(f"{name}: inherited top-1 {inherited['top1']:.4f} on {data.eval_split} (BN recalibrated)",
+                      flush=True)
+            del net
+        model = with_drop_path(model, config.drop_path)
 
-    identity = {"name": name, "ref": ref, "init": init, "resolution": resolution, "classes": data.num_classes}
-    started = time.perf_counter()
-    log = train_classifier(model, data.train, config, out, val_loader=data.val_loader, num_classes=data.num_classes,
-                           resume=resume, overwrite=overwrite, progress=progress, identity=identity)
-    seconds = time.perf_counter() - started
-    if not init_distributed().is_main:
-        return {}
-    finetuned = {**evaluate(model, data.eval_loader), "split": data.eval_split}
+        identity = {"name": name, "ref": ref, "init": init, "resolution": resolution, "classes": data.num_classes}
+        started = time.perf_counter()
+        log = train_classifier(model, data.train, config, out, val_loader=data.val_loader, num_classes=data.num_classes,
+                               resume=resume, overwrite=overwrite, progress=progress, identity=identity)
+        seconds = time.perf_counter() - started
+        if not init_distributed().is_main:
+            return {}
+        finetuned = {**evaluate(model, data.eval_loader), "split": data.eval_split}
 
-    save_classifier(out / MODEL_NAME, model, {"name": name, "init": init, "resolution": resolution,
-                                              **{k: v for k, v in described.items() if k != "arch"}}, space)
-    deployed = subnet_at_resolution(model, config.deploy_resolution) if described["kind"] == "subnet" else model
-    deployed = deployed.eval().cpu()
-    shape = (1, 3, config.deploy_resolution, config.deploy_resolution)
-    exports = export_all(deployed, shape, out, config.export_openvino, config.export_tensorrt)
+        save_classifier(out / MODEL_NAME, model, {"name": name, "init": init, "resolution": resolution,
+                                                  **{k: v for k, v in described.items() if k != "arch"}}, space)
+        deployed = subnet_at_resolution(model, config.deploy_resolution) if described["kind"] == "subnet" else model
+        deployed = deployed.eval().cpu()
+        shape = (1, 3, config.deploy_resolution, config.deploy_resolution)
+        exports = export_all(deployed, shape, out, config.export_openvino, config.export_tensorrt)
     searched_for = list((record.get("latency_ms") or {}).keys())
-    latency = measure_latency(deployed, shape, [*searched_for, *config.devices], devices_section, config.timing,
-                              onnx_path=exports["onnx"])
+    with lock("exclusive"):  # taken after the shared one is released: a holder cannot upgrade
+        latency = measure_latency(deployed, shape, [*searched_for, *config.devices], devices_section, config.timing,
+                                  onnx_path=exports["onnx"])
     if predicted_accuracy is None:
         predicted_accuracy = record.get("predicted_accuracy")
     metrics = {

@@ -20,7 +20,7 @@ to ``<shards_dir>/plan.parquet``. :func:`evaluate_shard` evaluates one shard and
 ``<shards_dir>/shard-00012.parquet`` atomically; a shard whose file exists is skipped. So
 killing the job loses at most the shards in flight, a restart never evaluates a subnet
 twice, and shards are independent units for any task runner (the Prefect flow in
-``flows/pairs.py`` maps them over Dask). :func:`assemble_pairs` concatenates the shards
+``tasks/pairs.py`` maps them over Dask). :func:`assemble_pairs` concatenates the shards
 into the final table (checking the plan and that every arch_id appears exactly once).
 
 The plan has a key (hash of the config, the supernet checkpoint's sha256 and the dataset

@@ -47,7 +47,6 @@ re-targeting the search by how far the measurements fell from the window when no
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -56,8 +55,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 import numpy as np
 
 from .block_catalog import HEAD_CLASSES, BlockCatalog
-from .search_space import (ArchConfig, AttnConfig, BlockConfig, FFNConfig, SearchSpace,
-                           StageConfig)
+from .search_space import ArchConfig, SearchSpace
 
 PROB_ATOL = 1e-9  # Theorem 1 check: probabilities >= 0 and summing to 1 per gene, within this
 
@@ -86,81 +84,13 @@ class LatencyEstimator(Protocol):
 
 
 # --------------------------------------------------------------------------- additive per-block estimators
-def min_table_sum(catalog: BlockCatalog, table: np.ndarray) -> tuple[float, np.ndarray]:
-    """The exact minimum over the whole space of a per-block table summed over a subnet's
-    blocks (``catalog.sum_table``), and a genome that attains it.
-
-    Every subnet has a stem, two conv embeddings, the MHSA-downsampling embed 3 and a head,
-    whose rows depend only on the four widths (and their own knobs); each stage then has
-    ``depth`` FFNs and, in stages 3-4, optional MHSAs. So for each of the 4**4 width
-    combinations the minimum takes each fixed block at its cheapest knobs, each FFN at the
-    stage's cheapest FFN, an MHSA only where it is negative, and the depth that minimises
-    ``depth * (ffn + mhsa)``.
-    """
-    table = np.asarray(table, dtype=float)
-    if table.shape != (len(catalog.blocks),):
-        raise ValueError(f"per-block table has shape {table.shape}; the catalog has {len(catalog.blocks)} rows")
-    spec = catalog.space.spec
-    cheapest = _cheapest_blocks(catalog, table)
-    best_value, best_choice = math.inf, None
-    for widths in itertools.product(*(s.widths for s in spec.stages)):
-        value, choice = _min_for_widths(spec, cheapest, widths)
-        if value < best_value:
-            best_value, best_choice = value, choice
-    genome = catalog.space.encode(_arch_from_choice(catalog.space, best_choice))
-    check = float(catalog.sum_table(table, genome[None])[0])
-    if not math.isclose(check, best_value, rel_tol=1e-9, abs_tol=1e-9):
-        raise AssertionError(f"min_table_sum: argmin genome sums to {check}, expected {best_value}")
-    return best_value, genome
-
-
-def _cheapest_blocks(catalog: BlockCatalog, table: np.ndarray) -> dict[tuple, tuple[float, Any]]:
-    """(kind, stage, in_width, out_width) -> (smallest table value, the BlockSpec attaining it)."""
-    cheapest: dict[tuple, tuple[float, Any]] = {}
-    for value, block in zip(table, catalog.blocks):
-        key = (block.kind, block.stage, block.in_width, block.out_width)
-        if key not in cheapest or value < cheapest[key][0]:
-            cheapest[key] = (float(value), block)
-    return cheapest
-
-
-def _min_for_widths(spec, cheapest, widths) -> tuple[float, dict]:
-    w1, w2, w3, w4 = widths
-    stem = cheapest[("stem", 1, 3, w1)]
-    fixed = [stem, cheapest[("embed", 2, w1, w2)], cheapest[("embed", 3, w2, w3)],
-             cheapest[("embed_attn", 4, w3, w4)], cheapest[("head", 4, w4, HEAD_CLASSES)]]
-    total = sum(v for v, _ in fixed)
-    choice = {"widths": widths, "stem": stem[1], "embed3": fixed[3][1], "stages": []}
-    for stage, width in zip(spec.stages, widths):
-        ffn_value, ffn = cheapest[("ffn", stage.number, width, width)]
-        mhsa_value, mhsa = (cheapest[("mhsa", stage.number, width, width)] if stage.allows_mhsa
-                            else (0.0, None))
-        use_mhsa = mhsa is not None and mhsa_value < 0
-        per_block = ffn_value + (mhsa_value if use_mhsa else 0.0)
-        depth = max(stage.depths) if per_block < 0 else min(stage.depths)
-        total += depth * per_block
-        choice["stages"].append((depth, ffn, mhsa if use_mhsa else None))
-    return total, choice
-
-
-def _arch_from_choice(space: SearchSpace, choice: dict) -> ArchConfig:
-    stages = []
-    for width, (depth, ffn, mhsa) in zip(choice["widths"], choice["stages"]):
-        block = BlockConfig(FFNConfig(ffn.ffn_type, ffn.kernel, ffn.expansion, ffn.act),
-                            AttnConfig(mhsa.value_ratio, mhsa.act) if mhsa is not None else None)
-        stages.append(StageConfig(width, (block,) * depth))
-    embed3 = choice["embed3"]
-    return space.validate(ArchConfig(choice["stem"].act, tuple(stages),
-                                     AttnConfig(embed3.value_ratio, embed3.act)))
-
-
 class BlockTableEstimator:
     """``scale * (sum of a per-block table over a subnet's blocks) + offset``.
 
     This is the shape of every additive cost model in the project: a calibrated latency LUT
     (§5.3: a * LUT sum + b), the parameter count and the MAC count (scale 1, offset 0). The
     search uses it for the params / MACs constraints; tests and benchmarks use it as a
-    stand-in latency estimator. ``min_value`` is exact (:func:`min_table_sum`).
+    stand-in latency estimator. ``min_value`` is exact (:meth:`BlockCatalog.min_table_sum`).
     """
 
     def __init__(self, catalog: BlockCatalog, table: np.ndarray, scale: float = 1.0, offset: float = 0.0,
@@ -185,7 +115,7 @@ class BlockTableEstimator:
 
     def _minimum(self) -> tuple[float, np.ndarray]:
         if self._min is None:
-            raw, genome = min_table_sum(self.catalog, self.table)
+            raw, genome = self.catalog.min_table_sum(self.table)
             self._min = (self.scale * raw + self.offset, genome)
         return self._min
 
@@ -297,11 +227,18 @@ class SamplingDistribution:
 # --------------------------------------------------------------------------- constraints
 @dataclass(frozen=True)
 class LatencyConstraint:
-    """Calibrated latency on ``device`` must be <= ``target_ms``."""
+    """Calibrated latency on ``device`` must be <= ``target_ms`` (and >= ``floor_ms`` if set).
+
+    The paper's constraint is the upper bound alone. The floor exists for
+    :func:`refine_on_device`: once measurements show where the device's window
+    [target - 3%, target] lies in estimated milliseconds, a re-search confined to that band
+    returns candidates that land in the window, instead of the predictor's favourite far below it.
+    """
 
     device: str
     target_ms: float
     estimator: LatencyEstimator = field(compare=False, repr=False)
+    floor_ms: float | None = None
 
 
 class Constraints:
@@ -323,6 +260,9 @@ class Constraints:
                             ("params", max_params), ("macs", max_macs)]:
             if limit is not None and not (np.isfinite(limit) and limit > 0):
                 raise SearchError(f"constraint {name} must be a positive number, got {limit}")
+        for c in self.latency:
+            if c.floor_ms is not None and not 0 <= c.floor_ms < c.target_ms:
+                raise SearchError(f"latency floor on {c.device} must be in [0, {c.target_ms}), got {c.floor_ms}")
         self.params_estimator = BlockTableEstimator.params(catalog, num_classes)
         self.macs_estimator = BlockTableEstimator.macs(catalog, num_classes)
 
@@ -338,6 +278,10 @@ class Constraints:
         if self.max_macs is not None:
             out["macs"] = float(self.max_macs)
         return out
+
+    def floors(self) -> dict[str, float]:
+        """Metric name -> lower bound, for latency constraints with a floor."""
+        return {f"latency_ms.{c.device}": float(c.floor_ms) for c in self.latency if c.floor_ms is not None}
 
     def _estimators(self) -> dict[str, Any]:
         return {**{f"latency_ms.{c.device}": c.estimator for c in self.latency},
@@ -373,21 +317,28 @@ class Constraints:
         return self.evaluate(genomes, [*(f"latency_ms.{d}" for d in self.devices), "params", "macs"])
 
     def violation(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Largest relative excess over a bound (0 where every constraint holds)."""
+        """Largest relative excess over an upper bound or shortfall under a floor (0 where
+        every constraint holds)."""
         limits = self.limits()
         if not limits:
             return np.zeros(len(next(iter(values.values()), [])))
         excess = [np.maximum(values[name] / limit - 1.0, 0.0) for name, limit in limits.items()]
+        excess += [np.maximum(1.0 - values[name] / floor, 0.0) for name, floor in self.floors().items() if floor > 0]
         return np.max(excess, axis=0)
 
     def describe(self) -> dict[str, Any]:
         return {"latency_ms": {c.device: float(c.target_ms) for c in self.latency},
+                **({"latency_floor_ms": {k.split(".", 1)[1]: v for k, v in self.floors().items()}}
+                   if self.floors() else {}),
                 "max_params": self.max_params, "max_macs": self.max_macs, "num_classes": self.num_classes,
                 "resolution": self.catalog.resolution}
 
-    def with_latency_targets(self, targets: Mapping[str, float]) -> "Constraints":
-        """The same constraints with new latency targets (used to re-target a search)."""
-        latency = [dataclasses.replace(c, target_ms=float(targets.get(c.device, c.target_ms))) for c in self.latency]
+    def with_latency_targets(self, targets: Mapping[str, float],
+                             floors: Mapping[str, float] | None = None) -> "Constraints":
+        """The same constraints with new latency targets and floors (used to re-target a search)."""
+        floors = floors or {}
+        latency = [dataclasses.replace(c, target_ms=float(targets.get(c.device, c.target_ms)),
+                                       floor_ms=floors.get(c.device)) for c in self.latency]
         return Constraints(self.catalog, latency, self.max_params, self.max_macs, self.num_classes)
 
 
@@ -739,7 +690,7 @@ def model_name(latency_ms: Mapping[str, float], max_params: float | None = None,
 
 # --------------------------------------------------------------------------- meeting the target on the device
 MeasureFn = Callable[[Candidate], "float | Mapping[str, float]"]
-ResearchFn = Callable[[Mapping[str, float]], Sequence[Candidate]]
+ResearchFn = Callable[[Mapping[str, float], Mapping[str, float]], Sequence[Candidate]]  # (targets, floors)
 
 
 @dataclass(frozen=True)
@@ -770,9 +721,9 @@ class RefineConfig:
 @dataclass
 class RefineResult:
     """Outcome of :func:`refine_on_device`. ``records`` has one dict per (measured candidate,
-    device): round, search_target_ms, arch_id, predicted_accuracy, device, target_ms,
-    estimated_ms, measured_ms, measured_over_estimated, bound_by (non-latency
-    constraints that bind), within."""
+    device): round, search_target_ms, search_floor_ms (NaN in round 1), arch_id,
+    predicted_accuracy, device, target_ms, estimated_ms, measured_ms,
+    measured_over_estimated, bound_by (non-latency constraints that bind), within."""
 
     chosen: Candidate | None
     measured_ms: dict[str, float]
@@ -811,11 +762,17 @@ def refine_on_device(candidates: Sequence[Candidate], measure_fn: MeasureFn, tar
 
     Each round measures up to ``measure_top`` candidates in order of predicted accuracy and
     stops at the first one within the window (it is the most accurate within, since the order
-    is by accuracy). If none is, ``research`` is asked for new candidates at search targets
-    ``search_target * center / median(measured)`` per device (``center`` = the middle of the
-    window): this corrects both the estimator's bias (measured / estimated) and the search's
-    slack below its bound, and compounds over rounds. At most ``max_rounds`` rounds; without
-    ``research`` only one. Measurements are reused by ``arch_id`` (default: the genome).
+    is by accuracy). If none is, ``research(targets, floors)`` is asked for new candidates
+    confined to the window translated into *estimated* milliseconds: with ``r`` = the median
+    measured / estimated ratio of the round on a device, the band is
+    ``[target * (1 - 3/4 tol) / r, target * (1 - 1/4 tol) / r]`` (the middle half of the
+    window, a margin for the ratio's spread between architectures). The upper bound corrects
+    the estimator's bias; the floor removes the search's slack (without it the predictor's
+    favourite may sit far below the target, where no re-targeting of the bound alone moves it).
+    With several devices only the most binding one (highest measured / target) gets a floor.
+    At most ``max_rounds`` rounds; without ``research`` only one. A re-search that fails
+    (:class:`SearchError`, e.g. no subnet in the band) ends the refinement with that message.
+    Measurements are reused by ``arch_id`` (default: the genome).
 
     ``measure_fn(candidate)`` returns measured milliseconds: a float for one device, or
     device -> ms.
@@ -828,9 +785,9 @@ def refine_on_device(candidates: Sequence[Candidate], measure_fn: MeasureFn, tar
     say = log or (lambda _msg: None)
     measured: dict[str, dict[str, float]] = {}
     records: list[dict] = []
-    search_targets = dict(targets)
+    search_targets, floors = dict(targets), {}
     for round_number in range(1, max_rounds + 1):
-        round_ms: dict[str, list[float]] = {d: [] for d in targets}
+        round_records: list[dict] = []
         for cand in sorted(candidates, key=lambda c: -c.predicted_accuracy)[:measure_top]:
             if key(cand) not in measured:
                 measured[key(cand)] = _as_device_ms(measure_fn(cand), targets)
@@ -838,9 +795,9 @@ def refine_on_device(candidates: Sequence[Candidate], measure_fn: MeasureFn, tar
             bound_by = [k for k, limit in (other_limits or {}).items() if cand.metrics[k] >= (1 - tolerance) * limit]
             inside = _within(ms, window, lower_bound=not bound_by)
             for d in targets:
-                round_ms[d].append(ms[d])
-                records.append(_refine_record(round_number, search_targets[d], key(cand), cand, d, targets[d],
-                                              ms[d], bound_by, inside))
+                round_records.append(_refine_record(round_number, search_targets[d], floors.get(d), key(cand), cand,
+                                                    d, targets[d], ms[d], bound_by, inside))
+            records.extend(round_records[-len(targets):])
             say(f"round {round_number}: {key(cand)} acc {cand.predicted_accuracy:.4f} " +
                 " ".join(f"{d} est {cand.latency_ms()[d]:.3f} ms measured {ms[d]:.3f} ms" for d in targets) +
                 (" -> within" if inside else ""))
@@ -849,10 +806,17 @@ def refine_on_device(candidates: Sequence[Candidate], measure_fn: MeasureFn, tar
                 return RefineResult(cand, ms, records, round_number, message, window)
         if research is None or round_number == max_rounds:
             break
-        center = {d: (lo + hi) / 2 for d, (lo, hi) in window.items()}
-        search_targets = {d: search_targets[d] * center[d] / float(np.median(round_ms[d])) for d in targets}
-        say("none within; searching again at " + ", ".join(f"{d} {t:.3f} ms" for d, t in search_targets.items()))
-        candidates = list(research(search_targets))
+        search_targets, floors = _research_band(round_records, targets, tolerance)
+        say("none within; searching again in " + ", ".join(
+            f"{d} [{floors[d]:.3f}, {t:.3f}] ms" if d in floors else f"{d} <= {t:.3f} ms"
+            for d, t in search_targets.items()) + " (estimated)")
+        try:
+            candidates = list(research(search_targets, floors))
+        except SearchError as error:
+            say(f"re-search failed: {error}")
+            return RefineResult(None, {}, records, round_number,
+                                f"no candidate measured within [-{tolerance:.0%}, 0] of {targets}: the re-search "
+                                f"in round {round_number + 1} failed ({error})", window)
     ratios = {d: float(np.median([r["measured_over_estimated"] for r in records if r["device"] == d]))
               for d in targets}
     message = (f"no candidate measured within [-{tolerance:.0%}, 0] of {targets} after {round_number} round(s) "
@@ -860,9 +824,23 @@ def refine_on_device(candidates: Sequence[Candidate], measure_fn: MeasureFn, tar
     return RefineResult(None, {}, records, round_number, message, window)
 
 
-def _refine_record(round_number, search_target, arch_id, cand, device, target, measured, bound_by, inside) -> dict:
+def _research_band(round_records: Sequence[dict], targets: Mapping[str, float],
+                   tolerance: float) -> tuple[dict[str, float], dict[str, float]]:
+    """(search targets, floors) in estimated ms for the next round (see :func:`refine_on_device`)."""
+    def median_of(device: str, column: str) -> float:
+        return float(np.median([r[column] for r in round_records if r["device"] == device]))
+
+    ratio = {d: median_of(d, "measured_over_estimated") for d in targets}
+    upper = {d: t * (1 - tolerance / 4) / ratio[d] for d, t in targets.items()}
+    binding = max(targets, key=lambda d: median_of(d, "measured_ms") / targets[d])
+    return upper, {binding: targets[binding] * (1 - 3 * tolerance / 4) / ratio[binding]}
+
+
+def _refine_record(round_number, search_target, floor, arch_id, cand, device, target, measured, bound_by,
+                   inside) -> dict:
     estimate = cand.latency_ms()[device]
-    return {"round": round_number, "search_target_ms": search_target, "arch_id": arch_id,
+    return {"round": round_number, "search_target_ms": search_target,
+            "search_floor_ms": math.nan if floor is None else float(floor), "arch_id": arch_id,
             "predicted_accuracy": cand.predicted_accuracy, "device": device, "target_ms": target,
             "estimated_ms": estimate, "measured_ms": measured, "measured_over_estimated": measured / estimate,
             "bound_by": ",".join(bound_by), "within": inside}

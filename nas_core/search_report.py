@@ -11,6 +11,7 @@ column                     type   meaning
 round                      int    1 = the search at the requested target; 2+ = re-targeted
                                   searches of ``refine_on_device``
 search_target_ms.<device>  f64    the latency bound the round searched with
+search_floor_ms.<device>   f64    the lower latency bound of a re-targeted round (NaN: none)
 generation                 int    0 = the initial population
 best_accuracy              f64    best predicted accuracy in the population
 quality                    f64    Q: mean predicted accuracy of the top-k (§5.4)
@@ -71,8 +72,11 @@ def history_frame(result: SearchResult, round_number: int = 1,
     frame = pd.DataFrame(result.history)
     targets = search_targets or {c.device: c.target_ms for c in result.constraints.latency}
     frame.insert(0, "round", round_number)
+    floors = {c.device: c.floor_ms for c in result.constraints.latency}
     for i, (device, ms) in enumerate(targets.items()):
-        frame.insert(1 + i, f"search_target_ms.{device}", float(ms))
+        frame.insert(1 + 2 * i, f"search_target_ms.{device}", float(ms))
+        frame.insert(2 + 2 * i, f"search_floor_ms.{device}", math.nan if floors.get(device) is None
+                     else float(floors[device]))
     return frame
 
 
@@ -169,6 +173,17 @@ def is_up_to_date(out_dir: str | os.PathLike, run: str, key: str, need_refine: b
 
 def read_best(out_dir: str | os.PathLike, run: str) -> dict:
     return read_json(output_paths(out_dir, run)["arch"])
+
+
+def measured_latency(out_dir: str | os.PathLike, run: str, arch_id: str) -> dict[str, float] | None:
+    """An architecture's measured latency per device from ``<run>.measured.parquet`` (also
+    when it missed the target, unlike the ``.arch.json``); None when it was not measured."""
+    path = output_paths(out_dir, run)["measured"]
+    if not path.exists():
+        return None
+    rows = read_parquet(path)
+    rows = rows[rows["arch_id"] == arch_id]
+    return {row.device: float(row.measured_ms) for row in rows.itertuples()} or None
 
 
 class MeasurementCache:

@@ -194,8 +194,11 @@ class DualFFN(nn.Module):
         return self.branch(cfg)(x, cfg)
 
 
-def _resize_bias_table(table: torch.Tensor, new_res: int) -> torch.Tensor:
-    """Attention-bias tables are (heads, r*r) grids of relative offsets: resize bicubically."""
+def resize_attention_bias_table(table: torch.Tensor, new_res: int) -> torch.Tensor:
+    """An MHSA's attention-bias table for another token grid: ``(heads, r*r)`` ->
+    ``(heads, new_res*new_res)``, resized bicubically as a ``heads``-channel r x r image of
+    relative offsets (the table itself when the size matches). Used to extract or export a
+    subnet at another resolution and to load timm weights trained at another one."""
     heads, n = table.shape
     res = int(round(math.sqrt(n)))
     if res == new_res:
@@ -469,7 +472,7 @@ class Supernet(nn.Module):
         apply_transfer(self._transfer(arch, model), to_static=True)
         for static_attn, dynamic_attn in self._attention_pairs(arch, model):
             res = int(round(math.sqrt(static_attn.attention_biases.shape[1])))
-            static_attn.attention_biases.copy_(_resize_bias_table(dynamic_attn.attention_biases, res))
+            static_attn.attention_biases.copy_(resize_attention_bias_table(dynamic_attn.attention_biases, res))
         model.train(self.training)
         return model
 
@@ -501,7 +504,7 @@ def load_timm_efficientformerv2(supernet: Supernet, state_dict: dict | nn.Module
         if key not in own:
             raise KeyError(f"{key}: not a parameter of efficientformerv2_s0 (is this a timm S0 checkpoint?)")
         if key.endswith("attention_biases") and value.shape != own[key].shape:
-            value = _resize_bias_table(value, int(round(math.sqrt(own[key].shape[1]))))
+            value = resize_attention_bias_table(value, int(round(math.sqrt(own[key].shape[1]))))
         if key.startswith(("head.", "head_dist.")) and value.shape != own[key].shape:
             continue  # another label set: keep the supernet's classifier
         incoming[key] = value

@@ -46,7 +46,8 @@ interrupted run resumed from it ends with bit-identical weights to an uninterrup
 (tested on CPU; on GPUs as far as the kernels are deterministic, see
 ``torch.use_deterministic_algorithms``). An interrupted epoch is redone from its start.
 At the end ``supernet.pt`` holds the weights and what is needed to rebuild the
-supernet (:func:`load_supernet`).
+supernet (:func:`load_supernet`). Resuming a finished run trains nothing and leaves every
+artifact byte-identical (pipelines hash them to decide what to re-run).
 
 Artifacts written to ``out`` (rank 0 only):
 
@@ -348,6 +349,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# --------------------------------------------------------------------------- optimisation
+SGD_FAMILY = ("sgd", "momentum", "nesterov")  # the timm optimizer names that take a momentum
+
+
+def build_optimizer_and_scheduler(model: nn.Module, recipe: Any, steps_per_epoch: int):
+    """``(optimizer, scheduler)``: a timm optimizer and a cosine schedule with linear warm-up
+    over ``recipe.epochs * steps_per_epoch`` optimizer steps. Both trainers use it (this
+    module's supernet trainer and ``nas_core.finetune.ModelTrainer``).
+
+    ``recipe`` is any config with ``opt`` (a ``timm.optim.create_optimizer_v2`` name),
+    ``lr``, ``weight_decay``, ``min_lr``, ``warmup_lr``, ``warmup_epochs`` and ``epochs``
+    (:class:`SupernetTrainConfig`, ``nas_core.finetune.TrainRecipe``). A ``momentum``
+    field, where the config has one, goes to the SGD family only; every other optimizer
+    keeps timm's own defaults. The schedule counts steps, not epochs: call
+    ``scheduler.step_update(num_updates=step)`` after every optimizer step.
+    """
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+
+    momentum = getattr(recipe, "momentum", None)
+    extra = {"momentum": momentum} if momentum is not None and recipe.opt.lower() in SGD_FAMILY else {}
+    optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=recipe.lr, weight_decay=recipe.weight_decay, **extra)
+    scheduler = CosineLRScheduler(
+        optimizer, t_initial=recipe.epochs * steps_per_epoch, lr_min=recipe.min_lr, warmup_lr_init=recipe.warmup_lr,
+        warmup_t=int(round(recipe.warmup_epochs * steps_per_epoch)), t_in_epochs=False)
+    return optimizer, scheduler
+
+
 # --------------------------------------------------------------------------- the trainer
 class SupernetTrainer:
     """Trains a :class:`Supernet` with the sandwich rule; see the module docstring.
@@ -383,8 +412,7 @@ class SupernetTrainer:
         seed_everything(config.seed + 1_000_003 * self.ctx.rank)
         self.sampler, self.loader_generator, self.train_loader = self._build_loader(train_dataset)
         self.steps_per_epoch = min(len(self.train_loader), config.steps_per_epoch or len(self.train_loader))
-        self.total_steps = self.steps_per_epoch * config.epochs
-        self.optimizer, self.scheduler = self._build_optimizer()
+        self.optimizer, self.scheduler = build_optimizer_and_scheduler(self.supernet, config, self.steps_per_epoch)
         self.use_amp = config.amp and self.ctx.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -425,17 +453,6 @@ class SupernetTrainer:
             raise ValueError(f"{len(dataset)} training images are fewer than one batch of {self.local_batch} "
                              f"per process")
         return sampler, generator, loader
-
-    def _build_optimizer(self):
-        from timm.optim import create_optimizer_v2
-        from timm.scheduler import CosineLRScheduler
-
-        c = self.config
-        optimizer = create_optimizer_v2(self.supernet, opt=c.opt, lr=c.lr, weight_decay=c.weight_decay)
-        scheduler = CosineLRScheduler(
-            optimizer, t_initial=self.total_steps, lr_min=c.min_lr, warmup_lr_init=c.warmup_lr,
-            warmup_t=int(round(c.warmup_epochs * self.steps_per_epoch)), t_in_epochs=False)
-        return optimizer, scheduler
 
     # ---- one step
     def _autocast(self):
@@ -547,8 +564,9 @@ class SupernetTrainer:
         """Train until ``config.epochs`` (or for at most ``stop_after`` more epochs, for
         time-boxed jobs), checkpointing after every epoch; returns the log rows."""
         c = self.config
+        first = self.epoch
         last = c.epochs if stop_after is None else min(c.epochs, self.epoch + stop_after)
-        for epoch in range(self.epoch, last):
+        for epoch in range(first, last):
             stats = self.train_epoch(epoch)
             average_bn_statistics(self.supernet, self.ctx.world_size)
             evaluated = (epoch + 1) % c.eval_every == 0 or epoch + 1 == c.epochs
@@ -561,7 +579,8 @@ class SupernetTrainer:
             if self.ctx.is_main and self.progress:
                 print(_format_row(row), flush=True)
         if self.epoch == c.epochs:
-            self.save_supernet()
+            # A finished run resumed trains nothing: its supernet.pt stays byte-identical.
+            self.save_supernet(keep_existing=last == first)
         return self.log
 
     # ---- state
@@ -639,9 +658,13 @@ class SupernetTrainer:
                 "code_version": code_version(), "machine": machine_fingerprint(),
                 "world_size": self.ctx.world_size, "device": str(self.ctx.device), **self._identity()}
 
-    def save_supernet(self) -> Path:
+    def save_supernet(self, keep_existing: bool = False) -> Path:
+        """Write ``supernet.pt`` (rank 0; every rank must call it). ``keep_existing``
+        leaves a file already there untouched: rewriting the same weights would still
+        change its bytes (``created``), hence its content hash, and DVC / Prefect would
+        re-run every stage downstream of the supernet."""
         path = self.out_dir / SUPERNET_NAME
-        if self.ctx.is_main:
+        if self.ctx.is_main and not (keep_existing and path.exists()):
             final = {k: v for k, v in (self.log[-1] if self.log else {}).items()
                      if k.startswith(("top1", "top5")) or k in ("train_loss", "val_images")}
             torch_save(path, {"format": SUPERNET_FORMAT, **self._identity(), "model": self.supernet.state_dict(),

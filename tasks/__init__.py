@@ -4,9 +4,13 @@ Shared plumbing for task modules:
 
 * ``tasks._cache`` — content-addressed cache policies and the result store
   (``artifact_cache``, ``cached_task_options``, ``runtime_fingerprint``);
+* ``tasks._runners`` — Prefect task runners from params (threads or Dask);
+* ``tasks._server`` — a real Prefect API for the runs that need one (Dask workers,
+  schedules) and ``require_flow_result``;
 * ``cpu_lock`` (here, because it must not import Prefect: it is cheap to take from any
   process) — a machine-wide reader-writer lock so that latency measurement never runs
-  beside other CPU-heavy work.
+  beside other CPU-heavy work; ``stage_lock`` is the same lock saying when it waits, the
+  ``lock`` hook the stages hand to ``nas_core`` (``nas_core.locks``).
 
 Usage in a task::
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -118,4 +123,18 @@ def cpu_lock(mode: LockMode = "shared", *, timeout: float | None = None, path: s
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
 
 
-__all__ = ["cpu_lock", "cpu_lock_path", "DEFAULT_CPU_LOCK"]
+@contextlib.contextmanager
+def stage_lock(mode: LockMode) -> Iterator[None]:
+    """``cpu_lock(mode)``, saying on stderr when it has to wait (the lock hook of the stages,
+    the commands and the ``nas_core`` jobs they run: ``lock=stage_lock``)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(cpu_lock(mode, timeout=0.5))
+        except TimeoutError:
+            busy = "another job is using the CPU" if mode == "exclusive" else "a latency measurement is running"
+            print(f"waiting for the CPU lock ({mode}): {busy} ...", file=sys.stderr, flush=True)
+            stack.enter_context(cpu_lock(mode))
+        yield
+
+
+__all__ = ["cpu_lock", "cpu_lock_path", "stage_lock", "DEFAULT_CPU_LOCK"]

@@ -1,21 +1,47 @@
-"""Prefect tasks of the accuracy-pairs stage: one task per shard, one to assemble.
+"""The accuracy-pairs stage (§5.2): thousands of subnet evaluations in parallel shards.
 
-Thin adapters over :mod:`nas_core.pairs`. A shard task is idempotent through its output
-file (``evaluate_shard`` skips a shard whose file exists), so no Prefect cache is needed
-for resumption: a re-run flow maps the same shards and the finished ones return at once.
-Retries cover a worker lost mid-shard (the shard is written atomically, so nothing
-partial is left behind).
+    collect_pairs(params, supernet="data/supernet/supernet.pt", data_root="data/dataset")
+
+:func:`collect_pairs` fixes the plan (``nas_core.pairs.prepare_pairs``: subnets, splits and
+shards from the seed), then runs :func:`accuracy_pairs_flow`, which maps one task per
+unfinished shard (:func:`evaluate_pairs_shard`) over a Prefect task runner and assembles
+the table. It is the stage's own parallel map, so it lives here beside its two tasks, where
+the stage function (``tasks.stages.stage_pairs``) and ``scan-edge collect-pairs`` reach it.
+The runner comes from params: ``runners:`` (``tasks/_runners.py``), overlaid by
+``pairs.runner``, e.g. for a real cluster::
+
+    pairs:
+      runner: {runner: dask, dask_address: "tcp://scheduler:8786"}
+
+Dask workers must see the same files (supernet, dataset, shards folder: a shared disk) and
+a Prefect API; a real server is started for the run when none is configured
+(``tasks._server.prefect_server``).
+
+A shard task is idempotent through its output file (``evaluate_shard`` skips a shard whose
+file exists), so no Prefect cache is needed for resumption: a re-run flow maps the same
+shards and the finished ones return at once. Retries cover a worker lost mid-shard (the
+shard is written atomically, so nothing partial is left behind).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
-from prefect import task
+from prefect import flow, task, unmapped
 
-from nas_core.pairs import EvaluatorFactory, ShardSpec, assemble_pairs, evaluate_shard
+from nas_core.pairs import (EvaluatorFactory, PairsConfig, ShardSpec, assemble_pairs, evaluate_shard,
+                            prepare_pairs)
 from tasks import cpu_lock
+from tasks._runners import runner_needs_server, task_runner_from_params
+from tasks._server import prefect_server, require_flow_result
+
+DEFAULT_SUPERNET = Path("data/supernet/supernet.pt")
+DEFAULT_DATA = Path("data/dataset")
+DEFAULT_OUT = Path("data/pairs/accuracy_pairs.parquet")
 
 
+# --------------------------------------------------------------------------- the tasks
 @task(name="evaluate-pairs-shard", retries=1, retry_delay_seconds=5,
       task_run_name="pairs-shard-{spec.shard}")
 def evaluate_pairs_shard(spec: ShardSpec, evaluator_factory: EvaluatorFactory | None = None) -> str:
@@ -33,3 +59,69 @@ def assemble_accuracy_pairs(plan_path: str, out_path: str, shard_paths: list[str
                                 "machine without a shared folder?)")
     assemble_pairs(plan_path, out_path)
     return out_path
+
+
+# --------------------------------------------------------------------------- the shard map
+def default_shards_dir(out: str | Path) -> Path:
+    """``data/pairs/accuracy_pairs.parquet`` -> ``data/pairs/shards``."""
+    return Path(out).parent / "shards"
+
+
+@flow(name="accuracy-pairs")
+def accuracy_pairs_flow(plan_path: str, shards: list[int], out_path: str,
+                        evaluator_factory: EvaluatorFactory | None = None) -> str:
+    """Evaluate the given shards of the plan (one task each, in parallel) and assemble the table."""
+    specs = [ShardSpec(plan_path, shard) for shard in shards]
+    futures = evaluate_pairs_shard.map(specs, evaluator_factory=unmapped(evaluator_factory))
+    return assemble_accuracy_pairs(plan_path, out_path, futures.result())
+
+
+def runner_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``runners:`` overlaid by ``pairs.runner`` (both optional).
+
+    The thread runner gets ``max_workers = cpu_count`` unless set: each thread holds its own
+    copy of the supernet and the evaluation images (evaluation mutates BN statistics, so
+    threads cannot share one), and Prefect's default pool would start a thread per shard.
+    """
+    runner = {**(params.get("runners") or {}), **((params.get("pairs") or {}).get("runner") or {})}
+    if (runner.get("runner") or "thread") == "thread" and runner.get("max_workers") is None:
+        runner["max_workers"] = os.cpu_count() or 1
+    return runner
+
+
+def collect_pairs(params: Mapping[str, Any], *, supernet: str | Path = DEFAULT_SUPERNET,
+                  data_root: str | Path = DEFAULT_DATA, out: str | Path = DEFAULT_OUT,
+                  shards_dir: str | Path | None = None, num_subnets: int | None = None, resume: bool = False,
+                  fresh: bool = False, evaluator_factory: EvaluatorFactory | None = None,
+                  log: Callable[[str], None] = print) -> Path:
+    """Collect the subnet-accuracy pairs: plan, evaluate the unfinished shards, assemble.
+
+    ``params`` is the loaded params.yaml (its ``pairs`` and ``runners`` sections);
+    ``num_subnets`` overrides ``pairs.num_subnets``. See ``prepare_pairs`` for ``resume`` /
+    ``fresh``. Each shard task holds the CPU lock (shared) itself: a lock held here would
+    block the shard workers behind a waiting latency measurement. Returns the path of the
+    assembled table.
+    """
+    section = dict(params.get("pairs") or {})
+    if num_subnets is not None:
+        section["num_subnets"] = num_subnets
+    config = PairsConfig.from_dict(section)
+    if evaluator_factory is None:
+        for path, what in ((supernet, "supernet checkpoint (scan-edge train-supernet)"),
+                           (data_root, "dataset folder (the dataset stage)")):
+            if not Path(path).exists():
+                raise FileNotFoundError(f"{path}: no {what}")
+    shards_dir = Path(shards_dir) if shards_dir is not None else default_shards_dir(out)
+    plan = prepare_pairs(config, supernet, data_root, shards_dir, resume=resume, fresh=fresh)
+    pending = [spec.shard for spec in plan.pending()]
+    log(f"pairs: {plan.num_subnets} subnets in {plan.num_shards} shards of {config.shard_size}; "
+        f"{len(pending)} shards to evaluate ({plan.path.parent})")
+    runner = runner_params(params)
+    with prefect_server(required=runner_needs_server(runner)):
+        configured = accuracy_pairs_flow.with_options(task_runner=task_runner_from_params(runner))
+        state = configured(str(plan.path), pending, str(out), evaluator_factory, return_state=True)
+        return Path(require_flow_result(state, "accuracy-pairs flow"))
+
+
+__all__ = ["collect_pairs", "accuracy_pairs_flow", "evaluate_pairs_shard", "assemble_accuracy_pairs",
+           "runner_params", "default_shards_dir"]

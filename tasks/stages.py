@@ -11,13 +11,25 @@ Each stage function
 * reads only its own params sections (``STAGES[name].sections``: the Prefect cache key and
   the ``params:`` of its DVC stage are made of exactly these),
 * reads its upstream artifacts at fixed places under ``root`` (:class:`Layout`),
-* holds the machine's CPU lock for its whole body: ``"shared"`` for CPU-heavy work,
-  ``"exclusive"`` where it measures latency (so a measurement never runs beside other
-  pipeline work, in any process); the two exceptions take the lock per unit of work
-  inside (pairs: per shard; distributed training: per rank), see their docstrings,
+* holds the machine's CPU lock (:func:`tasks.stage_lock`): ``"shared"`` around CPU-heavy
+  work, ``"exclusive"`` around latency measurement (so a measurement never runs beside
+  other pipeline work, in any process). Stages that only compute or only measure hold it
+  for their whole work; the others take it per unit of work: pairs per shard,
+  distributed training per rank, and search, fine-tuning and detection shared while they
+  compute and exclusively for each measurement (the ``lock`` hook of their ``nas_core``
+  job, ``nas_core.locks``),
 * continues an interrupted run of the *same* inputs and starts afresh otherwise
   (:func:`resume_or_restart`), and
 * returns the paths it wrote (``{name: Path}``).
+
+The work of a stage on explicit paths, with an explicit resume choice, is a ``run_<stage>``
+function (:func:`run_supernet`, :func:`run_predictor`, :func:`run_lut`,
+:func:`run_calibration`, :func:`run_finetune`, :func:`run_transfer`,
+:func:`run_detection`; the pairs' is ``tasks.pairs.collect_pairs``, the search's
+:func:`search_setup` + ``nas_core.search_run``). The stage functions and the
+``scan-edge`` subcommands of each stage (``train-supernet``, ``fit-predictor``,
+``lut build``, ...) call the same ones: params sections, configs and locks are handled
+here once, and a command only turns its flags into params overrides and paths.
 
 Artifacts (``root`` = ``data/``)::
 
@@ -42,7 +54,6 @@ Artifacts (``root`` = ``data/``)::
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -50,12 +61,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from tasks import cpu_lock
+from nas_core.search_run import REFERENCE_MODEL
+from tasks import stage_lock
 
 DATA_ROOT = Path("data")
-REFERENCE_MODEL = "mobilenetv2_100"  # the paper's latency target (Table 3)
 OURS = "ours"  # in pipeline.transfer_models / detection_models: the first search's fine-tuned model
 
 Paths = dict[str, Path]
@@ -284,19 +295,6 @@ def resume_or_restart(layout: Layout, stage_id: str, identity: Mapping[str, Any]
     return same
 
 
-@contextlib.contextmanager
-def _lock(mode: str) -> Iterator[None]:
-    """The machine's CPU lock, saying so when it has to wait."""
-    try:
-        with cpu_lock(mode, timeout=0.5):
-            yield
-        return
-    except TimeoutError:
-        print(f"waiting for the CPU lock ({mode}) ...", file=sys.stderr, flush=True)
-    with cpu_lock(mode):
-        yield
-
-
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -316,7 +314,7 @@ def stage_dataset(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT
     """
     layout = Layout(root)
     dataset = section(params, "dataset")
-    with _lock("shared"):
+    with stage_lock("shared"):
         if dataset.get("path"):
             manifest = _manifest_of(Path(dataset["path"]), layout, {k: dataset[k] for k in DATASET_PATH_KEYS[1:]
                                                                     if k in dataset})
@@ -345,26 +343,40 @@ def stage_supernet(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROO
     """Train the supernet (``supernet:``) on the dataset; resumes an interrupted run of the same inputs.
 
     With ``pipeline.torchrun.nproc_per_node`` > 1 the training runs under ``torchrun``
-    (``scan-edge train-supernet``, one process per rank); each rank then holds the CPU
-    lock itself, so this process does not.
+    (``scan-edge train-supernet``, one process per rank, each running :func:`run_supernet`
+    and so holding the CPU lock itself); this process does not.
     """
-    from nas_core.train import SupernetTrainConfig, train_supernet
+    from nas_core.train import SupernetTrainConfig
 
     layout = Layout(root)
     supernet = section(params, "supernet")
-    config = SupernetTrainConfig.from_params(supernet)
     _require(layout.manifest, "the dataset (scan-edge stage dataset)")
-    identity = {"supernet": config.to_dict(), "inputs": input_digest([layout.dataset])}
+    identity = {"supernet": SupernetTrainConfig.from_params(supernet).to_dict(),
+                "inputs": input_digest([layout.dataset])}
     resume = resume_or_restart(layout, "supernet", identity)
     nproc = _torchrun_nproc(params)
     if nproc > 1:
         _torchrun(nproc, ["train-supernet", "--data", str(layout.dataset), "--out", str(layout.supernet_dir),
                           "--resume" if resume else "--overwrite", "--no-progress"], {"supernet": supernet}, layout)
     else:
-        with _lock("shared"):
-            train_supernet(config, layout.dataset, layout.supernet_dir, resume=resume, overwrite=not resume,
-                           params={"supernet": supernet}, progress=sys.stderr.isatty(), device=device)
+        run_supernet(params, layout.dataset, layout.supernet_dir, resume=resume, overwrite=not resume, device=device,
+                     progress=sys.stderr.isatty())
     return {"supernet": layout.supernet, "train_log": layout.supernet_dir / "train_log.parquet"}
+
+
+def run_supernet(params: Mapping[str, Any], data: str | os.PathLike, out: str | os.PathLike, *,
+                 resume: bool = False, overwrite: bool = False, device: str | None = None,
+                 progress: bool = True) -> Path:
+    """Train the supernet of ``supernet:`` on the dataset folder ``data`` into ``out``, holding
+    the CPU lock shared; returns ``supernet.pt``'s path (``nas_core.train.train_supernet``:
+    ``resume`` continues ``out``'s checkpoint, ``overwrite`` discards it, neither refuses to
+    touch it). The work of the supernet stage and of ``scan-edge train-supernet``."""
+    from nas_core.train import SupernetTrainConfig, train_supernet
+
+    supernet = section(params, "supernet")
+    with stage_lock("shared"):
+        return train_supernet(SupernetTrainConfig.from_params(supernet), data, out, resume=resume, overwrite=overwrite,
+                              params={"supernet": supernet}, progress=progress, device=device)
 
 
 def _torchrun_nproc(params: Mapping[str, Any]) -> int:
@@ -395,19 +407,19 @@ def torchrun_command(nproc: int, command: Sequence[str], params_file: str | os.P
 def stage_pairs(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT) -> Paths:
     """Evaluate ``pairs.num_subnets`` subnets with inherited weights (``pairs:``, runner: ``runners:``).
 
-    The one stage that is itself a flow: ``flows.pairs.collect_pairs`` maps the shards over
-    a Prefect task runner (threads, or Dask with a real Prefect server started on demand),
-    and each shard task holds the CPU lock (shared) — not this function, whose lock would
-    block the shard workers behind a waiting latency measurement. Finished shards of the
-    same plan are kept; a plan of other inputs is discarded.
+    ``tasks.pairs.collect_pairs`` maps the shards over a Prefect task runner (threads, or
+    Dask with a real Prefect server started on demand), and each shard task holds the CPU
+    lock (shared) — not this function, whose lock would block the shard workers behind a
+    waiting latency measurement. Finished shards of the same plan are kept; a plan of other
+    inputs is discarded.
     """
-    from flows.pairs import collect_pairs  # the stage's runner lives with the flows (see above)
     from nas_core.io import read_provenance
     from nas_core.pairs import PairsConfig, plan_identity
+    from tasks.pairs import collect_pairs, default_shards_dir
 
     layout = Layout(root)
     _require(layout.supernet, "the supernet (scan-edge stage supernet)")
-    shards = layout.pairs.parent / "shards"
+    shards = default_shards_dir(layout.pairs)
     plan = shards / "plan.parquet"
     key = plan_identity(PairsConfig.from_dict(section(params, "pairs")), layout.supernet, layout.dataset)["key"]
     same_plan = plan.exists() and read_provenance(plan).get("key") == key
@@ -419,14 +431,21 @@ def stage_pairs(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT) 
 
 def stage_predictor(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT) -> Paths:
     """Fit the accuracy predictor on the pairs (``predictor:``); metrics on held-out test pairs."""
+    layout = Layout(root)
+    return run_predictor(params, layout.pairs, layout.predictor_dir)
+
+
+def run_predictor(params: Mapping[str, Any], pairs: str | os.PathLike, out_dir: str | os.PathLike) -> Paths:
+    """Fit the predictor of ``predictor:`` on the pairs table ``pairs``, holding the CPU lock
+    shared; writes ``out_dir/`` (``nas_core.accuracy_predictor.fit_and_write``) and returns
+    its paths. The work of the predictor stage and of ``scan-edge fit-predictor``."""
     from nas_core.accuracy_predictor import PredictorConfig, fit_and_write
 
-    layout = Layout(root)
-    _require(layout.pairs, "the accuracy pairs (scan-edge stage pairs)")
-    config = PredictorConfig.from_dict(section(params, "predictor"))
-    with _lock("shared"):
-        paths, _ = fit_and_write(layout.pairs, layout.predictor_dir, config,
-                                 params={"predictor": section(params, "predictor")}, log=_say)
+    _require(Path(pairs), "the accuracy pairs (scan-edge stage pairs, or scan-edge collect-pairs)")
+    predictor = section(params, "predictor")
+    with stage_lock("shared"):
+        paths, _ = fit_and_write(pairs, out_dir, PredictorConfig.from_dict(predictor),
+                                 params={"predictor": predictor}, log=_say)
     return {name: Path(path) for name, path in paths.items()}
 
 
@@ -492,6 +511,13 @@ def _imported_elsewhere(path: Path) -> bool:
     return path.exists() and read_provenance(path).get("source") == "bundle"
 
 
+def _timing(values: Mapping[str, Any]):
+    """A section's ``timing:`` as a ``TimingConfig`` (None: the default timing)."""
+    from nas_core.latency.timing import TimingConfig
+
+    return TimingConfig.from_dict(values["timing"]) if values.get("timing") else None
+
+
 def stage_lut(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> Paths:
     """Time every block of the search space on ``device`` (``lut:``; exclusive CPU lock).
 
@@ -499,9 +525,6 @@ def stage_lut(params: Mapping[str, Any], device: str, root: str | os.PathLike = 
     everything. A device this machine cannot run is profiled through a bundle instead
     (``scan-edge profile bundle`` / ``import``); its imported LUT is kept as it is.
     """
-    from nas_core.latency.lut import build_lut
-    from nas_core.latency.timing import TimingConfig
-
     layout = Layout(root)
     paths = layout.lut_paths(device)
     profile = _measurable(params, device)
@@ -512,23 +535,30 @@ def stage_lut(params: Mapping[str, Any], device: str, root: str | os.PathLike = 
         raise ValueError(f"device {device!r} cannot be measured on this machine and has no imported LUT: run "
                          f"`scan-edge profile bundle --device {device} --out DIR`, the bundle's runner on the "
                          f"device, then `scan-edge profile import --device {device} --bundle DIR`")
-    lut = section(params, "lut")
-    identity = {"lut": lut, "runtime": runtime_identity(params, device)}
+    identity = {"lut": section(params, "lut"), "runtime": runtime_identity(params, device)}
     resume = resume_or_restart(layout, f"lut@{device}", identity)
-    timing = TimingConfig.from_dict(lut["timing"]) if lut.get("timing") else None
-    with _lock("exclusive"):
-        frame = build_lut(profile, paths, block_filter=lut.get("blocks"), limit=lut.get("limit"), resume=resume,
-                          reference_id=lut.get("reference_block"), seed=lut.get("seed", 0), config=timing,
-                          check_every=lut.get("check_every", 10), drift_tolerance=lut.get("drift_tolerance", 0.10),
-                          progress=sys.stderr.isatty())
+    frame = run_lut(params, profile, paths, resume=resume, progress=sys.stderr.isatty())
     _say(f"lut {device}: {len(frame)} blocks, {int(frame['drift_flag'].sum())} drift-flagged -> {paths.lut}")
     return {"lut": paths.lut}
 
 
+def run_lut(params: Mapping[str, Any], profile, paths, *, resume: bool = False, progress: bool = True):
+    """Time the blocks of the search space (``lut:``; ``blocks`` / ``limit`` select a part) on
+    ``profile`` into ``paths`` (``LutPaths``), holding the CPU lock exclusively; returns the
+    table (``nas_core.latency.lut.build_lut``). The work of the LUT stage and of
+    ``scan-edge lut build``."""
+    from nas_core.latency.lut import build_lut
+
+    lut = section(params, "lut")
+    with stage_lock("exclusive"):
+        return build_lut(profile, paths, block_filter=lut.get("blocks"), limit=lut.get("limit"), resume=resume,
+                         reference_id=lut.get("reference_block"), seed=lut.get("seed", 0), config=_timing(lut),
+                         check_every=lut.get("check_every", 10), drift_tolerance=lut.get("drift_tolerance", 0.10),
+                         progress=progress)
+
+
 def stage_calibration(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> Paths:
     """Measure random subnets end to end and fit ``measured = a * LUT sum + b`` (``calibration:``)."""
-    from nas_core.latency.calibration import calibrate
-
     layout = Layout(root)
     paths = layout.lut_paths(device)
     _require(paths.lut, f"the LUT of {device} (scan-edge stage lut --device {device})")
@@ -539,17 +569,28 @@ def stage_calibration(params: Mapping[str, Any], device: str, root: str | os.Pat
             return outputs
         raise ValueError(f"device {device!r} cannot be measured here; its calibration comes with "
                          f"`scan-edge profile import --device {device}`")
-    calibration = section(params, "calibration")
-    identity = {"calibration": calibration, "lut": input_digest([paths.lut]),
+    identity = {"calibration": section(params, "calibration"), "lut": input_digest([paths.lut]),
                 "runtime": runtime_identity(params, device)}
     resume = resume_or_restart(layout, f"calibration@{device}", identity)
-    with _lock("exclusive"):
-        report = calibrate(profile, paths, n_calibration=calibration.get("n_calibration", 10),
-                           n_validation=calibration.get("n_validation", 30), seed=calibration.get("seed", 0),
-                           sampling=calibration.get("sampling", "uniform"), resume=resume,
-                           progress=sys.stderr.isatty())
+    report = run_calibration(params, profile, paths, resume=resume, progress=sys.stderr.isatty())
     _say(report.summary())
     return outputs
+
+
+def run_calibration(params: Mapping[str, Any], profile, paths, *, resume: bool = False, progress: bool = True,
+                    runtime_version: str | None = None):
+    """Time ``calibration.n_calibration`` + ``n_validation`` random subnets on ``profile`` and
+    fit the calibration of the LUT in ``paths``, holding the CPU lock exclusively; returns
+    the report (``nas_core.latency.calibration.calibrate``). The work of the calibration
+    stage and of ``scan-edge lut calibrate``."""
+    from nas_core.latency.calibration import calibrate
+
+    calibration = section(params, "calibration")
+    with stage_lock("exclusive"):
+        return calibrate(profile, paths, n_calibration=calibration.get("n_calibration", 10),
+                         n_validation=calibration.get("n_validation", 30), seed=calibration.get("seed", 0),
+                         sampling=calibration.get("sampling", "uniform"), resume=resume,
+                         runtime_version=runtime_version, progress=progress)
 
 
 def stage_baselines(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> Paths:
@@ -558,7 +599,6 @@ def stage_baselines(params: Mapping[str, Any], device: str, root: str | os.PathL
     MobileNetV2's latency here is what the ``<k>x`` search targets multiply.
     """
     from nas_core.latency.baselines import BASELINE_MODELS, measure_baselines
-    from nas_core.latency.timing import TimingConfig
 
     layout = Layout(root)
     profile = _measurable(params, device)
@@ -568,11 +608,10 @@ def stage_baselines(params: Mapping[str, Any], device: str, root: str | os.PathL
     baselines = section(params, "baselines")
     names = list(dict.fromkeys([REFERENCE_MODEL, *(baselines.get("models") or [])]))
     models = {name: BASELINE_MODELS.get(name, profile.resolution) for name in names}
-    timing = TimingConfig.from_dict(baselines["timing"]) if baselines.get("timing") else None
     out = layout.baselines(device)
-    with _lock("exclusive"):
+    with stage_lock("exclusive"):
         frame = measure_baselines([profile], models, out_path=out, workdir=layout.root / "baselines" / "_work",
-                                  config=timing, progress=True)
+                                  config=_timing(baselines), progress=True)
     failed = frame[frame["error"] != ""]
     if REFERENCE_MODEL in set(failed["model"]):
         raise RuntimeError(f"{REFERENCE_MODEL} could not be timed on {device}: "
@@ -583,37 +622,23 @@ def stage_baselines(params: Mapping[str, Any], device: str, root: str | os.PathL
 # --------------------------------------------------------------------------- search
 def target_latencies(run: SearchRun, layout: Layout) -> dict[str, float]:
     """Each device's latency target in ms (``<k>x``: k times MobileNetV2 measured there)."""
+    from nas_core.search_run import reference_latency_ms
+
     unit, value = parse_target(run.target)
     if unit == "ms":
         return {device: value for device in run.devices}
-    from flows.cli_search import reference_latency_ms  # see stage_search
-
     return {device: round(value * reference_latency_ms(layout.baselines(device), device, REFERENCE_MODEL), 3)
             for device in run.devices}
 
 
-def search_setup(params: Mapping[str, Any], devices: Sequence[str], layout: Layout, out_dir: Path):
-    """``flows.cli_search.SearchSetup`` from params sections (``search:``, ``devices:``,
-    ``search_space:``) and this layout's predictor and LUTs."""
-    from flows.cli_search import (SearchSetup, load_accuracy_predictor, load_latency_estimator,
-                                  search_section)
-    from nas_core.block_catalog import BlockCatalog
-    from nas_core.search_algorithm import EvolutionConfig, RefineConfig
-    from nas_core.search_space import SearchSpace
+def search_setup(params: Mapping[str, Any], devices: Sequence[str], *, predictor: str | os.PathLike,
+                 lut_dir: str | os.PathLike, out_dir: str | os.PathLike):
+    """``nas_core.search_run.load_setup`` for ``devices`` profiled as every stage profiles them
+    (:func:`device_profile`). Shared by the search stage and ``scan-edge search``."""
+    from nas_core.search_run import load_setup
 
-    search = search_section(params)
-    profiles = {device: device_profile(params, device) for device in devices}
-    lut_dir = layout.root / "lut"
-    space = SearchSpace()
-    digests = input_digest([layout.predictor, *[layout.lut_paths(d).lut for d in devices],
-                            *[layout.lut_paths(d).fit for d in devices]])
-    return SearchSetup(space=space, catalog=BlockCatalog(space, next(iter(profiles.values())).resolution),
-                       predictor=load_accuracy_predictor(layout.predictor),
-                       estimators={d: load_latency_estimator(d, lut_dir, profiles[d]) for d in devices},
-                       profiles=profiles, config=EvolutionConfig.from_dict(search.get("evolution")),
-                       refine=RefineConfig.from_dict(search.get("refine")),
-                       num_classes=int(search.get("num_classes", 1000)), out_dir=out_dir,
-                       digests={Path(k).name: v for k, v in digests.items()}, section=search)
+    return load_setup(params, {device: device_profile(params, device) for device in devices},
+                      predictor=predictor, lut_dir=lut_dir, out_dir=out_dir)
 
 
 def stage_search(params: Mapping[str, Any], devices: str | Sequence[str], target: str | float,
@@ -622,17 +647,16 @@ def stage_search(params: Mapping[str, Any], devices: str | Sequence[str], target
 
     ``target``: ``"<k>x"`` or ``"<ms>ms"`` (a bare number means ms). With ``measure`` (and
     every device usable here) the best candidates are measured on the device and the most
-    accurate within [-3 %, 0] of the target is returned (``search.refine``), under the
-    exclusive CPU lock. Writes ``search/<run>/`` and its summary ``search/<run>.json``;
-    a target that is not met is reported there (``within: false``), not raised.
-
-    The search orchestration (up-to-date check, device refinement, outputs) is
-    ``flows.cli_search.run_search``, imported from the flows layer until it moves into
-    ``nas_core``.
+    accurate within [-3 %, 0] of the target is returned (``search.refine``). Each search
+    round holds the CPU lock shared, each measurement exclusively
+    (``nas_core.search_run.run_search``). Writes ``search/<run>/`` and its summary
+    ``search/<run>.json``; a target that is not met is reported there (``within: false``),
+    not raised.
     """
-    from flows.cli_search import run_search
     from nas_core.io import write_json
     from nas_core.search_algorithm import run_name
+    from nas_core.search_report import measured_latency
+    from nas_core.search_run import run_search
 
     devices = [devices] if isinstance(devices, str) else list(devices)
     target = f"{target}ms" if isinstance(target, (int, float)) else str(target)
@@ -644,31 +668,19 @@ def stage_search(params: Mapping[str, Any], devices: str | Sequence[str], target
     _require(layout.predictor, "the accuracy predictor (scan-edge stage predictor)")
     out_dir = layout.search_dir(run.key)
     targets = target_latencies(run, layout)
-    setup = search_setup(params, devices, layout, out_dir)
+    setup = search_setup(params, devices, predictor=layout.predictor, lut_dir=layout.root / "lut", out_dir=out_dir)
     measure = measure and all(_measurable(params, d) is not None for d in devices)
     max_params = None if params_m is None else float(params_m) * 1e6
-    with _lock("exclusive" if measure else "shared"):
-        record, within = run_search(setup, targets, max_params=max_params, measure=measure, say=_say)
+    record, within = run_search(setup, targets, max_params, measure=measure, say=_say, lock=stage_lock)
     name = run_name(targets, max_params)
     _remove_other_runs(out_dir, name)
     summary = {"run": run.key, "target": run.target, "targets_ms": targets, "params_m": params_m,
                "arch_json": str(out_dir / f"{name}.arch.json"), "within": bool(within), "measured": measure,
                **{k: record.get(k) for k in ("name", "arch_id", "compact", "predicted_accuracy", "latency_ms",
                                              "params", "macs")},
-               "measured_ms": _measured_ms(out_dir / f"{name}.measured.parquet", record["arch_id"])}
+               "measured_ms": measured_latency(out_dir, name, record["arch_id"])}
     write_json(layout.search_summary(run.key), summary)
     return {"search": out_dir, "arch": out_dir / f"{name}.arch.json", "summary": layout.search_summary(run.key)}
-
-
-def _measured_ms(cache: Path, arch_id: str) -> dict[str, float] | None:
-    """The chosen architecture's measured latency per device (also when it missed the target)."""
-    from nas_core.io import read_parquet
-
-    if not cache.exists():
-        return None
-    rows = read_parquet(cache)
-    rows = rows[rows["arch_id"] == arch_id]
-    return {row.device: float(row.measured_ms) for row in rows.itertuples()} or None
 
 
 def _remove_other_runs(out_dir: Path, keep: str) -> None:
@@ -690,15 +702,10 @@ def searched_arch(layout: Layout, run_key: str) -> Path:
 # --------------------------------------------------------------------------- fine-tune, transfer, detection
 def stage_finetune(params: Mapping[str, Any], name: str, root: str | os.PathLike = DATA_ROOT) -> Paths:
     """Fine-tune a searched model (``ours_<run>``) or train a baseline the same way
-    (``pipeline.finetune_baselines``), export it and measure it on its devices (``finetune:``).
-
-    Measures latency at the end, so the whole stage holds the CPU lock exclusively.
+    (``pipeline.finetune_baselines``), export it and measure it on its devices (``finetune:``;
+    :func:`run_finetune`).
     """
-    from nas_core.finetune import FinetuneConfig, finetune
-
     layout = Layout(root)
-    finetune_params = section(params, "finetune")
-    config = FinetuneConfig.from_params(finetune_params)
     if name.startswith("ours_"):
         ref, init = str(searched_arch(layout, name.removeprefix("ours_"))), "supernet"
     else:
@@ -711,21 +718,35 @@ def stage_finetune(params: Mapping[str, Any], name: str, root: str | os.PathLike
               *([Path(ref)] if ref.endswith(".json") else [])]
     for path in inputs:
         _require(path, "an input of the fine-tune stage")
-    identity = {"finetune": finetune_params, "ref": ref, "init": init, "devices": section(params, "devices"),
-                "inputs": input_digest(inputs)}
+    identity = {"finetune": section(params, "finetune"), "ref": ref, "init": init,
+                "devices": section(params, "devices"), "inputs": input_digest(inputs)}
     resume = resume_or_restart(layout, f"finetune@{name}", identity)
-    with _lock("exclusive"):
-        finetune(ref, data_root=layout.dataset, supernet=layout.supernet, name=name, out_root=layout.root / "finetune",
-                 config=config, init=init, devices_section=section(params, "devices"), resume=resume,
-                 overwrite=not resume, progress=sys.stderr.isatty())
+    run_finetune(params, ref, data=layout.dataset, supernet=layout.supernet, out_root=layout.root / "finetune",
+                 name=name, init=init, resume=resume, overwrite=not resume, progress=sys.stderr.isatty())
     return {"finetune": layout.finetune_dir(name), "metrics": layout.finetune_dir(name) / "metrics.json"}
 
 
-def _downstream_data(given: str | None, generated: Path, make: Callable[[Path], Any]) -> Path:
+def run_finetune(params: Mapping[str, Any], ref: str, *, data: str | os.PathLike, supernet: str | os.PathLike | None,
+                 out_root: str | os.PathLike, name: str | None = None, init: str | None = None,
+                 predicted_accuracy: float | None = None, resume: bool = True, overwrite: bool = False,
+                 progress: bool = True) -> dict[str, Any]:
+    """Fine-tune ``ref`` with ``finetune:`` and time it on ``devices:`` profiles
+    (``nas_core.finetune.finetune``): the CPU lock is held shared while it trains and
+    exclusively while it measures. Returns the metrics. The work of the fine-tune stage and
+    of ``scan-edge finetune``."""
+    from nas_core.finetune import FinetuneConfig, finetune
+
+    return finetune(ref, data_root=data, supernet=supernet, name=name, out_root=out_root,
+                    config=FinetuneConfig.from_params(section(params, "finetune")), init=init,
+                    predicted_accuracy=predicted_accuracy, devices_section=section(params, "devices"),
+                    resume=resume, overwrite=overwrite, progress=progress, lock=stage_lock)
+
+
+def _downstream_data(given: str | os.PathLike | None, generated: Path, make: Callable[[Path], Any]) -> Path:
     """A downstream dataset: the given folder, or the generated one (made if needed)."""
     if given:
         path = Path(given)
-        _require(path, "the downstream dataset named in params")
+        _require(path, "the downstream dataset named in params (or on the command line)")
         return path
     make(generated)
     return generated
@@ -741,11 +762,9 @@ def stage_transfer(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROO
     """
     from nas_core.data.synthetic import generate_classification
     from nas_core.io import read_json, write_json
-    from nas_core.transfer import TransferConfig, transfer
 
     layout = Layout(root)
     pipeline = pipeline_section(params)
-    config = TransferConfig.from_params(section(params, "transfer"))
     synthetic = dict(pipeline.get("transfer_synthetic") or {})
     data = _downstream_data(pipeline.get("transfer_data"), layout.transfer / "dataset",
                             lambda out: generate_classification(out, overwrite=True, **synthetic))
@@ -755,33 +774,43 @@ def stage_transfer(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROO
                 "models": input_digest(Path(m) / "model.pt" for m in models.values())}
     resume = resume_or_restart(layout, "transfer", identity)
     results = {}
-    with _lock("shared"):
-        for label, model in models.items():
-            transfer(str(model), data, name=label, out_root=runs, config=config, resume=resume, overwrite=not resume,
+    for label, model in models.items():
+        run_transfer(params, model, data, out_root=runs, name=label, resume=resume, overwrite=not resume,
                      progress=sys.stderr.isatty())
-            results[label] = read_json(runs / f"{label}.json")
+        results[label] = read_json(runs / f"{label}.json")
     summary = {label: {k: r.get(k) for k in ("top1", "top5", "params", "epochs", "resolution")}
                | {"source": str(runs / f"{label}.json"), "dataset": str(data)} for label, r in results.items()}
     write_json(layout.transfer / "metrics.json", summary)
     return {"runs": runs, "metrics": layout.transfer / "metrics.json"}
 
 
+def run_transfer(params: Mapping[str, Any], model: str | os.PathLike, data: str | os.PathLike, *,
+                 out_root: str | os.PathLike, name: str | None = None, supernet: str | os.PathLike | None = None,
+                 resume: bool = True, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Transfer ``model`` to the classification set ``data`` with ``transfer:``
+    (``nas_core.transfer.transfer``), holding the CPU lock shared; returns its record. The
+    work of the transfer stage (per model) and of ``scan-edge transfer``."""
+    from nas_core.transfer import TransferConfig, transfer
+
+    with stage_lock("shared"):
+        return transfer(str(model), data, name=name, out_root=out_root,
+                        config=TransferConfig.from_params(section(params, "transfer")), supernet=supernet,
+                        resume=resume, overwrite=overwrite, progress=progress)
+
+
 def stage_detection(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT) -> Paths:
     """SSDLite with each of ``pipeline.detection_models`` as backbone (``detection:``; Table 6).
 
     The data: ``pipeline.detection_data`` (a COCO folder) or the generated shapes
-    (``detection.synthetic``) in ``detection/dataset``. Measures the detectors' latency,
-    so it holds the CPU lock exclusively. Writes ``detection/runs/<model>/`` and a summary
+    (``detection.synthetic``) in ``detection/dataset``. Measures the detectors' latency
+    (:func:`run_detection`). Writes ``detection/runs/<model>/`` and a summary
     ``detection/metrics.json``.
     """
-    from nas_core.detection import DetectionConfig, ensure_synthetic_detection, run_detection
     from nas_core.io import write_json
 
     layout = Layout(root)
     pipeline = pipeline_section(params)
-    config = DetectionConfig.from_params(section(params, "detection"))
-    data = _downstream_data(pipeline.get("detection_data"), layout.detection / "dataset",
-                            lambda out: ensure_synthetic_detection(out, config))
+    data = detection_dataset(params, pipeline.get("detection_data"), layout.detection / "dataset")
     models = {label: resolve_model(label, params, layout) for label in pipeline.get("detection_models") or []}
     runs = layout.detection / "runs"
     identity = {"detection": section(params, "detection"), "data": input_digest([data / "instances_train.json"]),
@@ -789,17 +818,39 @@ def stage_detection(params: Mapping[str, Any], root: str | os.PathLike = DATA_RO
                 "devices": section(params, "devices")}
     resume = resume_or_restart(layout, "detection", identity)
     summary = {}
-    with _lock("exclusive"):
-        for label, model in models.items():
-            metrics = run_detection(str(model), data, out_root=runs, name=label, config=config,
-                                    devices_section=section(params, "devices"), resume=resume, overwrite=not resume,
-                                    progress=sys.stderr.isatty())
-            summary[label] = {"mAP": metrics["coco"]["mAP"], "mAP50": metrics["coco"]["mAP50"],
-                              "params": metrics["params"], "resolution": metrics["resolution"],
-                              "latency_ms": {d: v.get("median_ms") for d, v in metrics["latency_ms"].items()},
-                              "source": str(runs / label / "metrics.json")}
+    for label, model in models.items():
+        metrics = run_detection(params, model, data, out_root=runs, name=label, resume=resume, overwrite=not resume,
+                                progress=sys.stderr.isatty())
+        summary[label] = {"mAP": metrics["coco"]["mAP"], "mAP50": metrics["coco"]["mAP50"],
+                          "params": metrics["params"], "resolution": metrics["resolution"],
+                          "latency_ms": {d: v.get("median_ms") for d, v in metrics["latency_ms"].items()},
+                          "source": str(runs / label / "metrics.json")}
     write_json(layout.detection / "metrics.json", summary)
     return {"runs": runs, "metrics": layout.detection / "metrics.json"}
+
+
+def detection_dataset(params: Mapping[str, Any], given: str | os.PathLike | None, generated: Path) -> Path:
+    """The COCO folder ``given``, or else the generated shapes of ``detection.synthetic`` in
+    ``generated`` (made on first use)."""
+    from nas_core.detection import DetectionConfig, ensure_synthetic_detection
+
+    config = DetectionConfig.from_params(section(params, "detection"))
+    return _downstream_data(given, generated, lambda out: ensure_synthetic_detection(out, config))
+
+
+def run_detection(params: Mapping[str, Any], model: str | os.PathLike, data: str | os.PathLike, *,
+                  out_root: str | os.PathLike, name: str | None = None, supernet: str | os.PathLike | None = None,
+                  resume: bool = True, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """SSDLite with the backbone ``model`` on the COCO folder ``data``, with ``detection:``,
+    timed on ``devices:`` profiles (``nas_core.detection.run_detection``): the CPU lock is
+    held shared while it trains and exclusively while it measures. Returns the metrics. The
+    work of the detection stage (per model) and of ``scan-edge detect``."""
+    from nas_core import detection
+
+    return detection.run_detection(str(model), data, out_root=out_root, name=name,
+                                   config=detection.DetectionConfig.from_params(section(params, "detection")),
+                                   supernet=supernet, devices_section=section(params, "devices"), resume=resume,
+                                   overwrite=overwrite, progress=progress, lock=stage_lock)
 
 
 # --------------------------------------------------------------------------- report
@@ -808,7 +859,7 @@ def stage_report(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT)
     from nas_core.report import build_report
 
     layout = Layout(root)
-    with _lock("shared"):
+    with stage_lock("shared"):
         paths = build_report(layout.root, layout.report, devices=search_devices(params),
                              searches=[run.key for run in search_runs(params)],
                              baselines=list(finetune_baselines(params)), params=params)
@@ -824,8 +875,8 @@ def _require(path: Path, what: str) -> None:
 # --------------------------------------------------------------------------- the registry
 @dataclasses.dataclass(frozen=True)
 class StageInfo:
-    """A stage: its function, the params sections it reads, the ``nas_core`` modules its
-    result depends on (Prefect cache keys; DVC deps), and whether it measures latency."""
+    """A stage: its function, the params sections it reads, the code modules its result
+    depends on (Prefect cache keys; DVC deps), and whether it measures latency."""
 
     function: Callable[..., Paths]
     sections: tuple[str, ...]
@@ -848,7 +899,7 @@ _MODEL_CHOICE = ("pipeline.finetune_baselines", "search.devices", "search.target
 STAGES: dict[str, StageInfo] = {
     "dataset": StageInfo(stage_dataset, ("dataset",), ("nas_core.data",)),
     "supernet": StageInfo(stage_supernet, ("supernet", "pipeline.torchrun"), _TRAIN_CODE),
-    "pairs": StageInfo(stage_pairs, ("pairs", "runners"), ("nas_core.pairs", "flows.pairs", "tasks.pairs", *_TRAIN_CODE)),
+    "pairs": StageInfo(stage_pairs, ("pairs", "runners"), ("nas_core.pairs", "tasks.pairs", *_TRAIN_CODE)),
     "predictor": StageInfo(stage_predictor, ("predictor",),
                            ("nas_core.accuracy_predictor", "nas_core.encoding", "nas_core.pairs",
                             "nas_core.search_space", "nas_core.block_catalog")),
@@ -862,9 +913,9 @@ STAGES: dict[str, StageInfo] = {
                            ("nas_core.latency.baselines", *_LATENCY_CODE), True),
     "search": StageInfo(stage_search, ("devices", "search_space", "search.evolution", "search.refine",
                                        "search.num_classes"),
-                        ("nas_core.search_algorithm", "nas_core.search_report", "nas_core.efficiency_predictor",
-                         "nas_core.accuracy_predictor", "nas_core.encoding", "nas_core.latency.calibration",
-                         "nas_core.latency.lut", "flows.cli_search", *_BLOCK_CODE, *_LATENCY_CODE), True),
+                        ("nas_core.search_run", "nas_core.search_algorithm", "nas_core.search_report",
+                         "nas_core.efficiency_predictor", "nas_core.accuracy_predictor", "nas_core.encoding",
+                         "nas_core.latency.calibration", "nas_core.latency.lut", *_BLOCK_CODE, *_LATENCY_CODE), True),
     "finetune": StageInfo(stage_finetune, ("devices", "finetune", "pipeline.finetune_baselines"),
                           ("nas_core.finetune", "nas_core.complexity", *_TRAIN_CODE, "nas_core.blocks",
                            *_LATENCY_CODE), True),

@@ -2,10 +2,13 @@
 
 Prefect fixtures are opt-in (request them by name), because a test Prefect server costs
 seconds to start and most tests call ``task.fn(...)`` / ``flow.fn(...)``, which needs no API.
+So is ``one_thread``; ``quick_timing`` and ``shared_dataset`` serve the training and
+transfer tests (fine-tuning, detection).
 """
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +48,40 @@ def prefect_api_unset(monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         yield
+
+
+# --------------------------------------------------------------------------- training and transfer tests
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a whole module (opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``): on a shared 2-core machine,
+    OpenMP threads fighting other processes made training steps 10x slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def quick_timing() -> dict:
+    """``TimingConfig`` overrides for latencies a test needs to exist, not to be accurate."""
+    return {"warmup_runs": 2, "warmup_ms": 5, "min_repeats": 5, "min_total_ms": 20, "max_total_ms": 300}
+
+
+@pytest.fixture(scope="session")
+def shared_dataset():
+    """``shared_dataset(name)``: the real dataset ``../shared/datasets/<name>``, or a skip
+    when that folder is absent (it lives beside the project, not in it)."""
+
+    def find(name: str) -> Path:
+        root = SHARED_DATASETS / name
+        if not root.is_dir():
+            pytest.skip(f"{root} is absent (the shared real datasets live beside the project)")
+        return root
+
+    return find

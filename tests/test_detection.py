@@ -20,16 +20,7 @@ from nas_core.io import read_json
 from nas_core.search_space import SearchSpace
 from nas_core.subnet import SubnetModel
 
-SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-QUICK_TIMING = {"warmup_runs": 2, "warmup_ms": 5, "min_repeats": 5, "min_total_ms": 20, "max_total_ms": 300}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -163,9 +154,9 @@ def test_export_equals_the_detectors_own_decoding(subnet, tmp_path):
 
 
 # --------------------------------------------------------------------------- the stage
-def test_run_detection_writes_metrics_and_resumes(shapes, tmp_path):
+def test_run_detection_writes_metrics_and_resumes(shapes, tmp_path, quick_timing):
     config = DetectionConfig(resolution=64, epochs=1, batch_size=8, opt="adamw", lr=1e-3, warmup_epochs=0,
-                             augment="hflip", devices=("ort_cpu_fp32", "tensorrt_fp32"), timing=QUICK_TIMING)
+                             augment="hflip", devices=("ort_cpu_fp32", "tensorrt_fp32"), timing=quick_timing)
     metrics = run_detection("mobilenetv2_100", shapes, out_root=tmp_path, config=config, progress=False)
     out = tmp_path / "mobilenetv2_100"
     assert read_json(out / "metrics.json")["coco"] == metrics["coco"]
@@ -219,10 +210,8 @@ def test_bad_datasets_reach_the_cli_user_without_traceback(shapes, tmp_path, cap
 
 
 @pytest.mark.realdata
-def test_raccoon_trains_and_evaluates(tmp_path):
-    root = SHARED_DATASETS / "raccoon"
-    if not root.is_dir():
-        pytest.skip(f"{root} is absent (the shared real datasets live beside the project)")
+def test_raccoon_trains_and_evaluates(tmp_path, shared_dataset):
+    root = shared_dataset("raccoon")
     from nas_core.finetune import build_timm_classifier
 
     train, test, paths = detection_datasets(root, augment="ssdlite")

@@ -21,22 +21,13 @@ from nas_core.finetune import (ClassificationStep, FinetuneConfig, ModelTrainer,
 from nas_core.io import read_json, torch_save
 from nas_core.search_space import SPACE_VERSION, SearchSpace, SpaceSpec, StageSpec
 from nas_core.subnet import SubnetModel
-from nas_core.supernet import Supernet, _resize_bias_table
+from nas_core.supernet import Supernet, resize_attention_bias_table
 
-SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 TINY_SPEC = SpaceSpec(stages=(
     StageSpec(1, 4, (16,), (1,), False), StageSpec(2, 8, (24,), (1,), False),
     StageSpec(3, 16, (32,), (2,), True), StageSpec(4, 32, (48,), (1, 2), True),
 ), expansions=(2,), kernels=(3,), value_ratios=(2,))
-QUICK_TIMING = {"warmup_runs": 2, "warmup_ms": 5, "min_repeats": 5, "min_total_ms": 20, "max_total_ms": 300}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -78,18 +69,24 @@ def arch_json(tmp_path_factory, tiny_space) -> Path:
     return path
 
 
-def _config(**overrides) -> FinetuneConfig:
-    values = dict(epochs=2, batch_size=8, lr=2e-3, warmup_epochs=0, eval_batch_size=16, bn_calib_batches=2,
-                  bn_calib_batch_size=8, deploy_resolution=64, devices=("ort_cpu_fp32", "tensorrt_fp32"),
-                  timing=QUICK_TIMING, export_openvino=False)
-    values.update(overrides)
-    return FinetuneConfig(**values)
+@pytest.fixture(scope="module")
+def tiny_config(quick_timing):
+    """``tiny_config(**overrides)``: a FinetuneConfig for this module's tiny runs."""
+
+    def make(**overrides) -> FinetuneConfig:
+        values = dict(epochs=2, batch_size=8, lr=2e-3, warmup_epochs=0, eval_batch_size=16, bn_calib_batches=2,
+                      bn_calib_batch_size=8, deploy_resolution=64, devices=("ort_cpu_fp32", "tensorrt_fp32"),
+                      timing=quick_timing, export_openvino=False)
+        values.update(overrides)
+        return FinetuneConfig(**values)
+
+    return make
 
 
 @pytest.fixture(scope="module")
-def finetuned(tmp_path_factory, dataset, supernet_file, arch_json) -> dict:
+def finetuned(tmp_path_factory, dataset, supernet_file, arch_json, tiny_config) -> dict:
     out = tmp_path_factory.mktemp("finetune")
-    metrics = finetune(str(arch_json), data_root=dataset, supernet=supernet_file, out_root=out, config=_config(),
+    metrics = finetune(str(arch_json), data_root=dataset, supernet=supernet_file, out_root=out, config=tiny_config(),
                        progress=False)
     return {"metrics": metrics, "dir": out / metrics["name"], "out": out}
 
@@ -165,7 +162,7 @@ def test_subnet_at_resolution_keeps_weights_and_resizes_attention(tiny_space):
         if key in resized:
             side = int(round(big_state[key].shape[1] ** 0.5))
             assert big_state[key].shape[1] > value.shape[1]
-            torch.testing.assert_close(big_state[key], _resize_bias_table(value, side))
+            torch.testing.assert_close(big_state[key], resize_attention_bias_table(value, side))
         else:
             assert torch.equal(big_state[key], value), key
     assert big(torch.randn(1, 3, 64, 64)).shape == (1, 4)
@@ -200,7 +197,7 @@ def test_load_classifier_errors_name_the_choices(tmp_path):
 
 
 # --------------------------------------------------------------------------- the finetune stage
-def test_finetune_writes_every_figure(finetuned, dataset, supernet_file, tiny_space):
+def test_finetune_writes_every_figure(finetuned, dataset, supernet_file, tiny_space, tiny_config):
     m, out = finetuned["metrics"], finetuned["dir"]
     assert read_json(out / "metrics.json")["name"] == m["name"] == "ours_ort_cpu_fp32@3ms"
     assert m["predicted_accuracy"] == 0.61 and m["estimated_latency_ms"] == {"ort_cpu_fp32": 3.0}
@@ -214,7 +211,7 @@ def test_finetune_writes_every_figure(finetuned, dataset, supernet_file, tiny_sp
 
     net, _ = load_supernet(supernet_file)
     arch = tiny_space.largest("unified", "relu")
-    data = classification_data(dataset, 32, _config())
+    data = classification_data(dataset, 32, tiny_config())
     recalibrate_bn(net, arch, data.calib_batches, len(data.calib_batches))
     assert evaluate(net, data.eval_loader, arch)["loss"] == pytest.approx(m["inherited"]["loss"], rel=1e-4)
     # Fine-tuned weights: model.pt reproduces the reported accuracy.
@@ -249,17 +246,17 @@ def test_finetune_exports_and_latency(finetuned):
     assert log["epoch"].tolist() == [1, 2] and log["val_top1"].notna().all()
 
 
-def test_finetune_resume_does_not_retrain(finetuned, dataset, supernet_file, arch_json):
+def test_finetune_resume_does_not_retrain(finetuned, dataset, supernet_file, arch_json, tiny_config):
     """Running the stage again continues from the finished checkpoint: no new epochs."""
     before = (finetuned["dir"] / "checkpoint.pt").stat().st_mtime_ns
     metrics = finetune(str(arch_json), data_root=dataset, supernet=supernet_file, out_root=finetuned["out"],
-                       config=_config(devices=("tensorrt_fp32",)), progress=False)
+                       config=tiny_config(devices=("tensorrt_fp32",)), progress=False)
     assert (finetuned["dir"] / "checkpoint.pt").stat().st_mtime_ns == before
     assert metrics["finetuned"]["top1"] == finetuned["metrics"]["finetuned"]["top1"]
 
 
-def test_baselines_train_the_same_way(tmp_path, dataset, supernet_file, finetuned):
-    config = _config(epochs=1, devices=("ort_cpu_fp32",))
+def test_baselines_train_the_same_way(tmp_path, dataset, supernet_file, finetuned, tiny_config, quick_timing):
+    config = tiny_config(epochs=1, devices=("ort_cpu_fp32",))
     mnv2 = finetune("mobilenetv2_100", data_root=dataset, supernet=supernet_file, out_root=finetuned["out"],
                     config=config, progress=False)
     assert mnv2["kind"] == "timm" and mnv2["init"] == "scratch" and mnv2["inherited"] is None
@@ -271,7 +268,7 @@ def test_baselines_train_the_same_way(tmp_path, dataset, supernet_file, finetune
     from nas_core.finetune import remeasure_latency
 
     again = remeasure_latency([finetuned["metrics"], mnv2], ["ort_cpu_fp32", "tensorrt_fp32"], rounds=1,
-                              timing=QUICK_TIMING)  # side by side; devices not usable here are left out
+                              timing=quick_timing)  # side by side; devices not usable here are left out
     assert set(again) == {"ours_ort_cpu_fp32@3ms", "mobilenetv2_100"}
     assert all(set(v) == {"ort_cpu_fp32"} and v["ort_cpu_fp32"] > 0 for v in again.values())
     assert comparison_table([mnv2], latency={"mobilenetv2_100": {"x": 2.0}})["x_ms"].iloc[0] == 2.0
@@ -318,10 +315,8 @@ def test_transfer_new_head_all_layers(tmp_path, finetuned, tiny_space):
 
 
 @pytest.mark.realdata
-def test_transfer_on_sign_digits(tmp_path):
-    root = SHARED_DATASETS / "sign-digits"
-    if not root.is_dir():
-        pytest.skip(f"{root} is absent (the shared real datasets live beside the project)")
+def test_transfer_on_sign_digits(tmp_path, shared_dataset):
+    root = shared_dataset("sign-digits")
     from nas_core.transfer import TransferConfig, transfer
 
     config = TransferConfig(resolution=32, epochs=1, batch_size=16, steps_per_epoch=2, eval_batch_size=64,

@@ -1,6 +1,7 @@
 """profile_models (checkpoints, resume, drift re-measuring), bundles run without torch, baselines."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -149,13 +150,15 @@ class _FakeMachine:
         return _FakeSession(self.clock, lambda: 1.0)
 
 
-def _fake_run(machine, out, on_measured, max_retries=2):
+FAKE_TIMING = TimingConfig(warmup_runs=1, warmup_ms=0, min_repeats=3, min_total_ms=0, check_every=1)
+
+
+def _fake_run(machine, out, on_measured, max_retries=2, config=FAKE_TIMING, resume=True):
     entries = [ModelEntry("ref", None, (1, 3, 8, 8))] + [ModelEntry(f"m{i}", None, (1, 3, 8, 8)) for i in range(6)]
-    config = TimingConfig(warmup_runs=1, warmup_ms=0, min_repeats=3, min_total_ms=0, check_every=1)
     return profile_models(entries, ORT, out, reference_id="ref", seed=0, drift_tolerance=0.2, config=config,
                           check_every=3, max_retries=max_retries, drift_pause_s=0, open_fn=machine.open,
                           runtime=("fake", "1"), clock=machine.clock, pin_cpus=False, progress=False,
-                          on_measured=on_measured)
+                          on_measured=on_measured, resume=resume)
 
 
 def test_drift_of_the_reference_remeasures_its_block(tmp_path):
@@ -182,14 +185,52 @@ def test_drift_of_the_reference_remeasures_its_block(tmp_path):
 def test_persistent_drift_is_flagged_after_bounded_retries(tmp_path):
     machine = _FakeMachine()
 
-    def drift_forever(model_id, result):
-        machine.reference_ms = 1.5
+    def drift_forever(model_id, result):  # from the first model on (the baseline is taken before it)
+        if model_id != "ref":
+            machine.reference_ms = 1.5
 
     rows = _fake_run(machine, tmp_path / "lut.parquet", drift_forever, max_retries=1)
     others = [r for r in rows if r["id"] != "ref"]
     assert len(rows) == 7 and all(r["drift_flag"] and r["attempts"] == 2 for r in others)
     assert all(r["reference_ratio"] == pytest.approx(1.5) for r in others)
     assert machine.opened.count("m0") == 2  # each model timed at most max_retries + 1 times
+
+
+def test_a_spoiled_first_timing_of_the_reference_does_not_flag_the_run(tmp_path):
+    """The baseline is the median of the reference's first timings, not its first alone."""
+    machine = _FakeMachine()
+    machine.reference_ms = 1.5  # a noisy moment at the very start
+
+    def settle(model_id, result):
+        if model_id == "ref":
+            machine.reference_ms = 1.0
+
+    rows = _fake_run(machine, tmp_path / "lut.parquet", settle)
+    assert not any(r["drift_flag"] for r in rows) and all(r["attempts"] == 1 for r in rows)
+    assert {r["id"]: r["median_ms"] for r in rows}["ref"] == pytest.approx(1.5)  # the row keeps its own timing
+    provenance = io.read_provenance(tmp_path / "lut.parquet")
+    assert provenance["reference"]["baseline_timings_ms"] == pytest.approx([1.5, 1.0, 1.0])
+    assert provenance["reference"]["baseline_ms"] == pytest.approx(1.0)
+    assert [c["drifted"] for c in provenance["reference_checks"]] == [False, False]
+
+
+def test_resume_refuses_a_file_timed_with_other_timing_settings(tmp_path):
+    out = tmp_path / "lut.parquet"
+    _fake_run(_FakeMachine(), out, None)
+    longer = dataclasses.replace(FAKE_TIMING, min_repeats=7)
+    with pytest.raises(ValueError, match=r"other settings \(timing\.min_repeats: 3 in the file, 7 now\)"):
+        _fake_run(_FakeMachine(), out, None, config=longer)
+    # Tables written before the identity held the timing settings: their provenance's ``timing`` stands in.
+    rows, provenance = timing.read_rows(out)
+    del provenance["identity"]["timing"]
+    timing.write_rows(out, rows, provenance)
+    same = _FakeMachine()
+    assert len(_fake_run(same, out, None)) == 7 and same.opened == ["ref"]  # resumed: nothing left to time
+    with pytest.raises(ValueError, match=r"timing\.min_repeats: 3 in the file, 7 now"):
+        _fake_run(_FakeMachine(), out, None, config=longer)
+    restarted = _fake_run(_FakeMachine(), out, None, config=longer, resume=False)
+    assert len(restarted) == 7 and all(r["repeats"] >= 7 for r in restarted)
+    assert io.read_provenance(out)["identity"]["timing"]["min_repeats"] == 7
 
 
 # ----------------------------------------------------------------------------- bundles without torch
@@ -305,3 +346,19 @@ def test_cpu_clock_is_honoured_and_refused_where_it_is_not_latency(tiny_models, 
         _profile(tiny_models[:2], tmp_path / "cpu.parquet")
     with pytest.raises(ValueError, match="single-thread CPU"):
         _profile(tiny_models[:2], tmp_path / "x.parquet", settings={**cpu_clock, "threads": 2})
+
+
+# ----------------------------------------------------------------------------- the run-bundle flow (work pools)
+def test_run_bundle_flow_times_a_bundle_and_refuses_a_folder_that_is_not_one(tiny_models, tmp_path):
+    """The flow a Prefect worker on an edge board runs: it calls the bundle's own runner."""
+    from flows.device_profiling import run_bundle_flow, runner_command
+    from nas_core.latency.bundle import RUNNER_NAME, make_bundle
+
+    assert RUNNER_NAME == "run_bundle.py"  # the flow names it without importing nas_core
+    bundle = make_bundle(tiny_models[:2], ORT, tmp_path / "bundle", reference_id=tiny_models[0].id, config=FAST)
+    out = run_bundle_flow(str(bundle), device_name="board_cpu")
+    frame = io.read_parquet(out)
+    assert out == str(bundle / "lut.parquet") and sorted(frame["id"]) == sorted(e.id for e in tiny_models[:2])
+    assert set(frame["device"]) == {"board_cpu"} and (frame["median_ms"] > 0).all()
+    with pytest.raises(FileNotFoundError, match="not a profiling bundle"):
+        runner_command(tmp_path, tmp_path / "x.parquet")

@@ -15,11 +15,7 @@ from prefect import flow, task, unmapped
 from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import _server
-from flows._runners import runner_needs_server, task_runner_from_params
-from flows._server import PrefectServerError, prefect_server, require_flow_result
-from tasks import cpu_lock
-from tasks import _cache
+from tasks import _cache, _server, cpu_lock
 from tasks._cache import (
     MISSING,
     artifact_cache,
@@ -27,6 +23,8 @@ from tasks._cache import (
     path_digest,
     runtime_fingerprint,
 )
+from tasks._runners import runner_needs_server, task_runner_from_params
+from tasks._server import PrefectServerError, prefect_server, require_flow_result
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -207,7 +207,7 @@ def test_cli_collects_real_pairs_that_match_an_independent_evaluation(tiny_world
 
 # --------------------------------------------------------------------------- Dask
 def test_shards_run_in_parallel_dask_workers(fake_inputs, tmp_path, prefect_harness, monkeypatch):
-    from flows.pairs import collect_pairs
+    from tasks.pairs import collect_pairs
 
     monkeypatch.setenv("SCAN_EDGE_CPU_LOCK", str(tmp_path / "cpu.lock"))
     supernet, data = fake_inputs

@@ -18,7 +18,7 @@ from nas_core.block_catalog import BlockCatalog
 from nas_core.search_algorithm import (PROB_ATOL, BlockTableEstimator, Candidate, Constraints, EvolutionConfig,
                                        InfeasibleConstraintError, LatencyConstraint,
                                        RefineConfig, SamplingBudgetError, SamplingDistribution, SearchError,
-                                       min_table_sum, model_name, refine_on_device, run_name, search)
+                                       model_name, refine_on_device, run_name, search)
 from nas_core.search_space import SearchSpace
 
 FAST = dict(population_size=40, generations=25, sample_batch=512, probe_samples=256)
@@ -149,7 +149,7 @@ def test_min_table_sum_is_a_local_minimum_for_random_tables(world):
     for mhsa_value in (None, -5.0):
         if mhsa_value is not None:
             table = np.where(mhsa, mhsa_value + rng.uniform(0, 0.1, len(table)), table)
-        value, genome = min_table_sum(catalog, table)
+        value, genome = catalog.min_table_sum(table)
         neighbours = []
         for i, n in enumerate(space.num_choices):
             for c in range(n):
@@ -310,33 +310,81 @@ def test_refine_returns_the_most_accurate_candidate_measured_within_the_window()
 
 def test_refine_retargets_the_search_by_the_measured_ratio(world):
     """The device is 10% slower than the estimator: the first round's candidates all measure
-    above the target; the re-search at target * (1 - 1.5%) / 1.1 finds one within [-3%, 0]."""
+    above the target; the re-search confined to the window's middle half divided by 1.1 finds
+    one within [-3%, 0]."""
     space = world["space"]
     target = float(np.percentile(world["lat_a_uniform"], 5))
     config = EvolutionConfig(**{**FAST, "generations": 15})
     first = search(space, world["acc"], constraint(world, target), config)
     asked = []
 
-    def research(targets):
-        asked.append(targets)
-        return search(space, world["acc"], constraint(world, targets["dev_a"]), config).top
+    def research(targets, floors):
+        asked.append((dict(targets), dict(floors)))
+        cons = constraint(world, targets["dev_a"]).with_latency_targets(targets, floors)
+        return search(space, world["acc"], cons, config).top
 
     def slow_device(c):
         return {"dev_a": 1.10 * c.latency_ms()["dev_a"]}
 
     out = refine_on_device(first.top, slow_device, {"dev_a": target}, research=research, measure_top=5)
     assert out.within, out.message
-    # The bound moves by centre / measured: about (1 - 1.5%) / 1.1 when the search used its budget.
-    assert asked[0]["dev_a"] == pytest.approx(target * (1 - 0.015) / 1.10, rel=0.03)
+    upper, floors = asked[0]
+    assert upper["dev_a"] == pytest.approx(target * (1 - 0.0075) / 1.10)
+    assert floors["dev_a"] == pytest.approx(target * (1 - 0.0225) / 1.10)
     assert target * 0.97 <= out.measured_ms["dev_a"] <= target
     assert {r["round"] for r in out.records} == {1, 2}
+    second = [r for r in out.records if r["round"] == 2]
+    assert all(r["search_floor_ms"] == pytest.approx(floors["dev_a"]) for r in second)
+
+
+def test_refine_floor_pulls_a_too_fast_favourite_into_the_window(world):
+    """The predictor favours subnets far below the target (accuracy *decreases* with latency
+    here), so the first round measures far below the window and moving the upper bound alone
+    would not help; the floor of the re-search forces candidates into the window."""
+    space = world["space"]
+    target = float(np.percentile(world["lat_a_uniform"], 30))
+    config = EvolutionConfig(**{**FAST, "generations": 10})
+
+    class FavoursFast:
+        def predict_genomes(self, genomes):
+            return -world["lat_a"].predict_genomes(genomes)
+
+    first = search(space, FavoursFast(), constraint(world, target), config)
+    assert max(c.latency_ms()["dev_a"] for c in first.top) < 0.9 * target  # the favourite sits far below
+
+    def research(targets, floors):
+        cons = constraint(world, target).with_latency_targets(targets, floors)
+        return search(space, FavoursFast(), cons, config).top
+
+    out = refine_on_device(first.top, lambda c: c.latency_ms()["dev_a"], target, research=research)
+    assert out.within and out.rounds == 2, out.message
+    assert target * 0.97 <= out.measured_ms["dev_a"] <= target
+
+
+def test_latency_floor_is_a_constraint(world):
+    cons = constraint(world, 10.0).with_latency_targets({"dev_a": 10.0}, {"dev_a": 9.0})
+    values = {"latency_ms.dev_a": np.array([8.1, 9.0, 9.5, 11.0])}
+    assert cons.violation(values) == pytest.approx([0.1, 0.0, 0.0, 0.1])
+    assert cons.describe()["latency_floor_ms"] == {"dev_a": 9.0}
+    with pytest.raises(SearchError, match="floor"):
+        constraint(world, 10.0).with_latency_targets({"dev_a": 10.0}, {"dev_a": 12.0})
+
+
+def test_refine_stops_with_a_message_when_the_research_fails():
+    cands = fake_candidates([(9.9, 0.7)])
+
+    def research(targets, floors):
+        raise SamplingBudgetError("only 0 of 10 valid subnets")
+
+    out = refine_on_device(cands, lambda c: 5.0, 10.0, max_rounds=3, research=research)
+    assert not out.within and out.rounds == 1 and "re-search in round 2 failed" in out.message
 
 
 def test_refine_reports_honestly_when_no_candidate_fits():
     cands = fake_candidates([(9.9, 0.7), (9.8, 0.6)])
     rounds = []
     out = refine_on_device(cands, lambda c: 50.0, 10.0, max_rounds=3,
-                           research=lambda t: rounds.append(t) or fake_candidates([(9.0, 0.5)]))
+                           research=lambda t, f: rounds.append(t) or fake_candidates([(9.0, 0.5)]))
     assert not out.within and out.chosen is None and out.rounds == 3 and len(rounds) == 2
     assert "no candidate measured within" in out.message
     with pytest.raises(SearchError, match="one number for several devices"):
@@ -394,8 +442,8 @@ def test_written_outputs_round_trip(world, tmp_path):
 
 
 def _cli_stand_ins(monkeypatch, world, tmp_path):
-    """Point the CLI's loaders at the stand-ins (files must exist: the CLI hashes them)."""
-    import flows.cli_search as cli
+    """Point the search's loaders at the stand-ins (files must exist: the set-up hashes them)."""
+    import nas_core.search_run as search_run
 
     predictor = tmp_path / "predictor.pt"
     predictor.write_bytes(b"stand-in")
@@ -406,16 +454,16 @@ def _cli_stand_ins(monkeypatch, world, tmp_path):
             (lut_dir / f"{device}{suffix}").write_text("stand-in")
     estimators = {"ort_cpu_fp32": world["lat_a"], "openvino_cpu_fp32": world["lat_b"]}
     monkeypatch.setenv("SCAN_EDGE_CPU_LOCK", str(tmp_path / "cpu.lock"))  # not the machine's lock
-    monkeypatch.setattr(cli, "load_accuracy_predictor", lambda path: world["acc"])
-    monkeypatch.setattr(cli, "load_latency_estimator", lambda device, lut, profile: estimators[device])
-    monkeypatch.setattr(cli, "_locked_device_measure",
-                        lambda setup, say=print: lambda c: {d: 1.02 * ms for d, ms in c.latency_ms().items()})
+    monkeypatch.setattr(search_run, "load_accuracy_predictor", lambda path: world["acc"])
+    monkeypatch.setattr(search_run, "load_latency_estimator", lambda device, lut, profile: estimators[device])
+    monkeypatch.setattr(search_run, "device_measure",
+                        lambda setup: lambda c: {d: 1.02 * ms for d, ms in c.latency_ms().items()})
     return ["--predictor", str(predictor), "--lut-dir", str(lut_dir), "--out-dir", str(tmp_path / "search"),
             "--generations", "20", "--population", "30"]
 
 
 def test_cli_names_the_missing_artifact_and_the_command_that_makes_it(tmp_path, capsys, monkeypatch, world):
-    import flows.cli_search as cli
+    import nas_core.search_run as search_run
     from flows.cli import main
 
     base = ["search", "--device", "ort_cpu_fp32", "--latency-ms", "7", "--out-dir", str(tmp_path)]
@@ -423,7 +471,7 @@ def test_cli_names_the_missing_artifact_and_the_command_that_makes_it(tmp_path, 
     assert "scan-edge fit-predictor" in capsys.readouterr().err
     predictor = tmp_path / "p.pt"
     predictor.write_bytes(b"x")
-    monkeypatch.setattr(cli, "load_accuracy_predictor", lambda path: world["acc"])
+    monkeypatch.setattr(search_run, "load_accuracy_predictor", lambda path: world["acc"])
     args = base + ["--predictor", str(predictor), "--lut-dir", str(tmp_path)]
     assert main(args) == 2
     assert "scan-edge lut build --device ort_cpu_fp32" in capsys.readouterr().err

@@ -300,6 +300,27 @@ def test_resume_refuses_changed_params(tmp_path):
     assert (tmp_path / CHECKPOINT_NAME).exists()
 
 
+def test_resuming_a_finished_run_leaves_its_artifacts_byte_identical(tmp_path):
+    """A new timestamp inside supernet.pt would change its content hash, and DVC / Prefect
+    would then re-run every stage downstream of the supernet."""
+    from nas_core.io import file_sha256
+    from nas_core.train import LOG_NAME, SUPERNET_NAME
+
+    config = tiny_config(epochs=1, steps_per_epoch=1)
+    tiny_trainer(tmp_path, config).fit()
+    artifacts = [tmp_path / name for name in (SUPERNET_NAME, CHECKPOINT_NAME, LOG_NAME)]
+    before = {path.name: (file_sha256(path), path.stat().st_mtime_ns) for path in artifacts}
+    again = tiny_trainer(tmp_path, config)
+    assert again.resume() and again.epoch == 1
+    again.fit()
+    assert {path.name: (file_sha256(path), path.stat().st_mtime_ns) for path in artifacts} == before
+    (tmp_path / SUPERNET_NAME).unlink()  # a finished run whose supernet.pt went missing writes it again
+    restored = tiny_trainer(tmp_path, config)
+    assert restored.resume()
+    restored.fit()
+    assert load_supernet(tmp_path / SUPERNET_NAME)[1]["steps"] == 1
+
+
 def test_evaluation_does_not_change_the_training_trajectory(tmp_path):
     with_eval = tiny_trainer(tmp_path / "a", tiny_config(epochs=1))
     with_eval.fit()

@@ -60,8 +60,9 @@ code_version       str     git describe of the code that made the bundle / run
 =================  ======  =====================================================
 
 The metadata (``nas_core.io.read_provenance``) holds the full settings, the machine
-fingerprint, the timing configuration, the CPU affinity used, the reference model's
-baseline and every reference check.
+fingerprint, the timing configuration (also part of ``identity``: a resumed run must
+time the same way), the CPU affinity used, the reference model's baseline (with the
+timings it is the median of) and every reference check.
 """
 from __future__ import annotations
 
@@ -92,6 +93,9 @@ ONNX_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 
 # The same key nas_core.io uses, so io.read_provenance reads tables written here.
 PROVENANCE_KEY = b"scan_edge"
+
+# The reference model's drift baseline is the median of its first this-many timings.
+BASELINE_TIMINGS = 3
 
 # What a call's duration is read from: ``options["clock"]`` of the settings. ``wall`` (the
 # default) is the latency a device's user waits. ``cpu`` is this process's CPU time: it
@@ -661,9 +665,10 @@ ROW_SCHEMA = pa.schema([
     ("code_version", pa.string()),
 ])
 
-# What must be equal for a resumed run to append to an existing table.
+# What must be equal for a resumed run to append to an existing table. ``timing`` (the
+# TimingConfig) too: other warm-up / repeat / stability settings give other numbers.
 IDENTITY_KEYS = ("device", "backend", "provider", "precision", "threads", "batch_size", "resolution",
-                 "options", "runtime", "runtime_version", "machine_id")
+                 "options", "runtime", "runtime_version", "machine_id", "timing")
 
 
 def write_rows(path: str | os.PathLike, rows: Sequence[Mapping], provenance: Mapping) -> Path:
@@ -686,12 +691,15 @@ def read_rows(path: str | os.PathLike) -> tuple[list[dict], dict]:
     return table.to_pylist(), json.loads(raw) if raw else {}
 
 
-def run_identity(settings: Mapping, runtime: tuple[str, str], fingerprint: Mapping) -> dict:
+def run_identity(settings: Mapping, runtime: tuple[str, str], fingerprint: Mapping,
+                 config: TimingConfig | None = None) -> dict:
+    """What the timings of a run depend on (``IDENTITY_KEYS``); ``config`` None is the default TimingConfig."""
     return {
         "device": settings["name"], "backend": settings["backend"], "provider": settings["provider"],
         "precision": settings["precision"], "threads": settings["threads"], "batch_size": settings["batch_size"],
         "resolution": settings["resolution"], "options": settings["options"],
         "runtime": runtime[0], "runtime_version": runtime[1], "machine_id": fingerprint["id"],
+        "timing": (config or TimingConfig()).to_dict(),
     }
 
 
@@ -699,8 +707,14 @@ def check_same_identity(path: Path, stored: Mapping, wanted: Mapping) -> None:
     """Refuse to append to a table measured under other settings, runtime or machine."""
     stored = json.loads(json.dumps(stored, default=str))
     wanted = json.loads(json.dumps(wanted, default=str))
-    differences = [f"{key}: {stored.get(key)!r} in the file, {wanted.get(key)!r} now"
-                   for key in IDENTITY_KEYS if stored.get(key) != wanted.get(key)]
+    differences = []
+    for key in IDENTITY_KEYS:
+        before, now = stored.get(key), wanted.get(key)
+        if isinstance(before, dict) and isinstance(now, dict):  # name the fields that changed
+            differences += [f"{key}.{field}: {before.get(field)!r} in the file, {now.get(field)!r} now"
+                            for field in sorted(set(before) | set(now)) if before.get(field) != now.get(field)]
+        elif before != now:
+            differences.append(f"{key}: {before!r} in the file, {now!r} now")
     if differences:
         raise ValueError(f"{path} was measured with other settings ({'; '.join(differences)}); refusing to mix "
                          "timings in one table: write to another file, or start over (resume=False / --no-resume)")
@@ -724,17 +738,18 @@ def profile_models(entries: Iterable, settings: Any, out_path: str | os.PathLike
     * Order: the reference model first, then the others shuffled with ``seed`` (so slow
       drifts spread over all kinds of blocks rather than hitting one stage).
     * Drift: every ``check_every`` models the reference is re-timed (its session stays
-      open). When its median is off its first measurement by more than
+      open). When its median is off its baseline (the median of its first
+      ``BASELINE_TIMINGS`` timings, back to back at the start) by more than
       ``drift_tolerance`` (relative), the models timed since the last good check are
       re-timed, after ``drift_pause_s``, up to ``max_retries`` times; if the reference is
       still off, the rows are kept with ``drift_flag`` True.
     * Checkpoints: each block's rows are written (atomically) only after the reference
       check that vouches for them; an interrupted run loses at most the block in flight.
     * Resume: rows already in ``out_path`` with the same id and input shape are skipped;
-      a file made with other settings, runtime version, resolution, machine or reference
-      raises. Drift is judged against the first run's reference baseline, so a machine
-      that changed between the runs shows up as re-measured / flagged rows, not silently.
-      ``resume=False`` starts over.
+      a file made with other settings, timing configuration (``config``), runtime
+      version, resolution, machine or reference raises. Drift is judged against the
+      first run's reference baseline, so a machine that changed between the runs shows
+      up as re-measured / flagged rows, not silently. ``resume=False`` starts over.
     ``entries``: ``ModelEntry`` or dicts with ``id``, ``path`` and ``input_shape``.
     ``open_fn(entry, settings)`` opens a session (default: ONNX file on the runtime);
     ``runtime`` overrides (name, version) when ``open_fn`` brings its own runtime.
@@ -753,15 +768,14 @@ def profile_models(entries: Iterable, settings: Any, out_path: str | os.PathLike
     open_fn = open_fn or (lambda entry, s: open_entry(entry, s, seed))
     runtime = tuple(runtime or runtime_identity(settings["backend"]))
     fingerprint = machine_fingerprint()
-    identity = run_identity(settings, runtime, fingerprint)
+    identity = run_identity(settings, runtime, fingerprint, config)
     state = _RunState.start(out_path, identity, resume, all_entries, reference_id)
     if state.reference is None and reference_id in state.rows:  # a table without the reference's metadata
         state.reference = {"id": reference_id, "baseline_ms": state.rows[reference_id]["median_ms"]}
 
     todo = [all_entries[i] for i in sorted(all_entries) if i not in state.rows and i != reference_id]
     random.Random(seed).shuffle(todo)
-    row_base = {**identity, "code_version": code_version}
-    row_base.pop("options")
+    row_base = {**{k: v for k, v in identity.items() if k not in ("options", "timing")}, "code_version": code_version}
     reporter = _Progress(len(todo) + (reference_id not in state.rows), settings["name"], progress)
 
     def measure(entry: ModelEntry, attempt: int, session=None) -> dict:
@@ -791,8 +805,10 @@ def profile_models(entries: Iterable, settings: Any, out_path: str | os.PathLike
         reference_session = open_fn(reference, settings)
         try:
             if reference_id not in state.rows:
-                state.add_rows([measure(reference, 1, reference_session)])
-                state.reference = {"id": reference_id, "baseline_ms": state.rows[reference_id]["median_ms"]}
+                first = measure(reference, 1, reference_session)
+                state.add_rows([first])
+                state.reference = _reference_baseline(reference_id, first["median_ms"], reference_session, config,
+                                                      clock)
                 state.write(provenance)
             for block in _chunks(todo, max(1, check_every)):
                 rows = _measure_block(block, measure, reference_session, state, config, clock,
@@ -803,6 +819,18 @@ def profile_models(entries: Iterable, settings: Any, out_path: str | os.PathLike
             reference_session.close()
             reporter.close()
     return [state.rows[i] for i in state.order]
+
+
+def _reference_baseline(reference_id: str, first_ms: float, session, config: TimingConfig, clock: Clock) -> dict:
+    """The drift checks' yardstick: the median of the reference's first ``BASELINE_TIMINGS``
+    timings, taken back to back before any other model.
+
+    One timing alone can be spoiled by a noisy moment, and every later check would then
+    look drifted (every block re-timed, then flagged). The baseline is settled before the
+    first check, so that real drift during the run cannot leak into it.
+    """
+    timings = [first_ms] + [time_session(session, config, clock).median_ms for _ in range(BASELINE_TIMINGS - 1)]
+    return {"id": reference_id, "baseline_ms": float(statistics.median(timings)), "baseline_timings_ms": timings}
 
 
 def _measure_block(block, measure, reference_session, state, config, clock, tolerance, max_retries, pause_s,
@@ -861,7 +889,8 @@ class _RunState:
         if not (resume and path.exists()):
             return cls(path, identity, {}, [], None, [])
         rows, provenance = read_rows(path)
-        check_same_identity(path, provenance.get("identity", {}), identity)
+        # Tables written before the identity held the timing settings have them beside it.
+        check_same_identity(path, {"timing": provenance.get("timing"), **provenance.get("identity", {})}, identity)
         reference = provenance.get("reference")
         if reference and reference["id"] != reference_id:
             raise ValueError(f"{path}: drift was checked against reference {reference['id']!r}, "

@@ -225,6 +225,6 @@ def require_flow_result(state_or_result: Any, what: str = "flow") -> Any:
         raise RuntimeError(
             f"{what} returned None. With a Dask or process task runner this usually means the "
             "workers could not reach a Prefect API: run the flow inside "
-            "`flows._server.prefect_server(required=True)` or set PREFECT_API_URL to a running server."
+            "`tasks._server.prefect_server(required=True)` or set PREFECT_API_URL to a running server."
         )
     return result

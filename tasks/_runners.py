@@ -1,6 +1,6 @@
-"""Task runners from params, and the CPU lock flows hand to their tasks.
+"""Task runners from params: threads here, or Dask worker processes (the pairs stage's shards).
 
-``params.yaml`` names the runner (proposed section)::
+``params.yaml`` names the runner::
 
     runners:
       runner: thread        # thread | dask
@@ -10,14 +10,12 @@
       threads_per_worker: 1 # dask LocalCluster: 1, so a task's torch threads own their core
 
 A Dask runner needs a real Prefect API: run its flow inside
-``flows._server.prefect_server(required=runner_needs_server(params))``.
+``tasks._server.prefect_server(required=runner_needs_server(params))``.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-
-from tasks import cpu_lock, cpu_lock_path  # re-exported: flows may hold the lock around whole stages
 
 RUNNERS = ("thread", "dask")
 _KNOWN_KEYS = {"runner", "max_workers", "dask_address", "n_workers", "threads_per_worker"}
@@ -85,4 +83,4 @@ def task_runner_from_params(params: Mapping[str, Any] | None = None):
     return ThreadPoolTaskRunner(max_workers=_positive_int(params, "max_workers", 1))
 
 
-__all__ = ["task_runner_from_params", "dask_task_runner", "runner_needs_server", "cpu_lock", "cpu_lock_path", "RUNNERS"]
+__all__ = ["task_runner_from_params", "dask_task_runner", "runner_needs_server", "RUNNERS"]
