@@ -7,7 +7,7 @@ The accuracy predictor is the real network (``nas_core.accuracy_predictor``): th
 from data/predictor/predictor.pt when it exists, else an untrained one of the same shape (same
 cost). The latency estimator is the calibrated LUT of --device when data/lut has it, else the
 stand-in of benchmarks/search_sampling.py (the same table-sum cost). The target defaults to
-MobileNetV2's latency on the device (data/baselines/latency.parquet) or 7.6 ms (ONNX Runtime
+MobileNetV2's latency on the device (data/baselines/<device>.parquet) or 7.6 ms (ONNX Runtime
 CPU, 1 thread, shared/ENVIRONMENT.md), so the initial population needs the steered sampling.
 
 torch runs the predictor with --threads threads (default 1): the search calls it on ~75
@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads for the predictor")
     p.add_argument("--lut-dir", type=Path, default=Path("data/lut"))
     p.add_argument("--predictor", type=Path, default=Path("data/predictor/predictor.pt"))
-    p.add_argument("--baselines", type=Path, default=Path("data/baselines/latency.parquet"))
+    p.add_argument("--baselines", type=Path, default=None, help="default data/baselines/<device>.parquet")
     p.add_argument("--budget-s", type=float, default=10.0, help="required wall time per search")
     p.add_argument("--out", type=Path, default=Path("data/search/speed.json"))
     return p.parse_args(argv)
@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     catalog = BlockCatalog(space, 224)
     predictor, predictor_desc = load_predictor(args.predictor)
     latency, latency_desc = load_latency(args.device, args.lut_dir, catalog)
-    target, target_desc = (args.target_ms, "given") if args.target_ms else default_target(args.device, args.baselines)
+    baselines = args.baselines or Path(f"data/baselines/{args.device}.parquet")
+    target, target_desc = (args.target_ms, "given") if args.target_ms else default_target(args.device, baselines)
     constraints = Constraints(catalog, [LatencyConstraint(args.device, target, latency)])
     print(f"predictor: {predictor_desc}\nlatency: {latency_desc}\ntarget: {target:.3f} ms ({target_desc})")
     runs = []
