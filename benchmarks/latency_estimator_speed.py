@@ -25,6 +25,7 @@ from nas_core.block_catalog import BlockCatalog
 from nas_core.efficiency_predictor import LatencyEstimator
 from nas_core.io import code_version, machine_fingerprint, utc_now, write_json
 from nas_core.latency.devices import get_profile, load_profiles
+from nas_core.params import load_params
 from nas_core.latency.lut import LutError, LutPaths
 from nas_core.search_space import SearchSpace
 
@@ -45,7 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_estimator(device: str, root: str, clock: str | None) -> tuple[LatencyEstimator, str]:
     paths = LutPaths.for_device(device, root)
     if paths.lut.exists() and paths.fit.exists():
-        profile = get_profile(device, load_profiles())
+        params = load_params("params.yaml") if Path("params.yaml").exists() else {}
+        profile = get_profile(device, load_profiles(params.get("devices") or {}))  # params.yaml's overrides
         if clock:
             profile = dataclasses.replace(profile, options={**profile.options, "clock": clock})
         try:

@@ -77,14 +77,25 @@ class StandInAccuracy:
         return 80 * np.tanh(x / 150) - 0.3 * (self.catalog.sum_table(self.mhsa, genomes) - 4) ** 2
 
 
-def load_inputs(device: str, space: SearchSpace, resolution: int, lut_dir: Path, predictor: Path):
+def device_profile(device: str, params_file: Path):
+    """The device's profile as the pipeline sees it (params.yaml's ``devices:`` overrides, e.g. the clock)."""
+    from nas_core.latency.devices import get_profile, load_profiles
+    from nas_core.params import load_params
+
+    overrides = load_params(params_file).get("devices") or {} if params_file.exists() else {}
+    return get_profile(device, load_profiles(overrides))
+
+
+def load_inputs(device: str, space: SearchSpace, resolution: int, lut_dir: Path, predictor: Path,
+                params_file: Path = Path("params.yaml")):
     """(latency estimator, accuracy predictor, description): the real ones where they exist."""
     catalog = BlockCatalog(space, resolution)
     lut, fit = lut_dir / f"{device}.parquet", lut_dir / f"{device}.fit.json"
     if lut.exists() and fit.exists():
         from nas_core.efficiency_predictor import LatencyEstimator
 
-        latency, lat_desc = LatencyEstimator.from_files(lut, fit, device), f"calibrated LUT {lut}"
+        profile = device_profile(device, params_file)
+        latency, lat_desc = LatencyEstimator.from_files(lut, fit, profile), f"calibrated LUT {lut}"
     else:
         latency, lat_desc = standin_latency(catalog), f"stand-in (no {lut} + {fit.name})"
     if predictor.exists():
@@ -149,6 +160,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="ort_cpu_fp32")
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--lut-dir", type=Path, default=Path("data/lut"))
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="devices: overrides of the profiles")
     p.add_argument("--predictor", type=Path, default=Path("data/predictor/predictor.pt"))
     p.add_argument("--targets", type=int, default=8, help="number of latency targets (geometric spacing)")
     p.add_argument("--tightest", type=float, default=1.08, help="tightest target = this x the fastest subnet")
@@ -168,7 +180,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     space = SearchSpace()
     catalog, estimator, accuracy, inputs = load_inputs(args.device, space, args.resolution, args.lut_dir,
-                                                       args.predictor)
+                                                       args.predictor, args.params)
     config = EvolutionConfig(population_size=args.population, generations=args.generations, alpha=args.alpha,
                              seed=args.seed, max_sampling_attempts=args.uniform_budget)
     lowest = float(estimator.min_latency_ms())

@@ -28,7 +28,7 @@ from nas_core.search_algorithm import Constraints, EvolutionConfig, LatencyConst
 from nas_core.search_space import SearchSpace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_sampling import standin_latency  # noqa: E402  (a sibling script)
+from search_sampling import device_profile, standin_latency  # noqa: E402  (a sibling script)
 
 FALLBACK_MOBILENETV2_MS = 7.6
 
@@ -41,12 +41,12 @@ def load_predictor(path: Path):
     return PredictorBundle(AccuracyPredictor()), "untrained AccuracyPredictor (same cost; no trained one yet)"
 
 
-def load_latency(device: str, lut_dir: Path, catalog: BlockCatalog):
+def load_latency(device: str, lut_dir: Path, catalog: BlockCatalog, params_file: Path = Path("params.yaml")):
     lut, fit = lut_dir / f"{device}.parquet", lut_dir / f"{device}.fit.json"
     if lut.exists() and fit.exists():
         from nas_core.efficiency_predictor import LatencyEstimator
 
-        return LatencyEstimator.from_files(lut, fit, device), f"calibrated LUT {lut}"
+        return LatencyEstimator.from_files(lut, fit, device_profile(device, params_file)), f"calibrated LUT {lut}"
     return standin_latency(catalog), "stand-in LUT (benchmarks/search_sampling.py)"
 
 
@@ -72,6 +72,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lut-dir", type=Path, default=Path("data/lut"))
     p.add_argument("--predictor", type=Path, default=Path("data/predictor/predictor.pt"))
     p.add_argument("--baselines", type=Path, default=None, help="default data/baselines/<device>.parquet")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="devices: overrides of the profiles")
     p.add_argument("--budget-s", type=float, default=10.0, help="required wall time per search")
     p.add_argument("--out", type=Path, default=Path("data/search/speed.json"))
     return p.parse_args(argv)
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     space = SearchSpace()
     catalog = BlockCatalog(space, 224)
     predictor, predictor_desc = load_predictor(args.predictor)
-    latency, latency_desc = load_latency(args.device, args.lut_dir, catalog)
+    latency, latency_desc = load_latency(args.device, args.lut_dir, catalog, args.params)
     baselines = args.baselines or Path(f"data/baselines/{args.device}.parquet")
     target, target_desc = (args.target_ms, "given") if args.target_ms else default_target(args.device, baselines)
     constraints = Constraints(catalog, [LatencyConstraint(args.device, target, latency)])
