@@ -766,7 +766,9 @@ def refine_on_device(candidates: Sequence[Candidate], measure_fn: MeasureFn, tar
     confined to the window translated into *estimated* milliseconds: with ``r`` = the median
     measured / estimated ratio of the round on a device, the band is
     ``[target * (1 - 3/4 tol) / r, target * (1 - 1/4 tol) / r]`` (the middle half of the
-    window, a margin for the ratio's spread between architectures). The upper bound corrects
+    window, a margin for the ratio's spread between architectures). Once the rounds have
+    measured candidates at different estimates, the translation is a line fitted to all
+    measurements instead of the last ratio (:func:`_estimated_for`). The upper bound corrects
     the estimator's bias; the floor removes the search's slack (without it the predictor's
     favourite may sit far below the target, where no re-targeting of the bound alone moves it).
     With several devices only the most binding one (highest measured / target) gets a floor.
@@ -806,7 +808,7 @@ def refine_on_device(candidates: Sequence[Candidate], measure_fn: MeasureFn, tar
                 return RefineResult(cand, ms, records, round_number, message, window)
         if research is None or round_number == max_rounds:
             break
-        search_targets, floors = _research_band(round_records, targets, tolerance)
+        search_targets, floors = _research_band(round_records, records, targets, tolerance)
         say("none within; searching again in " + ", ".join(
             f"{d} [{floors[d]:.3f}, {t:.3f}] ms" if d in floors else f"{d} <= {t:.3f} ms"
             for d, t in search_targets.items()) + " (estimated)")
@@ -824,16 +826,36 @@ def refine_on_device(candidates: Sequence[Candidate], measure_fn: MeasureFn, tar
     return RefineResult(None, {}, records, round_number, message, window)
 
 
-def _research_band(round_records: Sequence[dict], targets: Mapping[str, float],
+def _research_band(round_records: Sequence[dict], all_records: Sequence[dict], targets: Mapping[str, float],
                    tolerance: float) -> tuple[dict[str, float], dict[str, float]]:
     """(search targets, floors) in estimated ms for the next round (see :func:`refine_on_device`)."""
     def median_of(device: str, column: str) -> float:
         return float(np.median([r[column] for r in round_records if r["device"] == device]))
 
-    ratio = {d: median_of(d, "measured_over_estimated") for d in targets}
-    upper = {d: t * (1 - tolerance / 4) / ratio[d] for d, t in targets.items()}
+    to_estimated = {d: _estimated_for([r for r in all_records if r["device"] == d],
+                                      median_of(d, "measured_over_estimated")) for d in targets}
+    upper = {d: to_estimated[d](t * (1 - tolerance / 4)) for d, t in targets.items()}
     binding = max(targets, key=lambda d: median_of(d, "measured_ms") / targets[d])
-    return upper, {binding: targets[binding] * (1 - 3 * tolerance / 4) / ratio[binding]}
+    return upper, {binding: to_estimated[binding](targets[binding] * (1 - 3 * tolerance / 4))}
+
+
+def _estimated_for(records: Sequence[dict], last_ratio: float) -> Callable[[float], float]:
+    """Measured ms -> the estimated ms that should measure it on one device (``records``: its measurements).
+
+    After one round: the round's median measured / estimated ratio. Once rounds have
+    measured candidates at clearly different estimates (> 2% apart), a straight line
+    ``measured = a * estimated + b`` fitted to all of them: the ratio is not constant across
+    the space (e.g. on OpenVINO it moved from 0.72 to 0.85 between 8 and 10 estimated ms), and a
+    ratio taken from the last round alone then overshoots back and forth around the window;
+    the line interpolates between the rounds (a secant step) instead.
+    """
+    estimated = np.array([r["estimated_ms"] for r in records])
+    measured = np.array([r["measured_ms"] for r in records])
+    if len(records) >= 2 and estimated.max() > 1.02 * estimated.min():
+        slope, intercept = np.polyfit(estimated, measured, 1)
+        if slope > 0:
+            return lambda ms: float((ms - intercept) / slope)
+    return lambda ms: float(ms / last_ratio)
 
 
 def _refine_record(round_number, search_target, floor, arch_id, cand, device, target, measured, bound_by,

@@ -154,7 +154,11 @@ def test_export_equals_the_detectors_own_decoding(subnet, tmp_path):
 
 
 # --------------------------------------------------------------------------- the stage
-def test_run_detection_writes_metrics_and_resumes(shapes, tmp_path, quick_timing):
+def test_run_detection_writes_metrics_and_resumes(shapes, tmp_path, quick_timing, monkeypatch):
+    # A bare name is also looked up under ./data/finetune: a checkout where the pipeline has run
+    # holds a fine-tuned mobilenetv2_100 there, and this test is about the random-init timm model.
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
     config = DetectionConfig(resolution=64, epochs=1, batch_size=8, opt="adamw", lr=1e-3, warmup_epochs=0,
                              augment="hflip", devices=("ort_cpu_fp32", "tensorrt_fp32"), timing=quick_timing)
     metrics = run_detection("mobilenetv2_100", shapes, out_root=tmp_path, config=config, progress=False)

@@ -361,6 +361,38 @@ def test_refine_floor_pulls_a_too_fast_favourite_into_the_window(world):
     assert target * 0.97 <= out.measured_ms["dev_a"] <= target
 
 
+def test_refine_fits_a_line_once_rounds_measured_different_estimates():
+    """A device whose error is not a constant ratio (measured = 1.5 * estimated - 3). Round 1
+    (estimate 10) measures 12; the ratio 1.2 sends round 2 to 8.27, which measures 9.41 (too
+    fast); a ratio again would overshoot to 10.09, but the line through both rounds is exact,
+    so round 3's band maps onto the window's middle half and its candidate lands inside."""
+    asked = []
+
+    def candidate_at(estimate: float) -> Candidate:  # the re-search's best sits at its upper bound
+        return Candidate((len(asked),), 0.5, {"latency_ms.dev": estimate, "params": 1.0, "macs": 1.0})
+
+    def research(targets, floors):
+        asked.append((dict(targets), dict(floors)))
+        return [candidate_at(targets["dev"])]
+
+    out = refine_on_device([candidate_at(10.0)], lambda c: 1.5 * c.latency_ms()["dev"] - 3.0, 10.0,
+                           research=research, max_rounds=5)
+    assert out.within and out.rounds == 3, out.message
+    assert asked[0][0]["dev"] == pytest.approx(9.925 / 1.2)  # round 2: the ratio
+    assert asked[1][0]["dev"] == pytest.approx((9.925 + 3) / 1.5)  # round 3: the line
+    assert asked[1][1]["dev"] == pytest.approx((9.775 + 3) / 1.5)
+    assert out.measured_ms["dev"] == pytest.approx(9.925)
+
+
+def test_estimated_for_falls_back_to_the_ratio_until_estimates_differ():
+    from nas_core.search_algorithm import _estimated_for
+
+    same = [{"estimated_ms": 10.0, "measured_ms": 8.0}, {"estimated_ms": 10.1, "measured_ms": 8.1}]
+    assert _estimated_for(same, 0.8)(8.0) == pytest.approx(10.0)
+    spread = [{"estimated_ms": 8.0, "measured_ms": 6.0}, {"estimated_ms": 10.0, "measured_ms": 8.5}]
+    assert _estimated_for(spread, 0.8)(7.0) == pytest.approx(8.8)  # the secant through both points
+
+
 def test_latency_floor_is_a_constraint(world):
     cons = constraint(world, 10.0).with_latency_targets({"dev_a": 10.0}, {"dev_a": 9.0})
     values = {"latency_ms.dev_a": np.array([8.1, 9.0, 9.5, 11.0])}
