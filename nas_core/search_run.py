@@ -160,7 +160,8 @@ def run_search(setup: SearchSetup, targets: Mapping[str, float], max_params: flo
     constraints.check_feasible()  # an infeasible target fails before anything else, naming the lowest value
     run = run_name(targets, max_params, max_macs)
     key = inputs_key({"space": SPACE_VERSION, "config": setup.config.to_dict(), "constraints": constraints.describe(),
-                      "digests": setup.digests, "refine": setup.refine.to_dict() if measure else None})
+                      "digests": setup.digests, "refine": setup.refine.to_dict() if measure else None,
+                      "code": _search_code_digest()})
     if not force and is_up_to_date(setup.out_dir, run, key, need_refine=measure):
         record = read_best(setup.out_dir, run)
         say(f"{run}: up to date ({setup.out_dir / run}.arch.json); --force to search again")
@@ -182,6 +183,19 @@ def run_search(setup: SearchSetup, targets: Mapping[str, float], max_params: flo
     record = read_best(setup.out_dir, run)
     say(_summary(record, paths["arch"]))
     return record, refine is None or refine.within
+
+
+def _search_code_digest() -> str:
+    """Hash of the search's code (this module and ``search_algorithm``): a result found by other
+    search or refinement code is not up to date, even when every input is the same."""
+    import hashlib
+
+    from . import search_algorithm
+
+    digest = hashlib.sha256()
+    for module_file in (__file__, search_algorithm.__file__):
+        digest.update(Path(module_file).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _search(setup: SearchSetup, constraints, say: Say, lock: Lock):
