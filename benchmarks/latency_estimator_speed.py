@@ -24,10 +24,9 @@ import numpy as np
 from nas_core.block_catalog import BlockCatalog
 from nas_core.efficiency_predictor import LatencyEstimator
 from nas_core.io import code_version, machine_fingerprint, utc_now, write_json
-from nas_core.latency.devices import get_profile, load_profiles
-from nas_core.params import load_params
 from nas_core.latency.lut import LutError, LutPaths
 from nas_core.search_space import SearchSpace
+from search_sampling import device_profile  # a sibling script: the profile as the pipeline sees it
 
 TARGET_PER_S = 100_000
 
@@ -46,8 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_estimator(device: str, root: str, clock: str | None) -> tuple[LatencyEstimator, str]:
     paths = LutPaths.for_device(device, root)
     if paths.lut.exists() and paths.fit.exists():
-        params = load_params("params.yaml") if Path("params.yaml").exists() else {}
-        profile = get_profile(device, load_profiles(params.get("devices") or {}))  # params.yaml's overrides
+        profile = device_profile(device, Path("params.yaml"))  # params.yaml's overrides, as the pipeline
         if clock:
             profile = dataclasses.replace(profile, options={**profile.options, "clock": clock})
         try:

@@ -79,11 +79,10 @@ class StandInAccuracy:
 
 def device_profile(device: str, params_file: Path):
     """The device's profile as the pipeline sees it (params.yaml's ``devices:`` overrides, e.g. the clock)."""
-    from nas_core.latency.devices import get_profile, load_profiles
     from nas_core.params import load_params
+    from tasks.stages import device_profile as pipeline_profile
 
-    overrides = load_params(params_file).get("devices") or {} if params_file.exists() else {}
-    return get_profile(device, load_profiles(overrides))
+    return pipeline_profile(load_params(params_file) if params_file.exists() else {}, device)
 
 
 def load_inputs(device: str, space: SearchSpace, resolution: int, lut_dir: Path, predictor: Path,

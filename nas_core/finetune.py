@@ -94,8 +94,8 @@ from .io import (code_version, file_sha256, machine_fingerprint, read_json, torc
                  torch_save, utc_now, write_json, write_parquet)
 from .locks import Lock, no_lock
 from .train import (DistContext, all_reduce_gradients, average_bn_statistics, broadcast_state,
-                    build_optimizer_and_scheduler, build_teacher, init_distributed, rng_state, seed_everything,
-                    set_rng_state)
+                    build_optimizer_and_scheduler, build_teacher, gather_rng_states, init_distributed,
+                    restore_training_state, seed_everything)
 
 CHECKPOINT_FORMAT = "scan-edge/trainer-checkpoint/v1"
 CLASSIFIER_FORMAT = "scan-edge/classifier/v1"
@@ -339,14 +339,7 @@ class ModelTrainer:
                 "epoch": self.epoch, "step": self.step, "world_size": self.ctx.world_size,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "rng": self._gather_rng(), "log": self.log, "code_version": code_version(), "created": utc_now()}
-
-    def _gather_rng(self) -> list[dict[str, Any]]:
-        if not self.ctx.distributed:
-            return [rng_state()]
-        states: list[Any] = [None] * self.ctx.world_size
-        torch.distributed.all_gather_object(states, rng_state())
-        return states
+                "rng": gather_rng_states(self.ctx), "log": self.log, "code_version": code_version(), "created": utc_now()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -359,16 +352,8 @@ class ModelTrainer:
             diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
             raise ValueError(f"cannot resume: the run changed since the checkpoint ({diff}); restore the "
                              "settings, or start over (overwrite)")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step, self.log = state["epoch"], state["step"], list(state["log"])
-        rngs = state["rng"]
-        if len(rngs) == self.ctx.world_size:
-            set_rng_state(rngs[self.ctx.rank])
-        else:  # another process count: the data order is kept, the random draws cannot be
-            seed_everything(self.recipe.seed + 1_000_003 * self.ctx.rank + self.epoch)
+        self.epoch, self.step, self.log = restore_training_state(
+            state, self.model, self.optimizer, self.scheduler, self.scaler, self.ctx, self.recipe.seed)
 
     def save_checkpoint(self) -> None:
         state = self.state_dict()  # every rank takes part (RNG gathering)

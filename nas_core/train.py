@@ -349,6 +349,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def gather_rng_states(ctx: "DistContext") -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order (every rank must call it: it is a collective)."""
+    if not ctx.distributed:
+        return [rng_state()]
+    states: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def restore_training_state(state: Mapping[str, Any], model: nn.Module, optimizer, scheduler, scaler,
+                           ctx: "DistContext", seed: int) -> tuple[int, int, list]:
+    """Load a checkpoint's weights, optimizer, scheduler, scaler and this rank's RNG state
+    (the supernet trainer's and the fine-tuner's checkpoints share these keys); returns
+    ``(epoch, step, log)``."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    epoch, step, log = state["epoch"], state["step"], list(state["log"])
+    rngs = state["rng"]
+    if len(rngs) == ctx.world_size:
+        set_rng_state(rngs[ctx.rank])
+    else:  # another process count: the data order is kept, the random draws cannot be
+        seed_everything(seed + 1_000_003 * ctx.rank + epoch)
+    return epoch, step, log
+
+
 # --------------------------------------------------------------------------- optimisation
 SGD_FAMILY = ("sgd", "momentum", "nesterov")  # the timm optimizer names that take a momentum
 
@@ -593,7 +620,7 @@ class SupernetTrainer:
             "epoch": self.epoch, "step": self.step, "world_size": self.ctx.world_size,
             "model": self.supernet.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "rng": self._gather_rng(), "loader_generator": self.loader_generator.get_state(),
+            "rng": gather_rng_states(self.ctx), "loader_generator": self.loader_generator.get_state(),
             "data": {"sampler_seed": self.config.seed, "next_epoch": self.epoch,
                      "steps_per_epoch": self.steps_per_epoch, "local_batch": self.local_batch},
             "log": self.log, "code_version": code_version(), "created": utc_now(),
@@ -604,25 +631,10 @@ class SupernetTrainer:
                 "num_classes": self.num_classes, "resolution": self.config.resolution,
                 "distillation": self.config.distillation_head}
 
-    def _gather_rng(self) -> list[dict[str, Any]]:
-        if not self.ctx.distributed:
-            return [rng_state()]
-        states: list[Any] = [None] * self.ctx.world_size
-        dist.all_gather_object(states, rng_state())
-        return states
-
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self._check_compatible(state)
-        self.supernet.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step, self.log = state["epoch"], state["step"], list(state["log"])
-        rngs = state["rng"]
-        if len(rngs) == self.ctx.world_size:
-            set_rng_state(rngs[self.ctx.rank])
-        else:  # another process count: the data order is kept, the random draws cannot be
-            seed_everything(self.config.seed + 1_000_003 * self.ctx.rank + self.epoch)
+        self.epoch, self.step, self.log = restore_training_state(
+            state, self.supernet, self.optimizer, self.scheduler, self.scaler, self.ctx, self.config.seed)
         self.loader_generator.set_state(state["loader_generator"])
 
     def _check_compatible(self, state: Mapping[str, Any]) -> None:

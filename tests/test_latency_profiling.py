@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from nas_core import io
 from nas_core.latency import timing
 from nas_core.latency.devices import get_profile
 from nas_core.latency.timing import ModelEntry, TimingConfig, profile_models
+from tests._bundles import run_without_torch
 
 FAST = TimingConfig(warmup_runs=2, warmup_ms=0, min_repeats=5, min_total_ms=2, max_repeats=100,
                     max_total_ms=100, check_every=5)
@@ -234,24 +233,6 @@ def test_resume_refuses_a_file_timed_with_other_timing_settings(tmp_path):
 
 
 # ----------------------------------------------------------------------------- bundles without torch
-# Make torch (and pandas, and nas_core) unimportable, as on an edge device, then run the bundle's script.
-_BLOCKED_RUN = """
-import runpy, sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'pandas', 'nas_core', 'timm'):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
-sys.meta_path.insert(0, Block())
-sys.argv = [RUNNER, *sys.argv[1:]]
-runpy.run_path(RUNNER, run_name='__main__')
-"""
-
-
-def _run_blocked(runner: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    code = _BLOCKED_RUN.replace("RUNNER", repr(str(runner)))
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
-
-
 def test_bundle_runs_where_torch_cannot_be_imported(tiny_models, tmp_path):
     from nas_core.latency.bundle import RUNNER_NAME, make_bundle
 
@@ -262,11 +243,11 @@ def test_bundle_runs_where_torch_cannot_be_imported(tiny_models, tmp_path):
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["settings"]["name"] == "ort_cpu_fp32" and len(manifest["models"]) == 3
 
-    usage = _run_blocked(runner, "--help", cwd=tmp_path)
+    usage = run_without_torch(runner, "--help", cwd=tmp_path)
     assert usage.returncode == 0 and "--device-name" in usage.stdout, usage.stderr
 
     out = tmp_path / "edge_lut.parquet"
-    done = _run_blocked(runner, str(bundle), "--out", str(out), "--device-name", "edge_cpu", "--quiet", cwd=tmp_path)
+    done = run_without_torch(runner, str(bundle), "--out", str(out), "--device-name", "edge_cpu", "--quiet", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "wrote 3 rows" in done.stdout
     frame = io.read_parquet(out)
@@ -276,9 +257,9 @@ def test_bundle_runs_where_torch_cannot_be_imported(tiny_models, tmp_path):
     assert set(frame["code_version"]) == {manifest["code_version"]}
     assert io.read_provenance(out)["bundle"] == str(bundle)
 
-    again = _run_blocked(runner, str(bundle), "--out", str(out), "--device-name", "edge_cpu", "--quiet", cwd=tmp_path)
+    again = run_without_torch(runner, str(bundle), "--out", str(out), "--device-name", "edge_cpu", "--quiet", cwd=tmp_path)
     assert again.returncode == 0 and len(io.read_parquet(out)) == 3  # resumed: nothing left, no duplicates
-    other = _run_blocked(runner, str(bundle), "--out", str(out), "--threads", "2", "--quiet", cwd=tmp_path)
+    other = run_without_torch(runner, str(bundle), "--out", str(out), "--threads", "2", "--quiet", cwd=tmp_path)
     assert other.returncode != 0 and "other settings" in other.stderr
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from nas_core.latency.devices import get_profile
 from nas_core.latency.lut import LookupTable, LutError, LutPaths
 from nas_core.latency.timing import TimingConfig
 from nas_core.search_space import SearchSpace, SpaceSpec, StageSpec
+from tests._bundles import run_without_torch
 
 FAST = TimingConfig(warmup_runs=2, warmup_ms=0, min_repeats=5, min_total_ms=2, max_repeats=100,
                     max_total_ms=100, check_every=5)
@@ -353,18 +352,6 @@ def test_host_calibration_fits_and_writes_table_fit_and_figure(host_lut):
 
 
 # ----------------------------------------------------------------------------- remote devices
-_BLOCKED_RUN = """
-import runpy, sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'pandas', 'nas_core', 'timm'):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
-sys.meta_path.insert(0, Block())
-sys.argv = [RUNNER, *sys.argv[1:]]
-runpy.run_path(RUNNER, run_name='__main__')
-"""
-
-
 def test_bundle_round_trip_on_a_device_without_torch(tmp_path, exports):
     bundle = calibration.make_profiling_bundle(
         ORT64, tmp_path / "bundle", LutPaths.for_device(ORT64.name, tmp_path, exports), block_filter=BLOCKS,
@@ -372,9 +359,8 @@ def test_bundle_round_trip_on_a_device_without_torch(tmp_path, exports):
     sidecar = json.loads((bundle / calibration.BUNDLE_SIDECAR).read_text())
     assert len(sidecar["blocks"]) == 20
     assert [s["role"] for s in sidecar["subnets"]] == ["calibration", "calibration", "validation"]
-    code = _BLOCKED_RUN.replace("RUNNER", repr(str(bundle / "run_bundle.py")))
-    run = subprocess.run([sys.executable, "-c", code, str(bundle), "--out", str(bundle / "lut.parquet"), "--quiet"],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    run = run_without_torch(bundle / "run_bundle.py", str(bundle), "--out", str(bundle / "lut.parquet"), "--quiet",
+                            cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr
     assert "wrote 23 rows" in run.stdout
 
