@@ -93,7 +93,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from .io import (code_version, file_sha256, machine_fingerprint, read_json, torch_load,
                  torch_save, utc_now, write_json, write_parquet)
 from .locks import Lock, no_lock
-from .train import (DistContext, all_reduce_gradients, average_bn_statistics, broadcast_state,
+from .train import (DistContext, apply_gradients, average_bn_statistics, broadcast_state,
                     build_optimizer_and_scheduler, build_teacher, gather_rng_states, init_distributed,
                     restore_training_state, seed_everything)
 
@@ -289,15 +289,8 @@ class ModelTrainer:
             with self._autocast():
                 loss, parts = self.step_fn(self.model, batch, self.ctx.device)
             self.scaler.scale(loss).backward()
-            all_reduce_gradients(params, self.ctx.world_size)
-            if self.recipe.clip_grad is not None:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.recipe.clip_grad)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            self.scheduler.step_update(num_updates=self.step)
+            self.step = apply_gradients(params, self.optimizer, self.scheduler, self.scaler, self.ctx.world_size,
+                                        self.recipe.clip_grad, self.step)
             for key, value in {"loss": float(loss.detach()), **parts}.items():
                 totals[key] = totals.get(key, 0.0) + value
             done += 1

@@ -377,6 +377,22 @@ def restore_training_state(state: Mapping[str, Any], model: nn.Module, optimizer
 
 
 # --------------------------------------------------------------------------- optimisation
+def apply_gradients(params: Sequence[nn.Parameter], optimizer, scheduler, scaler, world_size: int,
+                    clip_grad: float | None, step: int) -> int:
+    """One optimizer update from the accumulated gradients: average them over ranks, clip
+    (optionally), step through the AMP scaler, zero them, advance the per-step schedule;
+    returns the new step count. Shared by the supernet trainer and the fine-tuner."""
+    all_reduce_gradients(params, world_size)
+    if clip_grad is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step_update(num_updates=step + 1)
+    return step + 1
+
+
 SGD_FAMILY = ("sgd", "momentum", "nesterov")  # the timm optimizer names that take a momentum
 
 
@@ -513,16 +529,8 @@ class SupernetTrainer:
 
     def optimizer_step(self) -> None:
         """Average gradients over ranks, (clip,) step, and advance the schedule."""
-        params = list(self.supernet.parameters())
-        all_reduce_gradients(params, self.ctx.world_size)
-        if self.config.clip_grad is not None:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], self.config.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        self.scheduler.step_update(num_updates=self.step)
+        self.step = apply_gradients(list(self.supernet.parameters()), self.optimizer, self.scheduler, self.scaler,
+                                    self.ctx.world_size, self.config.clip_grad, self.step)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         images = images.to(self.ctx.device, non_blocking=True)
