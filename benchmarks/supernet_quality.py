@@ -2,6 +2,7 @@
 
     python benchmarks/supernet_quality.py --out quality.json [--supernet data/supernet/supernet.pt]
                                           [--data data/dataset] [--num-subnets 50] [--val-images 800]
+                                          [--repeat-split test]
 
 Loads a trained supernet and evaluates, with weights inherited and BatchNorm statistics
 recalibrated on a fixed set of training images (``nas_core.evaluate``), the smallest and
@@ -11,13 +12,22 @@ The search downstream needs three things from it, each reported:
 
 * the largest subnet far above chance (``1 / num_classes``);
 * random subnets' accuracies spread over a useful range (not all at chance, not all equal);
-* accuracy increasing with size: Spearman rank correlation of top-1 with params and MACs.
+* accuracy increasing with size: Spearman rank correlation of top-1 with params and MACs,
+  and of the negated val loss (``-loss``: higher is better, like top-1) with them.
+
+``--repeat-split test`` measures how much of that is the subnets and how much the images:
+every subnet is evaluated again, with the same BN statistics, on a second split the
+supernet never saw. The Spearman correlation between the two splits' top-1 (and loss) is the
+*reliability* of the labels: a ranking that another set of images does not repeat is noise,
+and no accuracy predictor trained on such labels can rank held-out subnets better.
 
 JSON: ``{"supernet": path, "supernet_meta": {...}, "dataset": path, "num_classes", "chance",
 "val_images", "bn_calib": {"batches", "batch_size"}, "subnets": [{"role", "arch_id",
 "top1", "top5", "loss", "params", "macs", "seconds", "arch"}], "summary": {"top1_largest",
 "top1_smallest", "random_top1": {"min", "median", "max", "std"}, "spearman_params",
-"spearman_macs", "spearman_params_all", "spearman_macs_all", "above_chance_fraction"},
+"spearman_macs", "spearman_params_all", "spearman_macs_all", "spearman_neg_loss_params",
+"spearman_neg_loss_macs", "above_chance_fraction", and with --repeat-split: "reliability":
+{"top1", "loss"}, "spearman_pooled_top1_params"}},
 "threads", "created", "code_version"}``. ``spearman_*`` use the random subnets;
 ``*_all`` add the smallest and largest.
 """
@@ -38,8 +48,8 @@ from nas_core.io import code_version, utc_now, write_json  # noqa: E402
 
 
 def load_eval_data(manifest, root: Path, resolution: int, val_images: int | None, batch_size: int,
-                   calib_batches: int, calib_batch_size: int, seed: int):
-    """Decoded once: the BN calibration batches (train split) and the val batches."""
+                   calib_batches: int, calib_batch_size: int, seed: int, split: str = "val"):
+    """Decoded once: the BN calibration batches (train split) and the ``split`` batches."""
     from torch.utils.data import DataLoader, Subset
 
     from nas_core.data.folders import build_loader
@@ -47,7 +57,7 @@ def load_eval_data(manifest, root: Path, resolution: int, val_images: int | None
 
     calib_source = build_loader(manifest, root, "train", resolution, calib_batch_size, train=False).dataset
     calib = calibration_batches(calib_source, calib_batches, calib_batch_size, seed)
-    val = build_loader(manifest, root, "val", resolution, batch_size, train=False).dataset
+    val = build_loader(manifest, root, split, resolution, batch_size, train=False).dataset
     indices = list(range(len(val)))
     if val_images is not None and val_images < len(val):
         generator = torch.Generator().manual_seed(seed)
@@ -56,7 +66,7 @@ def load_eval_data(manifest, root: Path, resolution: int, val_images: int | None
     return calib, batches
 
 
-def evaluate_subnets(supernet, archs, calib, val_batches, num_classes: int) -> list[dict]:
+def evaluate_subnets(supernet, archs, calib, val_batches, num_classes: int, repeat_batches=None) -> list[dict]:
     from nas_core.block_catalog import BlockCatalog
     from nas_core.evaluate import evaluate, recalibrate_bn
 
@@ -69,6 +79,8 @@ def evaluate_subnets(supernet, archs, calib, val_batches, num_classes: int) -> l
         start = time.perf_counter()
         recalibrate_bn(supernet, arch, calib, len(calib))
         metrics = evaluate(supernet, val_batches, arch)
+        if repeat_batches is not None:  # same BN statistics, other images
+            metrics["repeat"] = evaluate(supernet, repeat_batches, arch)
         rows.append({"role": role, "arch_id": arch.arch_id, **metrics, "params": int(params[i]),
                      "macs": int(macs[i]), "seconds": time.perf_counter() - start, "arch": arch.to_dict()})
         print(f"{i + 1:>3}/{len(archs)} {role:<9} {arch.arch_id}  top-1 {metrics['top1']:.3f}  "
@@ -82,17 +94,32 @@ def summarize(rows: list[dict], chance: float) -> dict:
     random_rows = [r for r in rows if r["role"] == "random"]
     top1 = [r["top1"] for r in random_rows]
 
-    def rho(subset: list[dict], key: str) -> float:
-        return float(spearmanr([r["top1"] for r in subset], [r[key] for r in subset]).statistic)
+    def rho(subset: list[dict], key: str, score=lambda r: r["top1"]) -> float:
+        return float(spearmanr([score(r) for r in subset], [r[key] for r in subset]).statistic)
+
+    def neg_loss(r: dict) -> float:
+        return -r["loss"]
 
     by_role = {r["role"]: r for r in rows if r["role"] in ("smallest", "largest")}
+    extra = {}
+    if all("repeat" in r for r in rows):
+        def pooled_top1(r: dict) -> float:  # top-1 over both splits' images
+            return (r["top1"] * r["images"] + r["repeat"]["top1"] * r["repeat"]["images"]) / (
+                r["images"] + r["repeat"]["images"])
+
+        extra = {"reliability": {k: float(spearmanr([r[k] for r in random_rows],
+                                                    [r["repeat"][k] for r in random_rows]).statistic)
+                                 for k in ("top1", "loss")},
+                 "spearman_pooled_top1_params": rho(random_rows, "params", pooled_top1)}
     return {
         "top1_largest": by_role["largest"]["top1"], "top1_smallest": by_role["smallest"]["top1"],
         "random_top1": {"min": min(top1), "median": statistics.median(top1), "max": max(top1),
                         "std": statistics.pstdev(top1)},
         "spearman_params": rho(random_rows, "params"), "spearman_macs": rho(random_rows, "macs"),
         "spearman_params_all": rho(rows, "params"), "spearman_macs_all": rho(rows, "macs"),
-        "above_chance_fraction": sum(t > chance for t in top1) / len(top1),
+        "spearman_neg_loss_params": rho(random_rows, "params", neg_loss),
+        "spearman_neg_loss_macs": rho(random_rows, "macs", neg_loss),
+        "above_chance_fraction": sum(t > chance for t in top1) / len(top1), **extra,
     }
 
 
@@ -108,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bn-batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="subnet sampling and subsets")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--repeat-split", help="evaluate every subnet again on this split (e.g. test): the "
+                                               "labels' reliability, split against split")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -121,17 +150,21 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"error: {args.data} has {num_classes} classes, the supernet {supernet.num_classes}")
     calib, val_batches = load_eval_data(manifest, Path(args.data), supernet.resolution, args.val_images,
                                         args.batch_size, args.bn_batches, args.bn_batch_size, args.seed)
+    repeat_batches = None
+    if args.repeat_split:
+        _, repeat_batches = load_eval_data(manifest, Path(args.data), supernet.resolution, None, args.batch_size,
+                                           1, 1, args.seed, split=args.repeat_split)
     space = supernet.space
     rng = np.random.default_rng(args.seed)
     archs = [("largest", space.largest()), ("smallest", space.smallest())]
     archs += [("random", space.sample(rng)) for _ in range(args.num_subnets)]
-    rows = evaluate_subnets(supernet, archs, calib, val_batches, num_classes)
+    rows = evaluate_subnets(supernet, archs, calib, val_batches, num_classes, repeat_batches)
     chance = 1.0 / num_classes
     summary = summarize(rows, chance)
     result = {"supernet": args.supernet, "supernet_meta": {k: meta.get(k) for k in (
                   "epochs", "steps", "resolution", "num_classes", "config", "final_metrics", "code_version")},
               "dataset": args.data, "num_classes": num_classes, "chance": chance,
-              "val_images": rows[0]["images"], "bn_calib": {"batches": args.bn_batches,
+              "val_images": rows[0]["images"], "repeat_split": args.repeat_split, "bn_calib": {"batches": args.bn_batches,
                                                             "batch_size": args.bn_batch_size},
               "subnets": rows, "summary": summary, "threads": torch.get_num_threads(),
               "created": utc_now(), "code_version": code_version()}
@@ -141,8 +174,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.num_subnets} random subnets: top-1 min {r['min']:.3f} median {r['median']:.3f} max {r['max']:.3f} "
           f"(std {r['std']:.3f}); {summary['above_chance_fraction']:.0%} above chance")
     print(f"Spearman top-1 vs params {summary['spearman_params']:+.2f}, vs MACs {summary['spearman_macs']:+.2f} "
-          f"(with the extremes: {summary['spearman_params_all']:+.2f} / {summary['spearman_macs_all']:+.2f}); "
-          f"wrote {args.out}")
+          f"(with the extremes: {summary['spearman_params_all']:+.2f} / {summary['spearman_macs_all']:+.2f})")
+    print(f"Spearman -loss vs params {summary['spearman_neg_loss_params']:+.2f}, "
+          f"vs MACs {summary['spearman_neg_loss_macs']:+.2f}")
+    if "reliability" in summary:
+        rel = summary["reliability"]
+        print(f"reliability, val vs {args.repeat_split} (Spearman over the random subnets): top-1 {rel['top1']:+.2f}, "
+              f"loss {rel['loss']:+.2f}; pooled top-1 vs params {summary['spearman_pooled_top1_params']:+.2f}")
+    print(f"wrote {args.out}")
     return result
 
 

@@ -60,12 +60,19 @@ def cmd_fit_predictor(args) -> int:
 
 def format_metrics(metrics: dict) -> str:
     """The test-split comparison as a small table."""
-    lines = [f"test split ({metrics['splits']['test']} pairs; selected on {metrics['splits']['val']} val pairs):",
-             f"  {'model':<14} {'Spearman':>9} {'Kendall':>8} {'MAE':>8} {'top-10% prec':>13}"]
+    target = metrics.get("target", "top1")
+    vs_top1 = metrics.get("test_top1")  # only for a proxy target (loss, top5)
+    lines = [f"test split ({metrics['splits']['test']} pairs; selected on {metrics['splits']['val']} val pairs; "
+             f"target {target}):",
+             f"  {'model':<14} {'Spearman':>9} {'Kendall':>8} {'MAE':>8} {'top-10% prec':>13}"
+             + (f" {'Spearman vs top-1':>18}" if vs_top1 else "")]
     for name, m in metrics["test"].items():
         mae = "n/a" if m["mae"] is None else f"{m['mae']:.4f}"
         precision = next(v for k, v in m.items() if k.endswith("_precision"))
-        lines.append(f"  {name:<14} {m['spearman']:>9.4f} {m['kendall']:>8.4f} {mae:>8} {precision:>13.3f}")
+        line = f"  {name:<14} {m['spearman']:>9.4f} {m['kendall']:>8.4f} {mae:>8} {precision:>13.3f}"
+        if vs_top1:
+            line += f" {vs_top1[name]['spearman']:>18.4f}"
+        lines.append(line)
     lines.append(f"best on test Spearman: {metrics['winner']}")
     return "\n".join(lines)
 
@@ -82,12 +89,14 @@ def cmd_predict(args) -> int:
     archs = [resolve_arch(name) for name in args.arch]
     predicted = bundle.predict(archs)
     if args.json:
-        print(json.dumps([{"arch": name, "arch_id": a.arch_id, f"predicted_{bundle.target}": float(p)}
+        print(json.dumps([{"arch": name, "arch_id": a.arch_id,
+                            f"predicted_{bundle.target}": -float(p) if bundle.target == "loss" else float(p)}
                           for name, a, p in zip(args.arch, archs, predicted)], indent=2))
         return 0
     width = max(len(name) for name in args.arch)
     for name, arch, value in zip(args.arch, archs, predicted):
-        print(f"{name:<{width}}  {arch.arch_id}  predicted {bundle.target} {100 * value:.2f}%")
+        shown = f"loss {-value:.4f}" if bundle.target == "loss" else f"{bundle.target} {100 * value:.2f}%"
+        print(f"{name:<{width}}  {arch.arch_id}  predicted {shown}")
     return 0
 
 

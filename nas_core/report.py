@@ -196,10 +196,14 @@ def accuracy_predictor_table(root: Path, src: Sources):
     if metrics is None:
         return pd.DataFrame()
     rows = []
+    target = metrics.get("target", "top1")
     for model, m in metrics.get("test", {}).items():
         precision = next((v for k, v in m.items() if k.endswith("_precision")), None)
-        rows.append({"model": model, "spearman": m.get("spearman"), "kendall": m.get("kendall"), "mae": m.get("mae"),
-                     "top10_precision": precision, "test_pairs": metrics.get("splits", {}).get("test"),
+        row = {"model": model, "target": target, "spearman": m.get("spearman"), "kendall": m.get("kendall"),
+               "mae": m.get("mae"), "top10_precision": precision}
+        if "test_top1" in metrics:  # a proxy target: the same scorers against held-out top-1
+            row["spearman_vs_top1"] = metrics["test_top1"].get(model, {}).get("spearman")
+        rows.append({**row, "test_pairs": metrics.get("splits", {}).get("test"),
                      "winner": model == metrics.get("winner"), "source": str(path)})
     return pd.DataFrame(rows)
 

@@ -204,3 +204,35 @@ def test_fit_and_write_artifacts_and_cli_predict(pairs, tmp_path, capsys):
     assert len(lines) == 2 and f"{100 * expected:.2f}%" in lines[0]
     with pytest.raises(SystemExit, match="unknown preset 'no-such-arch'"):
         main(["predict", "no-such-arch", "--predictor", str(paths["predictor"])])
+
+
+def test_loss_target_learns_minus_loss_and_reports_top1_alongside(pairs, tmp_path, capsys):
+    """``target: loss``: the predictor's score is -loss (higher is better, as the search
+    expects), its metrics are on -loss, and ``test_top1`` scores the same models against
+    top-1, here pure noise, so a proxy that gives up top-1 shows it."""
+    from flows.cli import main
+
+    rng = np.random.default_rng(0)
+    noisy = pairs.copy()
+    noisy["loss"] = 3.0 - 3.0 * pairs["top1"]               # the signal, in the loss only
+    noisy["top1"] = rng.permutation(pairs["top1"].to_numpy())  # labels that repeat nothing
+    pairs_path = write_parquet(tmp_path / "pairs.parquet", noisy, provenance={"key": "k"})
+    config = PredictorConfig.from_dict({**QUICK, "target": "loss", "baselines": False})
+    paths, metrics = fit_and_write(pairs_path, tmp_path / "predictor", config, log=lambda _: None)
+    assert metrics["target"] == "loss"
+    assert metrics["test"]["predictor"]["spearman"] >= 0.85, metrics["test"]
+    assert abs(metrics["test_top1"]["predictor"]["spearman"]) < 0.4, metrics["test_top1"]
+    bundle = PredictorBundle.load(paths["predictor"])
+    held_out = noisy[noisy["split"] == "test"]
+    predicted = bundle.predict_genomes(np.stack(held_out["genome"].to_numpy()))
+    assert ranking_metrics(predicted, held_out["loss"].to_numpy())["spearman"] <= -0.85  # high score = low loss
+    assert np.median(np.abs(-predicted - held_out["loss"].to_numpy())) < 0.05
+    table = __import__("pandas").read_parquet(paths["predictions"]).set_index("arch_id")
+    measured = table.loc[table["split"] == "test", "measured"]
+    np.testing.assert_allclose(measured, -held_out.set_index("arch_id").loc[measured.index, "loss"])  # -loss
+
+    assert main(["predict", "efficientformerv2_s0", "--predictor", str(paths["predictor"])]) == 0
+    expected = bundle.predict([SPACE.preset("efficientformerv2_s0")])[0]
+    assert f"predicted loss {-expected:.4f}" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="predictor.target must be one of"):
+        PredictorConfig.from_dict({"target": "top3"})
