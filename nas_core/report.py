@@ -7,7 +7,8 @@
     every table as Markdown, each row ending with the artifact it came from, and the figures;
     a missing artifact is listed (with its path) instead of failing the report.
 ``table3_models.parquet``   ours and the baselines trained the same way (fine-tune stage):
-    model, type, init, run, predicted / inherited / fine-tuned top-1, params, macs,
+    model, type, init, run, predicted (the accuracy predictor's score: top-1, or -loss when
+    ``predictor.target`` is loss), inherited / fine-tuned top-1, params, macs,
     ``latency_ms.<device>`` (measured end to end), ``vs_mobilenetv2.<device>``, source
 ``table3_latency.parquet``  the compared architectures timed as published (1000-class head):
     model, type, params, ``latency_ms.<device>``, ``vs_mobilenetv2.<device>``, source
@@ -80,7 +81,7 @@ def table3_models(root: Path, names: Sequence[str], devices: Sequence[str], src:
             continue
         row = {"model": name, "type": model_type(name), "init": m.get("init"),
                "run": name.removeprefix("ours_") if name.startswith("ours_") else "",
-               "predicted_top1": m.get("predicted_accuracy"), "inherited_top1": (m.get("inherited") or {}).get("top1"),
+               "predicted": m.get("predicted_accuracy"), "inherited_top1": (m.get("inherited") or {}).get("top1"),
                "finetuned_top1": m["finetuned"]["top1"], "params": m["params"], "macs": m["macs"]}
         for device in devices:
             row[f"latency_ms.{device}"] = (m.get("latency_ms") or {}).get(device, {}).get("median_ms", math.nan)
@@ -348,8 +349,9 @@ def readme(tables: Mapping[str, Any], figures: Mapping[str, Path], devices: Sequ
         "better than milliseconds.\n",
         "## Table 3 — ours vs baselines trained the same way\n",
         "Fine-tuned on the pipeline's dataset with the same recipe and budget; accuracy on its test split; "
+        "`predicted`: the accuracy predictor's score (its target is in the predictor table: top-1, or -loss); "
         "latency measured end to end on each device (`finetune` stage).\n",
-        markdown_table(tables["table3_models"], ["model", "type", "init", "predicted_top1", "inherited_top1",
+        markdown_table(tables["table3_models"], ["model", "type", "init", "predicted", "inherited_top1",
                                                  "finetuned_top1", "params", "macs", *lat, *ratio, "source"], millions),
         "\n### Latency of the compared architectures (as published, 1000-class head; `baselines` stage)\n",
         markdown_table(tables["table3_latency"], ["model", "type", "params", *lat, *ratio, "source"], millions),
