@@ -48,22 +48,29 @@ from nas_core.io import code_version, utc_now, write_json  # noqa: E402
 
 
 def load_eval_data(manifest, root: Path, resolution: int, val_images: int | None, batch_size: int,
-                   calib_batches: int, calib_batch_size: int, seed: int, split: str = "val"):
-    """Decoded once: the BN calibration batches (train split) and the ``split`` batches."""
-    from torch.utils.data import DataLoader, Subset
-
+                   calib_batches: int, calib_batch_size: int, seed: int):
+    """Decoded once: the BN calibration batches (train split) and the val batches."""
     from nas_core.data.folders import build_loader
     from nas_core.evaluate import calibration_batches
 
     calib_source = build_loader(manifest, root, "train", resolution, calib_batch_size, train=False).dataset
     calib = calibration_batches(calib_source, calib_batches, calib_batch_size, seed)
-    val = build_loader(manifest, root, split, resolution, batch_size, train=False).dataset
-    indices = list(range(len(val)))
-    if val_images is not None and val_images < len(val):
+    return calib, load_split(manifest, root, "val", resolution, val_images, batch_size, seed)
+
+
+def load_split(manifest, root: Path, split: str, resolution: int, images: int | None, batch_size: int,
+               seed: int) -> list:
+    """``split``'s decoded batches: all of it, or a seeded subset of ``images``."""
+    from torch.utils.data import DataLoader, Subset
+
+    from nas_core.data.folders import build_loader
+
+    dataset = build_loader(manifest, root, split, resolution, batch_size, train=False).dataset
+    indices = list(range(len(dataset)))
+    if images is not None and images < len(dataset):
         generator = torch.Generator().manual_seed(seed)
-        indices = sorted(torch.randperm(len(val), generator=generator)[:val_images].tolist())
-    batches = [(x, y) for x, y in DataLoader(Subset(val, indices), batch_size=batch_size)]
-    return calib, batches
+        indices = sorted(torch.randperm(len(dataset), generator=generator)[:images].tolist())
+    return [(x, y) for x, y in DataLoader(Subset(dataset, indices), batch_size=batch_size)]
 
 
 def evaluate_subnets(supernet, archs, calib, val_batches, num_classes: int, repeat_batches=None) -> list[dict]:
@@ -152,8 +159,8 @@ def main(argv: list[str] | None = None) -> dict:
                                         args.batch_size, args.bn_batches, args.bn_batch_size, args.seed)
     repeat_batches = None
     if args.repeat_split:
-        _, repeat_batches = load_eval_data(manifest, Path(args.data), supernet.resolution, None, args.batch_size,
-                                           1, 1, args.seed, split=args.repeat_split)
+        repeat_batches = load_split(manifest, Path(args.data), args.repeat_split, supernet.resolution, None,
+                                    args.batch_size, args.seed)
     space = supernet.space
     rng = np.random.default_rng(args.seed)
     archs = [("largest", space.largest()), ("smallest", space.smallest())]

@@ -79,7 +79,7 @@ def format_metrics(metrics: dict) -> str:
 
 def cmd_predict(args) -> int:
     from flows.cli import resolve_arch
-    from nas_core.accuracy_predictor import PredictorBundle
+    from nas_core.accuracy_predictor import PredictorBundle, score_to_target
 
     path = Path(args.predictor)
     if not path.exists():
@@ -87,15 +87,14 @@ def cmd_predict(args) -> int:
                                 "`scan-edge fit-predictor`")
     bundle = PredictorBundle.load(path)
     archs = [resolve_arch(name) for name in args.arch]
-    predicted = bundle.predict(archs)
+    predicted = score_to_target(bundle.predict(archs), bundle.target)
     if args.json:
-        print(json.dumps([{"arch": name, "arch_id": a.arch_id,
-                            f"predicted_{bundle.target}": -float(p) if bundle.target == "loss" else float(p)}
+        print(json.dumps([{"arch": name, "arch_id": a.arch_id, f"predicted_{bundle.target}": float(p)}
                           for name, a, p in zip(args.arch, archs, predicted)], indent=2))
         return 0
     width = max(len(name) for name in args.arch)
     for name, arch, value in zip(args.arch, archs, predicted):
-        shown = f"loss {-value:.4f}" if bundle.target == "loss" else f"{bundle.target} {100 * value:.2f}%"
+        shown = f"loss {value:.4f}" if bundle.target == "loss" else f"{bundle.target} {100 * value:.2f}%"
         print(f"{name:<{width}}  {arch.arch_id}  predicted {shown}")
     return 0
 

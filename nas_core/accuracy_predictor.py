@@ -504,6 +504,11 @@ def target_values(frame, target: str) -> np.ndarray:
     return _TARGET_SIGN[target] * frame[target].to_numpy(dtype=np.float64)
 
 
+def score_to_target(score, target: str):
+    """A predicted score back in the target's own units (the loss, not -loss)."""
+    return _TARGET_SIGN[target] * score
+
+
 def _split_frame(pairs, target: str) -> dict[str, Any]:
     for column in ("genome", "split", target):
         if column not in pairs.columns:
