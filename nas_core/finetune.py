@@ -90,6 +90,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .data.folders import seed_worker
 from .io import (code_version, file_sha256, machine_fingerprint, read_json, torch_load,
                  torch_save, utc_now, write_json, write_parquet)
 from .locks import Lock, no_lock
@@ -218,10 +219,6 @@ class FinetuneConfig:
 StepFn = Callable[[nn.Module, Any, torch.device], tuple[torch.Tensor, dict[str, float]]]
 
 
-def _seed_worker(worker_id: int) -> None:
-    np.random.seed(torch.initial_seed() % 2**32)
-
-
 class ModelTrainer:
     """Trains ``model`` on ``train_dataset`` with ``step_fn`` for ``recipe.epochs`` epochs.
 
@@ -230,7 +227,9 @@ class ModelTrainer:
     ``eval_every`` epochs and after the last one; its values go into the log. The data
     order is a function of ``(seed, epoch)`` (a ``DistributedSampler``, also with one
     process) and the loader's generator is re-seeded from ``(seed, epoch, rank)`` every
-    epoch, so a run resumed from ``checkpoint.pt`` ends bit-identical to an uninterrupted one.
+    epoch, so a run resumed from ``checkpoint.pt`` ends bit-identical to an uninterrupted one
+    (with ``num_workers >= 1`` when other threads may draw from Python's ``random``, as in a
+    Prefect flow: see :mod:`nas_core.train`).
     """
 
     def __init__(self, model: nn.Module, train_dataset: Dataset, step_fn: StepFn, recipe: TrainRecipe,
@@ -255,7 +254,7 @@ class ModelTrainer:
         self.loader = DataLoader(train_dataset, batch_size=self.local_batch, sampler=self.sampler, drop_last=True,
                                  collate_fn=collate_fn, num_workers=recipe.num_workers,
                                  generator=self.loader_generator, persistent_workers=False,
-                                 worker_init_fn=_seed_worker if recipe.num_workers > 0 else None,
+                                 worker_init_fn=seed_worker if recipe.num_workers > 0 else None,
                                  pin_memory=self.ctx.device.type == "cuda")
         if len(self.loader) == 0:
             raise ValueError(f"{len(train_dataset)} training images are fewer than one batch of "

@@ -45,6 +45,11 @@ order is a function of ``(seed, epoch)``; the loader's generator is re-seeded fr
 interrupted run resumed from it ends with bit-identical weights to an uninterrupted one
 (tested on CPU; on GPUs as far as the kernels are deterministic, see
 ``torch.use_deterministic_algorithms``). An interrupted epoch is redone from its start.
+That needs ``num_workers >= 1`` wherever other threads run, as in a Prefect flow: timm's
+augmentations draw from Python's global ``random``, and in the main process another thread
+may draw from it too (the websockets keepalive ping of Prefect's events client does, every
+20 s), shifting the augmentation stream by a timing-dependent amount. Worker processes have
+their own ``random``, seeded from the loader's generator (:func:`~nas_core.data.folders.seed_worker`).
 At the end ``supernet.pt`` holds the weights and what is needed to rebuild the
 supernet (:func:`load_supernet`). Resuming a finished run trains nothing and leaves every
 artifact byte-identical (pipelines hash them to decide what to re-run).
@@ -99,6 +104,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .data.folders import seed_worker
 from .evaluate import calibration_batches, evaluate, recalibrate_bn
 from .io import code_version, machine_fingerprint, read_parquet, torch_load, torch_save, utc_now, write_parquet
 from .search_space import SPACE_VERSION, ArchConfig, SearchSpace, SpaceSpec, StageSpec
@@ -491,7 +497,7 @@ class SupernetTrainer:
             dataset, batch_size=self.local_batch, sampler=sampler, drop_last=True, num_workers=c.num_workers,
             generator=generator, pin_memory=self.ctx.device.type == "cuda",
             # Fresh workers each epoch, seeded from the generator: resumable augmentation.
-            persistent_workers=False, worker_init_fn=_seed_worker if c.num_workers > 0 else None)
+            persistent_workers=False, worker_init_fn=seed_worker if c.num_workers > 0 else None)
         if len(loader) == 0:
             raise ValueError(f"{len(dataset)} training images are fewer than one batch of {self.local_batch} "
                              f"per process")
@@ -720,11 +726,6 @@ def _format_row(row: Mapping[str, Any]) -> str:
     if row["val_images"]:
         text += f", val top-1 smallest {row['top1_smallest']:.3f} largest {row['top1_largest']:.3f}"
     return text
-
-
-def _seed_worker(worker_id: int) -> None:
-    """torch seeds each worker's torch and ``random`` from the loader's generator; numpy too."""
-    np.random.seed(torch.initial_seed() % 2**32)
 
 
 # --------------------------------------------------------------------------- data and entry point

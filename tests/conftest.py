@@ -41,6 +41,21 @@ def prefect_harness():
 
 
 @pytest.fixture
+def prefect_services_drained():
+    """Prefect's events and API-log workers (left running by earlier flow tests) stopped.
+
+    For tests whose result depends on nobody else drawing from Python's global ``random``:
+    the events client's websocket keepalive ping calls ``random.getrandbits`` in a
+    background thread every 20 s. Later flow runs start the workers again on demand."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (EventsWorker, APILogWorker):
+        service.drain_all(timeout=30, at_exit=False)
+    yield
+
+
+@pytest.fixture
 def prefect_api_unset(monkeypatch):
     """No Prefect API configured (env var and settings), even after ``prefect_harness``."""
     from prefect.settings import PREFECT_API_URL, temporary_settings

@@ -172,6 +172,26 @@ def test_train_loader_order_is_seeded(small_dataset):
     assert labels_a == labels_b and len(cached.dataset.cache) == 24
 
 
+def test_workers_forked_from_a_prefect_process_exit_cleanly(prefect_harness):
+    """After a flow ran in this process, Prefect's services have thread-exit hooks that
+    fail in a forked child: ``seed_worker`` drops them, so workers exit with code 0."""
+    from prefect import flow
+    from torch.utils.data import DataLoader, TensorDataset
+
+    @flow
+    def noop() -> int:
+        return 1
+
+    assert noop() == 1  # starts Prefect's log and events services here
+    loader = DataLoader(TensorDataset(torch.arange(32.0)), batch_size=4, num_workers=1,
+                        worker_init_fn=folders.seed_worker)
+    batches = iter(loader)
+    first, = next(batches)
+    workers = list(batches._workers)
+    batches._shutdown_workers()  # what an epoch's early `break` leads to
+    assert first.tolist() == [0.0, 1.0, 2.0, 3.0] and [w.exitcode for w in workers] == [0]
+
+
 def test_class_folder_split_is_stratified_and_seeded(tmp_path):
     root = make_class_folders(tmp_path / "flat", {"cat": 20, "dog": 20, "emu": 10})
     (root / "LICENSE").write_text("files beside the class folders are ignored")

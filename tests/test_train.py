@@ -255,14 +255,32 @@ def test_hard_distillation_and_inplace_distillation_losses(tmp_path):
 
 
 # --------------------------------------------------------------------------- checkpoints and resume
-def test_interrupted_run_resumes_to_bit_identical_weights(tmp_path):
-    straight = tiny_trainer(tmp_path / "straight")
+def draw_foreign_random_every_step(trainer: SupernetTrainer) -> None:
+    """Draw from Python's global ``random`` before each step, as another thread of the
+    process would (Prefect's websocket keepalive ping does)."""
+    original_step = trainer.train_step
+
+    def step(images, labels):
+        random.getrandbits(32)
+        return original_step(images, labels)
+
+    trainer.train_step = step
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_interrupted_run_resumes_to_bit_identical_weights(tmp_path, num_workers, prefect_services_drained):
+    """Augmentation in the main process (0 workers, nothing else drawing from ``random``)
+    or in workers (1: then even with foreign draws from the main process's ``random``)."""
+    config = tiny_config(num_workers=num_workers)
+    straight = tiny_trainer(tmp_path / "straight", config)
     straight.fit()
 
     class Interrupt(Exception):
         pass
 
-    first = tiny_trainer(tmp_path / "resumed")
+    first = tiny_trainer(tmp_path / "resumed", config)
+    if num_workers:
+        draw_foreign_random_every_step(first)
     original_step = first.train_step
 
     def crash_in_second_epoch(images, labels):
@@ -274,7 +292,9 @@ def test_interrupted_run_resumes_to_bit_identical_weights(tmp_path):
     with pytest.raises(Interrupt):
         first.fit()
     torch.manual_seed(123), random.seed(123), np.random.seed(123)  # a new process has other RNG states
-    second = tiny_trainer(tmp_path / "resumed")
+    second = tiny_trainer(tmp_path / "resumed", config)
+    if num_workers:
+        draw_foreign_random_every_step(second)
     assert second.resume() and (second.epoch, second.step) == (1, 3)
     second.fit()
 
@@ -290,6 +310,17 @@ def test_interrupted_run_resumes_to_bit_identical_weights(tmp_path):
     loaded, meta = load_supernet(tmp_path / "resumed" / "supernet.pt")
     assert meta["epochs"] == 2 and meta["space_spec"]["mhsa_heads"] == 2
     assert all(torch.equal(v, b[f"model.{k}"]) for k, v in loaded.state_dict().items())
+
+
+def test_foreign_draws_from_random_change_main_process_augmentation(tmp_path, prefect_services_drained):
+    """Why the pipeline augments in workers: with 0 workers a draw from Python's global
+    ``random`` by anyone else shifts the augmentation, and the weights differ."""
+    quiet = tiny_trainer(tmp_path / "quiet", tiny_config(epochs=1))
+    quiet.fit()
+    disturbed = tiny_trainer(tmp_path / "disturbed", tiny_config(epochs=1))
+    draw_foreign_random_every_step(disturbed)
+    disturbed.fit()
+    assert not torch.equal(quiet.supernet.head.weight, disturbed.supernet.head.weight)
 
 
 def test_resume_refuses_changed_params(tmp_path):

@@ -45,7 +45,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from nas_core.data.folders import ImageLoadError, open_rgb
+from nas_core.data.folders import ImageLoadError, open_rgb, seed_worker
 from nas_core.io import read_json, write_json
 
 BACKGROUND = "__background__"
@@ -260,7 +260,7 @@ def build_detection_loader(dataset: Dataset, batch_size: int, train: bool, num_w
     generator.manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator,
                       collate_fn=detection_collate, num_workers=num_workers,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, worker_init_fn=seed_worker if num_workers > 0 else None)
 
 
 def to_coco_results(predictions: Mapping[int, Mapping] | Iterable[tuple[int, Mapping]],

@@ -33,6 +33,7 @@ checks a whole manifest up front.
 from __future__ import annotations
 
 import os
+import threading
 import zlib
 from pathlib import Path
 from typing import Any, Callable
@@ -361,10 +362,29 @@ def build_loader(manifest, root: str | os.PathLike, split: str, resolution: int,
         dataset, batch_size=batch_size, shuffle=train, generator=generator,
         drop_last=train if drop_last is None else drop_last,
         num_workers=num_workers, persistent_workers=num_workers > 0,
-        worker_init_fn=_seed_worker if num_workers > 0 else None,
+        worker_init_fn=seed_worker if num_workers > 0 else None,
     )
 
 
-def _seed_worker(worker_id: int) -> None:
-    """torch seeds each worker's torch and ``random`` from the loader's generator; numpy too."""
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: torch seeds each worker's torch and ``random`` from the
+    loader's generator; this seeds numpy from it too.
+
+    Augmenting in workers is also what makes a resumed run bit-identical inside a Prefect
+    flow: timm's transforms draw from Python's global ``random``, which in the main process
+    other threads share (the websockets keepalive of Prefect's events client calls
+    ``random.getrandbits`` every 20 s). A worker process has no such threads."""
     np.random.seed(torch.initial_seed() % 2**32)
+    _forget_inherited_prefect_exit_hooks()
+
+
+def _forget_inherited_prefect_exit_hooks() -> None:
+    """A worker forked from a process running Prefect inherits the thread-exit hooks of
+    Prefect's log and events services. At the worker's exit they try to drain services
+    whose threads exist only in the parent, fail an assertion, and the worker exits with
+    code 1: "DataLoader worker exited unexpectedly" at every epoch's end. The hooks are
+    the parent's business, so the worker drops them."""
+    hooks = getattr(threading, "_threading_atexits", None)  # CPython's list behind threading._register_atexit
+    if hooks:
+        hooks[:] = [hook for hook in hooks
+                    if not getattr(getattr(hook, "func", hook), "__module__", "").startswith("prefect.")]
