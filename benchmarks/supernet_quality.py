@@ -3,6 +3,7 @@
     python benchmarks/supernet_quality.py --out quality.json [--supernet data/supernet/supernet.pt]
                                           [--data data/dataset] [--num-subnets 50] [--val-images 800]
                                           [--repeat-split test]
+    python benchmarks/supernet_quality.py --resummarize quality.json --out quality.json
 
 Loads a trained supernet and evaluates, with weights inherited and BatchNorm statistics
 recalibrated on a fixed set of training images (``nas_core.evaluate``), the smallest and
@@ -26,10 +27,15 @@ JSON: ``{"supernet": path, "supernet_meta": {...}, "dataset": path, "num_classes
 "top1", "top5", "loss", "params", "macs", "seconds", "arch"}], "summary": {"top1_largest",
 "top1_smallest", "random_top1": {"min", "median", "max", "std"}, "spearman_params",
 "spearman_macs", "spearman_params_all", "spearman_macs_all", "spearman_neg_loss_params",
-"spearman_neg_loss_macs", "above_chance_fraction", and with --repeat-split: "reliability":
+"spearman_neg_loss_macs", "above_chance_fraction", "feature_spearman_neg_loss",
+"feature_spearman_top1" ({feature: rho}, strongest first, see :func:`arch_features`),
+and with --repeat-split: "reliability":
 {"top1", "loss"}, "spearman_pooled_top1_params"}},
 "threads", "created", "code_version"}``. ``spearman_*`` use the random subnets;
 ``*_all`` add the smallest and largest.
+
+``--resummarize RESULTS.json --out NEW.json`` recomputes the summary of earlier results
+without evaluating anything (for summary fields added since).
 """
 from __future__ import annotations
 
@@ -95,6 +101,33 @@ def evaluate_subnets(supernet, archs, calib, val_batches, num_classes: int, repe
     return rows
 
 
+def arch_features(arch: dict) -> dict[str, float]:
+    """What a subnet is made of, from its ``ArchConfig.to_dict()``: depth and width per
+    stage, MHSA count and the share of each per-block choice."""
+    blocks = [b for stage in arch["stages"] for b in stage["blocks"]]
+    features: dict[str, float] = {}
+    for i, stage in enumerate(arch["stages"], start=1):
+        features[f"depth{i}"], features[f"width{i}"] = len(stage["blocks"]), stage["width"]
+    features["depth"] = len(blocks)
+    features["num_mhsa"] = sum("mhsa" in b for b in blocks)
+    features["fused_share"] = float(np.mean([b["ffn"]["type"] == "fused" for b in blocks]))
+    features["kernel5_share"] = float(np.mean([b["ffn"]["kernel"] == 5 for b in blocks]))
+    features["gelu_share"] = float(np.mean([b["ffn"]["act"] == "gelu" for b in blocks]))
+    features["mean_expansion"] = float(np.mean([b["ffn"]["expansion"] for b in blocks]))
+    return features
+
+
+def feature_spearman(rows: list[dict], score) -> dict[str, float]:
+    """Spearman of ``score(row)`` with each architecture feature, strongest first: which
+    choices the supernet's ranking follows."""
+    from scipy.stats import spearmanr
+
+    features = [arch_features(r["arch"]) for r in rows]
+    scores = [score(r) for r in rows]
+    rho = {name: float(spearmanr([f[name] for f in features], scores).statistic) for name in features[0]}
+    return dict(sorted(rho.items(), key=lambda item: -abs(item[1]) if item[1] == item[1] else 0.0))
+
+
 def summarize(rows: list[dict], chance: float) -> dict:
     from scipy.stats import spearmanr
 
@@ -126,8 +159,29 @@ def summarize(rows: list[dict], chance: float) -> dict:
         "spearman_params_all": rho(rows, "params"), "spearman_macs_all": rho(rows, "macs"),
         "spearman_neg_loss_params": rho(random_rows, "params", neg_loss),
         "spearman_neg_loss_macs": rho(random_rows, "macs", neg_loss),
-        "above_chance_fraction": sum(t > chance for t in top1) / len(top1), **extra,
+        "above_chance_fraction": sum(t > chance for t in top1) / len(top1),
+        "feature_spearman_neg_loss": feature_spearman(random_rows, neg_loss),
+        "feature_spearman_top1": feature_spearman(random_rows, lambda r: r["top1"]), **extra,
     }
+
+
+def print_summary(result: dict) -> None:
+    summary, chance = result["summary"], result["chance"]
+    random_rows = [row for row in result["subnets"] if row["role"] == "random"]
+    r = summary["random_top1"]
+    print(f"\nchance {chance:.3f} | largest {summary['top1_largest']:.3f} | smallest {summary['top1_smallest']:.3f}")
+    print(f"{len(random_rows)} random subnets: top-1 min {r['min']:.3f} median {r['median']:.3f} max {r['max']:.3f} "
+          f"(std {r['std']:.3f}); {summary['above_chance_fraction']:.0%} above chance")
+    print(f"Spearman top-1 vs params {summary['spearman_params']:+.2f}, vs MACs {summary['spearman_macs']:+.2f} "
+          f"(with the extremes: {summary['spearman_params_all']:+.2f} / {summary['spearman_macs_all']:+.2f})")
+    print(f"Spearman -loss vs params {summary['spearman_neg_loss_params']:+.2f}, "
+          f"vs MACs {summary['spearman_neg_loss_macs']:+.2f}")
+    if "reliability" in summary:
+        rel = summary["reliability"]
+        print(f"reliability, val vs {result['repeat_split']} (Spearman over the random subnets): top-1 {rel['top1']:+.2f}, "
+              f"loss {rel['loss']:+.2f}; pooled top-1 vs params {summary['spearman_pooled_top1_params']:+.2f}")
+    drivers = ", ".join(f"{name} {rho:+.2f}" for name, rho in list(summary["feature_spearman_neg_loss"].items())[:4])
+    print(f"-loss follows (Spearman with architecture features, strongest first): {drivers}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -144,7 +198,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--repeat-split", help="evaluate every subnet again on this split (e.g. test): the "
                                                "labels' reliability, split against split")
+    parser.add_argument("--resummarize", metavar="JSON",
+                        help="no evaluation: recompute the summary of an earlier run's results file into --out")
     args = parser.parse_args(argv)
+    if args.resummarize:
+        from nas_core.io import read_json
+
+        result = read_json(args.resummarize)
+        result["summary"] = summarize(result["subnets"], result["chance"])
+        write_json(args.out, result)
+        print_summary(result)
+        print(f"wrote {args.out}")
+        return result
 
     torch.set_num_threads(args.threads)
     from nas_core.data.folders import class_names, load_manifest
@@ -176,18 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
               "subnets": rows, "summary": summary, "threads": torch.get_num_threads(),
               "created": utc_now(), "code_version": code_version()}
     write_json(args.out, result)
-    r = summary["random_top1"]
-    print(f"\nchance {chance:.3f} | largest {summary['top1_largest']:.3f} | smallest {summary['top1_smallest']:.3f}")
-    print(f"{args.num_subnets} random subnets: top-1 min {r['min']:.3f} median {r['median']:.3f} max {r['max']:.3f} "
-          f"(std {r['std']:.3f}); {summary['above_chance_fraction']:.0%} above chance")
-    print(f"Spearman top-1 vs params {summary['spearman_params']:+.2f}, vs MACs {summary['spearman_macs']:+.2f} "
-          f"(with the extremes: {summary['spearman_params_all']:+.2f} / {summary['spearman_macs_all']:+.2f})")
-    print(f"Spearman -loss vs params {summary['spearman_neg_loss_params']:+.2f}, "
-          f"vs MACs {summary['spearman_neg_loss_macs']:+.2f}")
-    if "reliability" in summary:
-        rel = summary["reliability"]
-        print(f"reliability, val vs {args.repeat_split} (Spearman over the random subnets): top-1 {rel['top1']:+.2f}, "
-              f"loss {rel['loss']:+.2f}; pooled top-1 vs params {summary['spearman_pooled_top1_params']:+.2f}")
+    print_summary(result)
     print(f"wrote {args.out}")
     return result
 
