@@ -40,6 +40,7 @@ without evaluating anything (for summary fields added since).
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -125,7 +126,16 @@ def feature_spearman(rows: list[dict], score) -> dict[str, float]:
     features = [arch_features(r["arch"]) for r in rows]
     scores = [score(r) for r in rows]
     rho = {name: float(spearmanr([f[name] for f in features], scores).statistic) for name in features[0]}
-    return dict(sorted(rho.items(), key=lambda item: -abs(item[1]) if item[1] == item[1] else 0.0))
+    return dict(sorted(rho.items(), key=lambda item: 0.0 if math.isnan(item[1]) else -abs(item[1])))  # constant: nan
+
+
+def top1_of(row: dict) -> float:
+    return row["top1"]
+
+
+def neg_loss_of(row: dict) -> float:
+    """``-loss``: higher is better, like top-1."""
+    return -row["loss"]
 
 
 def summarize(rows: list[dict], chance: float) -> dict:
@@ -134,11 +144,8 @@ def summarize(rows: list[dict], chance: float) -> dict:
     random_rows = [r for r in rows if r["role"] == "random"]
     top1 = [r["top1"] for r in random_rows]
 
-    def rho(subset: list[dict], key: str, score=lambda r: r["top1"]) -> float:
+    def rho(subset: list[dict], key: str, score=top1_of) -> float:
         return float(spearmanr([score(r) for r in subset], [r[key] for r in subset]).statistic)
-
-    def neg_loss(r: dict) -> float:
-        return -r["loss"]
 
     by_role = {r["role"]: r for r in rows if r["role"] in ("smallest", "largest")}
     extra = {}
@@ -157,11 +164,11 @@ def summarize(rows: list[dict], chance: float) -> dict:
                         "std": statistics.pstdev(top1)},
         "spearman_params": rho(random_rows, "params"), "spearman_macs": rho(random_rows, "macs"),
         "spearman_params_all": rho(rows, "params"), "spearman_macs_all": rho(rows, "macs"),
-        "spearman_neg_loss_params": rho(random_rows, "params", neg_loss),
-        "spearman_neg_loss_macs": rho(random_rows, "macs", neg_loss),
+        "spearman_neg_loss_params": rho(random_rows, "params", neg_loss_of),
+        "spearman_neg_loss_macs": rho(random_rows, "macs", neg_loss_of),
         "above_chance_fraction": sum(t > chance for t in top1) / len(top1),
-        "feature_spearman_neg_loss": feature_spearman(random_rows, neg_loss),
-        "feature_spearman_top1": feature_spearman(random_rows, lambda r: r["top1"]), **extra,
+        "feature_spearman_neg_loss": feature_spearman(random_rows, neg_loss_of),
+        "feature_spearman_top1": feature_spearman(random_rows, top1_of), **extra,
     }
 
 
