@@ -30,7 +30,7 @@ JSON: ``{"supernet": path, "supernet_meta": {...}, "dataset": path, "num_classes
 "spearman_neg_loss_macs", "above_chance_fraction", "feature_spearman_neg_loss",
 "feature_spearman_top1" ({feature: rho}, strongest first, see :func:`arch_features`),
 and with --repeat-split: "reliability":
-{"top1", "loss"}, "spearman_pooled_top1_params"}},
+{"top1", "loss"}, "spearman_pooled_{top1,neg_loss}_{params,macs}" (both splits' images)}},
 "threads", "created", "code_version"}``. ``spearman_*`` use the random subnets;
 ``*_all`` add the smallest and largest.
 
@@ -154,10 +154,17 @@ def summarize(rows: list[dict], chance: float) -> dict:
             return (r["top1"] * r["images"] + r["repeat"]["top1"] * r["repeat"]["images"]) / (
                 r["images"] + r["repeat"]["images"])
 
+        def pooled_neg_loss(r: dict) -> float:
+            return -(r["loss"] * r["images"] + r["repeat"]["loss"] * r["repeat"]["images"]) / (
+                r["images"] + r["repeat"]["images"])
+
         extra = {"reliability": {k: float(spearmanr([r[k] for r in random_rows],
                                                     [r["repeat"][k] for r in random_rows]).statistic)
                                  for k in ("top1", "loss")},
-                 "spearman_pooled_top1_params": rho(random_rows, "params", pooled_top1)}
+                 "spearman_pooled_top1_params": rho(random_rows, "params", pooled_top1),
+                 "spearman_pooled_top1_macs": rho(random_rows, "macs", pooled_top1),
+                 "spearman_pooled_neg_loss_params": rho(random_rows, "params", pooled_neg_loss),
+                 "spearman_pooled_neg_loss_macs": rho(random_rows, "macs", pooled_neg_loss)}
     return {
         "top1_largest": by_role["largest"]["top1"], "top1_smallest": by_role["smallest"]["top1"],
         "random_top1": {"min": min(top1), "median": statistics.median(top1), "max": max(top1),
@@ -186,7 +193,11 @@ def print_summary(result: dict) -> None:
     if "reliability" in summary:
         rel = summary["reliability"]
         print(f"reliability, val vs {result['repeat_split']} (Spearman over the random subnets): top-1 {rel['top1']:+.2f}, "
-              f"loss {rel['loss']:+.2f}; pooled top-1 vs params {summary['spearman_pooled_top1_params']:+.2f}")
+              f"loss {rel['loss']:+.2f}")
+        if "spearman_pooled_top1_macs" in summary:
+            print(f"both splits pooled: top-1 vs params {summary['spearman_pooled_top1_params']:+.2f}, vs MACs "
+                  f"{summary['spearman_pooled_top1_macs']:+.2f}; -loss vs params "
+                  f"{summary['spearman_pooled_neg_loss_params']:+.2f}, vs MACs {summary['spearman_pooled_neg_loss_macs']:+.2f}")
     drivers = ", ".join(f"{name} {rho:+.2f}" for name, rho in list(summary["feature_spearman_neg_loss"].items())[:4])
     print(f"-loss follows (Spearman with architecture features, strongest first): {drivers}")
 

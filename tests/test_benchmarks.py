@@ -1,0 +1,109 @@
+"""The benchmark scripts' own logic (their figures come from real runs, see benchmarks/README.md)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import supernet_vs_standalone as svs  # noqa: E402
+
+from nas_core.search_space import SearchSpace  # noqa: E402
+
+
+def _rows(inherited_loss, standalone_loss, params, roles=None):
+    space = SearchSpace()
+    archs = [space.sample(seed) for seed in range(len(params))]
+    roles = roles or ["random"] * len(params)
+    return [{"role": role, "arch_id": arch.arch_id, "arch": arch.to_dict(), "params": p, "macs": 10 * p,
+             "inherited": {"top1": 1 - li, "loss": li},
+             "standalone_runs": {"0": {"top1": 1 - ls, "top5": 1.0, "loss": ls}}}
+            for role, arch, li, ls, p in zip(roles, archs, inherited_loss, standalone_loss, params)]
+
+
+def test_summary_compares_the_two_rankings_and_each_with_size():
+    params = [1, 2, 3, 4, 5, 6]
+    inherited = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]      # lower loss with size: -loss rises with params
+    standalone = [0.4, 0.5, 0.6, 0.7, 0.8, 0.9]     # the opposite ranking
+    s = svs.summarize(_rows(inherited, standalone, params))
+    assert s["subnets"] == 6
+    assert s["spearman_neg_loss"] == pytest.approx(-1.0) and s["kendall_neg_loss"] == pytest.approx(-1.0)
+    assert s["inherited_neg_loss_vs_params"] == pytest.approx(1.0)
+    assert s["standalone_neg_loss_vs_params"] == pytest.approx(-1.0)
+    assert s["standalone_top1_vs_macs"] == pytest.approx(-1.0)
+
+
+def test_summary_counts_only_finished_standalone_runs_and_reports_the_extremes():
+    rows = _rows([0.9, 0.7, 0.8, 0.6], [0.5, 0.3, 0.4, 0.2], [1, 3, 2, 4],
+                 roles=["smallest_unified", "largest_unified", "random", "random"])
+    rows.append({**rows[-1], "standalone_runs": {}})  # still to train: left out
+    s = svs.summarize(rows)
+    assert s["subnets"] == 4
+    assert s["spearman_top1"] == pytest.approx(1.0)
+    assert s["extremes"]["largest_unified"]["standalone_loss"] == pytest.approx(0.3)
+    assert set(s["extremes"]) == {"smallest_unified", "largest_unified"}
+
+
+def test_standalone_score_is_the_mean_over_seeds_and_seeds_give_a_reliability():
+    rows = _rows([0.9, 0.8, 0.7, 0.6], [0.5, 0.3, 0.4, 0.2], [1, 2, 3, 4])
+    second = [0.1, 0.2, 0.32, 0.41]                   # seed 1 ranks the subnets in reverse
+    for row, loss in zip(rows, second):
+        row["standalone_runs"]["1"] = {"top1": 1 - loss, "top5": 1.0, "loss": loss}
+    s = svs.summarize(rows)
+    assert s["standalone_reliability"]["neg_loss"] == pytest.approx(-0.8)   # ranks 2,4,3,1 vs 4,3,2,1
+    assert s["standalone_reliability"]["subnets"] == 4
+    assert s["extremes"] == {}
+    # mean losses 0.3, 0.25, 0.36, 0.305: -loss ranks 3, 4, 1, 2 against the inherited 1, 2, 3, 4
+    assert s["spearman_neg_loss"] == pytest.approx(-0.6)
+
+
+def test_standalone_recipe_is_the_supernets_budget_without_workers():
+    supernet_config = {"resolution": 64, "epochs": 6, "steps_per_epoch": 25, "batch_size": 32, "lr": 0.004,
+                       "num_random_subnets": 2, "num_workers": 1, "ffn_drop_path": 0.1, "seed": 3}
+    recipe = svs.standalone_recipe(supernet_config)
+    assert {k: recipe[k] for k in ("resolution", "epochs", "steps_per_epoch", "batch_size", "lr", "seed")} == {
+        "resolution": 64, "epochs": 6, "steps_per_epoch": 25, "batch_size": 32, "lr": 0.004, "seed": 3}
+    assert recipe["num_workers"] == 0 and "num_random_subnets" not in recipe and "ffn_drop_path" not in recipe
+    from nas_core.finetune import FinetuneConfig
+    FinetuneConfig(**recipe)                          # every key is a fine-tuning field
+
+
+def test_sampled_subnets_start_with_the_four_extremes_and_are_seeded():
+    space = SearchSpace()
+    a, b = svs.sample_archs(space, 3, seed=0), svs.sample_archs(space, 3, seed=0)
+    assert [role for role, _ in a] == ["smallest_unified", "smallest_fused", "largest_unified", "largest_fused",
+                                       "random", "random", "random"]
+    assert [x.arch_id for _, x in a] == [x.arch_id for _, x in b]
+    assert a[3][1] == space.largest("fused") and np.all(space.encode(a[0][1]) == space.encode(space.smallest()))
+
+
+def test_resume_keeps_finished_runs_and_refuses_to_replace_another_run(tmp_path):
+    from nas_core.io import write_json
+
+    out = tmp_path / "ranking.json"
+    identity = {"supernet": "a.pt", "dataset": "d", "seed": 0, "recipe": {"lr": 0.004}}
+    rows = _rows([0.9, 0.8], [0.5, 0.4], [1, 2])
+    write_json(out, {**identity, "subnets": rows})
+    assert svs.resumable_rows(str(out), identity, 2) == rows
+    with pytest.raises(SystemExit, match="different recipe"):
+        svs.resumable_rows(str(out), {**identity, "recipe": {"lr": 0.001}}, 2)
+    with pytest.raises(SystemExit, match="--num-subnets"):
+        svs.resumable_rows(str(out), identity, 3)
+    assert svs.resumable_rows(str(out), {**identity, "seed": 1}, 2, overwrite=True) is None
+    assert svs.resumable_rows(str(tmp_path / "new.json"), identity, 2) is None
+
+
+def test_standalone_runs_are_reused_only_from_a_matching_run(tmp_path):
+    from nas_core.io import write_json
+
+    identity = {"supernet": "b.pt", "dataset": "d", "seed": 0, "recipe": {"lr": 0.004}}
+    source = _rows([0.9, 0.8], [0.5, 0.4], [1, 2])
+    write_json(tmp_path / "a.json", {**identity, "supernet": "a.pt", "subnets": source})
+    rows = [{**r, "standalone_runs": {}} for r in _rows([0.7, 0.6], [0.0, 0.0], [1, 2])]
+    svs.reuse_standalone_runs(rows, str(tmp_path / "a.json"), identity)
+    assert [r["standalone_runs"]["0"]["loss"] for r in rows] == [0.5, 0.4]
+    with pytest.raises(SystemExit, match="recipe"):
+        svs.reuse_standalone_runs(rows, str(tmp_path / "a.json"), {**identity, "recipe": {"lr": 0.001}})
