@@ -120,6 +120,13 @@ def resumable_rows(path: str, identity: dict, count: int, overwrite: bool = Fals
     return rows
 
 
+def source_seeds(path: str) -> list[int]:
+    """The training seeds of an earlier results file's standalone runs, first seed first."""
+    subnets = read_json(path)["subnets"]
+    return sorted({int(seed) for r in subnets for seed in r["standalone_runs"]},
+                  key=lambda seed: -sum(str(seed) in r["standalone_runs"] for r in subnets))
+
+
 def reuse_standalone_runs(rows: list[dict], path: str, identity: dict) -> None:
     """Copy the standalone runs of another supernet's results (same data, recipe and
     subnets) into ``rows``: several supernets compared against one ground truth."""
@@ -240,7 +247,9 @@ def main(argv: list[str] | None = None) -> dict:
     manifest = load_manifest(args.data)
     num_classes = len(class_names(manifest))
     recipe = standalone_recipe(meta["config"])
-    train_seeds = args.train_seeds or [recipe["seed"]]
+    train_seeds = args.train_seeds or (
+        # reusing runs: train nothing new unless asked (the supernet's own seed may differ)
+        source_seeds(args.standalone_from) if args.standalone_from else [recipe["seed"]])
     archs = sample_archs(supernet.space, args.num_subnets, args.seed)
     identity = {"supernet": str(args.supernet), "dataset": str(args.data), "seed": args.seed,
                 "recipe": {k: v for k, v in recipe.items() if k != "seed"}}

@@ -107,3 +107,12 @@ def test_standalone_runs_are_reused_only_from_a_matching_run(tmp_path):
     assert [r["standalone_runs"]["0"]["loss"] for r in rows] == [0.5, 0.4]
     with pytest.raises(SystemExit, match="recipe"):
         svs.reuse_standalone_runs(rows, str(tmp_path / "a.json"), {**identity, "recipe": {"lr": 0.001}})
+
+
+def test_seeds_of_reused_runs_put_the_seed_that_trained_every_subnet_first(tmp_path):
+    from nas_core.io import write_json
+
+    rows = _rows([0.9, 0.8, 0.7], [0.5, 0.4, 0.3], [1, 2, 3])
+    rows[0]["standalone_runs"]["1"] = rows[0]["standalone_runs"]["0"]   # seed 1: only the first subnet
+    write_json(tmp_path / "a.json", {"subnets": rows})
+    assert svs.source_seeds(str(tmp_path / "a.json")) == [0, 1]
