@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-subnets", type=int, default=24, help="random subnets, besides the 4 extremes")
     parser.add_argument("--seed", type=int, default=0, help="subnet sampling")
     parser.add_argument("--train-seeds", type=int, nargs="+",
-                        help="seeds of the standalone runs (default: the supernet's); a subnet's standalone "
+                        help="seeds of the standalone runs (default: the supernet's; with --standalone-from, that "
+                             "file's, so nothing new is trained); a subnet's standalone "
                              "score is the mean over its seeds, and two seeds give the standalone ranking's "
                              "own reliability")
     parser.add_argument("--repeat-limit", type=int, default=12,
