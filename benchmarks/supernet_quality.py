@@ -150,13 +150,15 @@ def summarize(rows: list[dict], chance: float) -> dict:
     by_role = {r["role"]: r for r in rows if r["role"] in ("smallest", "largest")}
     extra = {}
     if all("repeat" in r for r in rows):
-        def pooled_top1(r: dict) -> float:  # top-1 over both splits' images
-            return (r["top1"] * r["images"] + r["repeat"]["top1"] * r["repeat"]["images"]) / (
+        def pooled(r: dict, key: str) -> float:  # the metric over both splits' images
+            return (r[key] * r["images"] + r["repeat"][key] * r["repeat"]["images"]) / (
                 r["images"] + r["repeat"]["images"])
 
+        def pooled_top1(r: dict) -> float:
+            return pooled(r, "top1")
+
         def pooled_neg_loss(r: dict) -> float:
-            return -(r["loss"] * r["images"] + r["repeat"]["loss"] * r["repeat"]["images"]) / (
-                r["images"] + r["repeat"]["images"])
+            return -pooled(r, "loss")
 
         extra = {"reliability": {k: float(spearmanr([r[k] for r in random_rows],
                                                     [r["repeat"][k] for r in random_rows]).statistic)

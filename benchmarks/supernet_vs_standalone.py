@@ -146,6 +146,10 @@ def sample_archs(space, num_subnets: int, seed: int) -> list[tuple[str, object]]
     return archs + [("random", space.sample(rng)) for _ in range(num_subnets)]
 
 
+# (summary name, metric, sign): both scored so that higher is better
+SCORES = (("top1", "top1", 1.0), ("neg_loss", "loss", -1.0))
+
+
 def mean_runs(runs: dict) -> dict:
     """A subnet's standalone score: each metric averaged over its training seeds."""
     return {k: float(np.mean([run[k] for run in runs.values()])) for k in ("top1", "top5", "loss")}
@@ -166,21 +170,19 @@ def summarize(rows: list[dict]) -> dict:
         both = [r for r in done if all(seed in r["standalone_runs"] for seed in seeds[:2])]
         summary["standalone_reliability"] = {
             "subnets": len(both), "seeds": seeds[:2],
-            **{name: float(spearmanr([sign * r["standalone_runs"][seeds[0]][m] for r in both],
-                                     [sign * r["standalone_runs"][seeds[1]][m] for r in both]).statistic)
-               for name, m, sign in (("top1", "top1", 1.0), ("neg_loss", "loss", -1.0))}}
-    for metric, sign in (("top1", 1.0), ("loss", -1.0)):
+            **{name: float(spearmanr([sign * r["standalone_runs"][seeds[0]][metric] for r in both],
+                                     [sign * r["standalone_runs"][seeds[1]][metric] for r in both]).statistic)
+               for name, metric, sign in SCORES}}
+    sizes = {"params": [r["params"] for r in done], "macs": [r["macs"] for r in done],
+             "fused_share": [arch_features(r["arch"])["fused_share"] for r in done]}
+    for name, metric, sign in SCORES:
         inherited = [sign * r["inherited"][metric] for r in done]
         standalone = [sign * r["standalone"][metric] for r in done]
-        name = "neg_loss" if metric == "loss" else metric
         summary[f"spearman_{name}"] = rank_corr(spearmanr, inherited, standalone)
         summary[f"kendall_{name}"] = rank_corr(kendalltau, inherited, standalone)
         for column, scores in (("inherited", inherited), ("standalone", standalone)):
-            for size in ("params", "macs"):
-                summary[f"{column}_{name}_vs_{size}"] = rank_corr(spearmanr, scores, [r[size] for r in done])
-            features = [arch_features(r["arch"]) for r in done]
-            summary[f"{column}_{name}_vs_fused_share"] = rank_corr(
-                spearmanr, scores, [f["fused_share"] for f in features])
+            for size, values in sizes.items():
+                summary[f"{column}_{name}_vs_{size}"] = rank_corr(spearmanr, scores, values)
     summary["extremes"] = {r["role"]: {"inherited_top1": r["inherited"]["top1"],
                                        "standalone_top1": r["standalone"]["top1"],
                                        "inherited_loss": r["inherited"]["loss"],
