@@ -246,7 +246,10 @@ def main(argv: list[str] | None = None) -> dict:
     from nas_core.train import load_supernet
 
     torch.set_num_threads(max(1, args.jobs))
-    supernet, meta = load_supernet(args.supernet)
+    try:
+        supernet, meta = load_supernet(args.supernet)
+    except FileNotFoundError as error:
+        raise SystemExit(f"error: {error} (train one with `scan-edge train-supernet`)") from None
     manifest = load_manifest(args.data)
     num_classes = len(class_names(manifest))
     recipe = standalone_recipe(meta["config"])
