@@ -186,7 +186,7 @@ def cmd_lut_calibrate(args) -> int:
 
 # --------------------------------------------------------------------------- profile bundle / import
 def cmd_profile_bundle(args) -> int:
-    from nas_core.latency.calibration import make_profiling_bundle
+    from nas_core.latency.profiling_bundle import make_profiling_bundle
 
     profile = _profile(args)
     calibration = _with_flags(args, "calibration", **_calibration_flags(args))["calibration"]
@@ -203,7 +203,7 @@ def cmd_profile_bundle(args) -> int:
 
 
 def cmd_profile_import(args) -> int:
-    from nas_core.latency.calibration import import_profiling_results
+    from nas_core.latency.profiling_bundle import import_profiling_results
 
     profile = _profile(args)
     paths = _paths(args, profile)

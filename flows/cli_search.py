@@ -66,12 +66,26 @@ def _millions(value: float | None) -> float | None:
 
 # --------------------------------------------------------------------------- commands
 def cmd_search(args) -> int:
+    from nas_core.latency.location import MeasurementsPending, import_results
+    from nas_core.params import load_params
     from nas_core.search_run import run_search
     from tasks import stage_lock
+    from tasks.stages import device_access
 
     targets = _pairs(args.device, args.latency_ms)
-    _, ok = run_search(_setup(args, list(targets)), targets, _millions(args.params_m), _millions(args.macs_m),
-                       measure=args.measure, force=args.force, lock=stage_lock)
+    root = Path(args.lut_dir).parent
+    params = _with_overrides(load_params(args.params, args.profile), args)
+    if args.import_measurements:
+        for device in targets:
+            folder = import_results(args.import_measurements, root / "bundles", device, "search-")
+            print(f"{device}: imported {args.import_measurements} into {folder}")
+    accesses = {d: device_access(params, d, root) for d in targets} if args.measure else None
+    try:
+        _, ok = run_search(_setup(args, list(targets)), targets, _millions(args.params_m), _millions(args.macs_m),
+                           measure=args.measure, force=args.force, lock=stage_lock, accesses=accesses)
+    except MeasurementsPending as pending:
+        print(f"{pending}\nThen: scan-edge search ... --measure --import-measurements {pending.job_dir}/results.parquet")
+        return 3
     return 0 if ok else 1
 
 
@@ -119,6 +133,9 @@ def register(sub) -> None:
     p.add_argument("--latency-ms", action="append", type=float, required=True,
                    help="latency target of the preceding --device (ms)")
     p.add_argument("--macs-m", type=float, help="MAC-count bound in millions (optional)")
+    p.add_argument("--import-measurements", metavar="RESULTS",
+                   help="a board's results.parquet for the candidates bundle an earlier --measure wrote (devices "
+                        "with location: bundle); it completes that search")
     _add_common(p)
     p.set_defaults(func=cmd_search)
 

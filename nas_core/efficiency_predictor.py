@@ -4,7 +4,11 @@ The search scores millions of candidates, so the estimate is a table look-up and
 (Once-for-All calls this the efficiency predictor)::
 
     lut_sum(subnet) = sum of its blocks' LUT latencies            (BlockCatalog.sum_table)
-    latency(subnet) = a · lut_sum(subnet) + b                      (the calibration fit)
+    latency(subnet) = a · lut_sum(subnet) + b                      (the paper's calibration)
+
+The calibration may also choose a richer model of the same family (per-group scales and a
+per-block term, ``nas_core.latency.latency_model``); any such model is a per-block table
+plus a constant, so the estimate stays one table sum per genome.
 
 Everything is vectorised over genomes (``SearchSpace.genes``): no architecture objects,
 no Python loop per candidate. ``LatencyEstimator.from_files`` refuses any table that would
@@ -25,7 +29,8 @@ import numpy as np
 
 from nas_core.block_catalog import HEAD_CLASSES, BlockCatalog
 from nas_core.io import file_sha256
-from nas_core.latency.calibration import read_fit
+from nas_core.latency.calibration import fitted_model, read_fit
+from nas_core.latency.latency_model import LatencyModel
 from nas_core.latency.devices import DeviceProfile, get_profile, load_profiles
 from nas_core.latency.lut import LookupTable, LutError, LutPaths
 from nas_core.search_space import ArchConfig, SearchSpace
@@ -39,7 +44,7 @@ class LatencyEstimator:
     """
 
     def __init__(self, catalog: BlockCatalog, block_ms: np.ndarray, a: float = 1.0, b: float = 0.0, *,
-                 device: str | None = None, provenance: Mapping | None = None):
+                 device: str | None = None, provenance: Mapping | None = None, model: LatencyModel | None = None):
         block_ms = np.asarray(block_ms, dtype=np.float64)
         if block_ms.shape != (len(catalog.blocks),):
             raise LutError(f"block_ms must have one value per catalog block ({len(catalog.blocks)}), "
@@ -47,7 +52,11 @@ class LatencyEstimator:
         if not np.isfinite(block_ms).all():
             raise LutError(f"block_ms has {int((~np.isfinite(block_ms)).sum())} missing (non-finite) latencies")
         self.catalog, self.space = catalog, catalog.space
-        self.block_ms, self.a, self.b = block_ms, float(a), float(b)
+        self.block_ms = block_ms
+        self.model = model or LatencyModel.paper_line(a, b)
+        # What the estimate sums: the calibrated per-block table (a · block_ms for the paper's line).
+        self.calibrated_block_ms = self.model.effective_block_ms(catalog, block_ms)
+        self.intercept_ms = self.model.intercept_ms
         self.device = device
         self.provenance = dict(provenance or {})
 
@@ -70,13 +79,12 @@ class LatencyEstimator:
         lut.check_matches(profile, runtime_version)
         catalog = BlockCatalog(space or SearchSpace(), profile.resolution)
         block_ms = lut.require_complete(catalog, f"complete it: scan-edge lut build --device {profile.name} --resume")
-        a, b, fit_provenance = 1.0, 0.0, None
+        model = LatencyModel.paper_line(1.0, 0.0)
         if fit_json is not None:
-            fit_provenance = _checked_fit(fit_json, lut, profile)
-            a, b = fit_provenance["a"], fit_provenance["b"]
+            model = fitted_model(_checked_fit(fit_json, lut, profile))
         provenance = {"lut": str(lut_parquet), "fit": str(fit_json) if fit_json else None,
-                      "lut_identity": lut.identity, "calibrated": fit_json is not None}
-        return cls(catalog, block_ms, a, b, device=profile.name, provenance=provenance)
+                      "lut_identity": lut.identity, "calibrated": fit_json is not None, "model": model.name}
+        return cls(catalog, block_ms, device=profile.name, provenance=provenance, model=model)
 
     @classmethod
     def for_device(cls, profile: DeviceProfile | str, root: str | os.PathLike = "data/lut", **kwargs
@@ -93,7 +101,7 @@ class LatencyEstimator:
 
     def predict_genomes(self, genomes: np.ndarray) -> np.ndarray:
         """Calibrated latency (ms) of each genome, shape [N]."""
-        return self.a * self.raw_sum_ms(genomes) + self.b
+        return self.catalog.sum_table(self.calibrated_block_ms, genomes) + self.intercept_ms
 
     def predict(self, archs: ArchConfig | Iterable[ArchConfig]) -> np.ndarray:
         """Calibrated latency (ms) of architectures (one or many), shape [N]."""
@@ -116,9 +124,9 @@ class LatencyEstimator:
         return self.space.decode(self._fastest_genome())
 
     def _fastest_genome(self) -> np.ndarray:
-        # A negative slope (refused in fit files, possible when built by hand) ranks backwards:
-        # the fastest subnet then has the largest raw sum.
-        return self.catalog.min_table_sum(self.block_ms if self.a >= 0 else -self.block_ms)[1]
+        # Exact: the estimate is a table sum plus a constant, whatever the model (a negative
+        # slope, refused in fit files but possible by hand, just makes the table negative).
+        return self.catalog.min_table_sum(self.calibrated_block_ms)[1]
 
 
 def _checked_fit(fit_json, lut: LookupTable, profile: DeviceProfile) -> dict:
@@ -129,11 +137,12 @@ def _checked_fit(fit_json, lut: LookupTable, profile: DeviceProfile) -> dict:
     if made_from != file_sha256(lut.path):
         raise LutError(f"{fit_json} was fitted on another version of {lut.path} (the LUT changed since); "
                        f"re-run scan-edge lut calibrate --device {profile.name}")
-    if not fit["a"] > 0:
-        raise LutError(f"{fit_json}: calibration slope a = {fit['a']} is not positive, so the estimate would "
+    model = fitted_model(fit)
+    if any(scale <= 0 for scale in model.scales.values()) and model.name == "linear":
+        raise LutError(f"{fit_json}: calibration slope a = {model.scales} is not positive, so the estimate would "
                        f"rank architectures backwards; re-run the calibration on a quiet machine")
     if not (fit.get("targets") or {}).get("met", True):
-        scored = ((fit.get("metrics") or {}).get("validation") or {}).get("calibrated") or {}
+        scored = ((fit.get("metrics") or {}).get("validation") or {}).get("calibrated") or {}  # the chosen model
         mape, spearman = scored.get("mape_pct") or float("nan"), scored.get("spearman") or float("nan")
         warnings.warn(f"{fit_json}: the calibrated LUT missed its accuracy targets on the held-out subnets "
                       f"(MAPE {mape:.1f} %, Spearman {spearman:.3f}); its estimates may be "

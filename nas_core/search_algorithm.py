@@ -749,7 +749,8 @@ def refine_on_device(candidates: Sequence[Candidate], measure_fn: MeasureFn, tar
                      tolerance: float = 0.03, measure_top: int = 5, max_rounds: int = 3,
                      research: ResearchFn | None = None, arch_id: Callable[[Candidate], str] | None = None,
                      other_limits: Mapping[str, float] | None = None,
-                     log: Callable[[str], None] | None = None) -> RefineResult:
+                     log: Callable[[str], None] | None = None,
+                     prefetch: Callable[[Sequence[Candidate]], None] | None = None) -> RefineResult:
     """The most accurate candidate whose *measured* latency is within
     ``[target * (1 - tolerance), target]``.
 
@@ -777,7 +778,9 @@ def refine_on_device(candidates: Sequence[Candidate], measure_fn: MeasureFn, tar
     Measurements are reused by ``arch_id`` (default: the genome).
 
     ``measure_fn(candidate)`` returns measured milliseconds: a float for one device, or
-    device -> ms.
+    device -> ms. ``prefetch(candidates)``, when given, is called with each round's candidates
+    before any of them is measured: a board measures them in one job (one round trip)
+    instead of one job per candidate.
     """
     if not 0 < tolerance < 1:
         raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
@@ -790,7 +793,10 @@ def refine_on_device(candidates: Sequence[Candidate], measure_fn: MeasureFn, tar
     search_targets, floors = dict(targets), {}
     for round_number in range(1, max_rounds + 1):
         round_records: list[dict] = []
-        for cand in sorted(candidates, key=lambda c: -c.predicted_accuracy)[:measure_top]:
+        chosen_for_round = sorted(candidates, key=lambda c: -c.predicted_accuracy)[:measure_top]
+        if prefetch is not None:
+            prefetch([c for c in chosen_for_round if key(c) not in measured])
+        for cand in chosen_for_round:
             if key(cand) not in measured:
                 measured[key(cand)] = _as_device_ms(measure_fn(cand), targets)
             ms = measured[key(cand)]
@@ -902,9 +908,11 @@ def _as_device_ms(value: float | Mapping[str, float], targets: Mapping[str, floa
 def device_measure_fn(space: SearchSpace, profiles: Mapping[str, Any], *, num_classes: int = HEAD_CLASSES,
                       resolution: int | None = None, timing_config=None) -> MeasureFn:
     """A ``measure_fn`` timing the candidate as a standalone ``SubnetModel`` (random weights:
-    weights do not change latency) on each device profile with
-    ``nas_core.latency.measure.measure_module``; returns device -> median ms. The caller
-    holds the machine's exclusive CPU lock around it (nas_core cannot import tasks)."""
+    weights do not change latency) on each device profile of this machine with
+    ``nas_core.latency.measure.measure_module``; returns device -> median ms. The pipeline
+    measures through device accesses instead (``nas_core.search_run.device_measure``), so that
+    a board's candidates are timed on the board. The caller holds the machine's exclusive
+    CPU lock around it (nas_core cannot import tasks)."""
     from .latency.measure import measure_module
     from .subnet import SubnetModel
 

@@ -186,6 +186,19 @@ def measured_latency(out_dir: str | os.PathLike, run: str, arch_id: str) -> dict
     return {row.device: float(row.measured_ms) for row in rows.itertuples()} or None
 
 
+def first_round_fidelity(record: Mapping) -> dict:
+    """How good the latency model was before any refinement: the first measured candidate of
+    round 1 (the search's own choice), its estimate vs its measurement per device, and how many
+    refinement rounds were used. Refinement should be a check, not a crutch."""
+    refine = record.get("refine") or {}
+    first = [r for r in refine.get("records") or [] if r.get("round") == 1]
+    if not first:
+        return {"refine_rounds": refine.get("rounds"), "first_estimate_error_pct": None}
+    arch = first[0]["arch_id"]
+    errors = {r["device"]: 100.0 * (r["estimated_ms"] / r["measured_ms"] - 1.0) for r in first if r["arch_id"] == arch}
+    return {"refine_rounds": refine.get("rounds"), "first_estimate_error_pct": errors}
+
+
 class MeasurementCache:
     """Wraps a ``measure_fn`` so each (architecture, device) is measured once, across runs:
     rows go to ``<run>.measured.parquet`` (written atomically after every measurement)."""

@@ -21,6 +21,8 @@ held shared around each search and exclusively around each device measurement.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,10 +146,12 @@ def load_setup(params: Mapping[str, Any], profiles: Mapping[str, Any], *, predic
 # --------------------------------------------------------------------------- one search
 def run_search(setup: SearchSetup, targets: Mapping[str, float], max_params: float | None = None,
                max_macs: float | None = None, *, measure: bool = False, force: bool = False, say: Say = print,
-               measure_fn: Callable | None = None, lock: Lock = no_lock) -> tuple[dict, bool]:
+               measure_fn: Callable | None = None, lock: Lock = no_lock,
+               accesses: Mapping[str, Any] | None = None) -> tuple[dict, bool]:
     """Search for ``targets`` (device -> ms) or reuse an up-to-date result, optionally meet
-    the targets on the devices (``measure``; ``measure_fn`` replaces the real measurement),
-    write the outputs. Returns (the ``.arch.json`` record, whether it meets every requirement).
+    the targets on the devices (``measure``: through ``accesses``, device -> ``DeviceAccess``,
+    default this machine; ``measure_fn`` replaces the real measurement), write the outputs.
+    Returns (the ``.arch.json`` record, whether it meets every requirement).
     """
     from .io import code_version, machine_fingerprint, utc_now
     from .search_algorithm import Constraints, LatencyConstraint, run_name
@@ -174,9 +178,13 @@ def run_search(setup: SearchSetup, targets: Mapping[str, float], max_params: flo
     results, rounds_targets = [_search(setup, constraints, say, lock)], [dict(targets)]
     refine, measured = None, None
     if measure:
-        measure_alone = _exclusively(measure_fn or device_measure(setup), lock)
-        cache = MeasurementCache(output_paths(setup.out_dir, run)["measured"], measure_alone, setup.space, provenance)
-        refine = _meet_target_on_device(setup, constraints, results, rounds_targets, cache, say, lock)
+        measurer = device_measure(setup, accesses, run, lock) if measure_fn is None else _exclusively(measure_fn, lock)
+        cache = MeasurementCache(output_paths(setup.out_dir, run)["measured"], measurer, setup.space, provenance)
+        prefetch = None
+        if isinstance(measurer, DeviceMeasure):
+            measurer.results.update({a: dict(d) for a, d in cache.lookup().items()})
+            prefetch = measurer.prefetch
+        refine = _meet_target_on_device(setup, constraints, results, rounds_targets, cache, say, lock, prefetch)
         measured = cache.lookup()
         say(refine.message)
     paths = write_search(setup.out_dir, run, setup.space, results, rounds_targets, refine, measured, provenance)
@@ -208,7 +216,7 @@ def _search(setup: SearchSetup, constraints, say: Say, lock: Lock):
 
 
 def _meet_target_on_device(setup: SearchSetup, constraints, results: list, rounds_targets: list, measure_fn,
-                           say: Say, lock: Lock):
+                           say: Say, lock: Lock, prefetch: Callable | None = None):
     """``refine_on_device`` on the first search's top-k; re-targeted searches are appended to
     ``results`` / ``rounds_targets`` (they go into the history table)."""
     from .search_algorithm import refine_on_device
@@ -221,21 +229,87 @@ def _meet_target_on_device(setup: SearchSetup, constraints, results: list, round
     other_limits = {k: v for k, v in constraints.limits().items() if not k.startswith("latency_ms.")}
     return refine_on_device(results[0].top, measure_fn, dict(rounds_targets[0]), **setup.refine.to_dict(),
                             research=research, arch_id=lambda c: c.arch(setup.space).arch_id,
-                            other_limits=other_limits, log=say)
+                            other_limits=other_limits, log=say, prefetch=prefetch)
 
 
-def device_measure(setup: SearchSetup) -> Callable:
-    """A ``measure_fn`` timing a candidate on each device of the set-up (a standalone subnet,
-    ``search_algorithm.device_measure_fn``); fails at once if a device cannot run here."""
+class DeviceMeasure:
+    """The search's on-device measurement (``measure_fn`` and ``prefetch`` of
+    ``search_algorithm.refine_on_device``) through each device's access
+    (``nas_core.latency.location``): a candidate is exported to ONNX once (a standalone
+    ``SubnetModel``; weights do not change latency) and timed where its device runs. On this
+    machine one candidate at a time (a round stops at the first one within the window); on
+    a board a whole round's candidates go out as one job (``search-<run>-<digest>``).
+
+    Each measurement holds the machine's CPU lock as ``location.host_lock_mode`` says.
+    """
+
+    def __init__(self, setup: SearchSetup, accesses: Mapping[str, Any], run: str, lock: Lock = no_lock,
+                 config=None):
+        self.setup, self.accesses, self.run, self.lock, self.config = setup, dict(accesses), run, lock, config
+        self.work = Path(setup.out_dir) / "_measure" / run
+        self.results: dict[str, dict[str, float]] = {}
+
+    def __call__(self, candidate) -> dict[str, float]:
+        arch_id = candidate.arch(self.setup.space).arch_id
+        for device in self.accesses:
+            if device not in self.results.get(arch_id, {}):
+                self._time(device, [candidate])
+        return dict(self.results[arch_id])
+
+    def prefetch(self, candidates) -> None:
+        for device, access in self.accesses.items():
+            if access.location != "local" and candidates:
+                self._time(device, candidates)
+
+    def _time(self, device: str, candidates) -> None:
+        from .latency.location import TimingJob, host_lock_mode
+        from .latency.timing import ModelEntry
+
+        access = self.accesses[device]
+        todo = {c.arch(self.setup.space).arch_id: c for c in candidates}
+        todo = {a: c for a, c in todo.items() if device not in self.results.get(a, {})}
+        if not todo:
+            return
+        ids = sorted(todo)
+        shape = access.profile.input_shape(self.setup.catalog.resolution)
+        entries = tuple(ModelEntry(a, self._onnx(todo[a], shape), shape) for a in ids)
+        digest = hashlib.sha1(",".join(ids).encode()).hexdigest()[:10]
+        lut_version = (self.setup.estimators[device].provenance.get("lut_identity") or {}).get("runtime_version")
+        job = TimingJob(f"search-{self.run}-{digest}", entries, ids[0], self.config,
+                        expected_runtime_version=None if access.location == "local" else lut_version)
+        mode = host_lock_mode(access.profile)
+        with (self.lock(mode) if mode else contextlib.nullcontext()):
+            rows = access.time(job, self.work / f"{device}-{digest}.parquet", resume=True, progress=False)
+        for row in rows:
+            self.results.setdefault(row["id"], {})[device] = float(row["median_ms"])
+
+    def _onnx(self, candidate, shape) -> Path:
+        from .latency.export import export_onnx
+        from .subnet import SubnetModel
+
+        path = self.work / "onnx" / f"{candidate.arch(self.setup.space).arch_id}.onnx"
+        if not path.exists():
+            model = SubnetModel(candidate.arch(self.setup.space), num_classes=self.setup.num_classes,
+                                resolution=self.setup.catalog.resolution).eval()
+            with self.lock("shared"):
+                export_onnx(model, shape, path)
+        return path
+
+
+def device_measure(setup: SearchSetup, accesses: Mapping[str, Any] | None = None, run: str = "search",
+                   lock: Lock = no_lock) -> DeviceMeasure:
+    """The search's measurement on each device of the set-up: through ``accesses`` (device ->
+    ``DeviceAccess``; default this machine's runtimes, which must be usable here)."""
     from .latency.devices import check_usable
-    from .search_algorithm import device_measure_fn
+    from .latency.location import LocalDevice
 
-    for name, profile in setup.profiles.items():
-        usability = check_usable(profile)
-        if not usability.usable:
-            raise ValueError(f"cannot measure on device {name!r} here: {usability.reason}")
-    return device_measure_fn(setup.space, setup.profiles, num_classes=setup.num_classes,
-                             resolution=setup.catalog.resolution)
+    if accesses is None:
+        for name, profile in setup.profiles.items():
+            usability = check_usable(profile)
+            if not usability.usable:
+                raise ValueError(f"cannot measure on device {name!r} here: {usability.reason}")
+        accesses = {name: LocalDevice(profile) for name, profile in setup.profiles.items()}
+    return DeviceMeasure(setup, accesses, run, lock)
 
 
 def _exclusively(measure_fn: Callable, lock: Lock) -> Callable:
@@ -307,6 +381,6 @@ def run_sweep(setup: SearchSetup, device: str, targets_ms: list[float] | None = 
     return front, path, all_ok
 
 
-__all__ = ["MissingArtifact", "SearchSetup", "load_setup", "run_search", "run_sweep", "device_measure",
+__all__ = ["MissingArtifact", "SearchSetup", "load_setup", "run_search", "run_sweep", "device_measure", "DeviceMeasure",
            "load_accuracy_predictor", "load_latency_estimator", "reference_latency_ms", "search_section",
            "REFERENCE_MODEL"]

@@ -12,7 +12,7 @@ import pytest
 from nas_core import io
 from nas_core.block_catalog import BlockCatalog
 from nas_core.efficiency_predictor import LatencyEstimator
-from nas_core.latency import calibration, lut, timing
+from nas_core.latency import calibration, lut, profiling_bundle, timing
 from nas_core.latency.calibration import SubnetChoice
 from nas_core.latency.devices import get_profile
 from nas_core.latency.lut import LookupTable, LutError, LutPaths
@@ -343,7 +343,8 @@ def test_host_calibration_fits_and_writes_table_fit_and_figure(host_lut):
     assert document["a"] == report.a and document["n_calibration"] == 2 and document["n_validation"] == 1
     assert document["lut"]["sha256"] == io.file_sha256(host_lut.lut)
     assert document["quiet_machine"]["reference_id"] == lut.DEFAULT_REFERENCE_BLOCK
-    assert set(document["metrics"]["validation"]) == {"lut_sum", "calibrated", "macs", "params"}
+    assert set(document["metrics"]["validation"]) == {"lut_sum", "paper_line", "calibrated", "macs", "params"}
+    assert document["model"]["name"] == "linear" and document["model"]["scales"]["all"] == pytest.approx(report.a)
     assert document["metrics"]["validation"]["calibrated"]["spearman"] is None  # one point: no rank correlation
     assert host_lut.figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # One architecture timed alone (scan-edge latency --measure) agrees with its calibration timing.
@@ -353,10 +354,10 @@ def test_host_calibration_fits_and_writes_table_fit_and_figure(host_lut):
 
 # ----------------------------------------------------------------------------- remote devices
 def test_bundle_round_trip_on_a_device_without_torch(tmp_path, exports):
-    bundle = calibration.make_profiling_bundle(
+    bundle = profiling_bundle.make_profiling_bundle(
         ORT64, tmp_path / "bundle", LutPaths.for_device(ORT64.name, tmp_path, exports), block_filter=BLOCKS,
         subnets=SUBNETS, config=FAST, drift_tolerance=10.0, progress=False)
-    sidecar = json.loads((bundle / calibration.BUNDLE_SIDECAR).read_text())
+    sidecar = json.loads((bundle / profiling_bundle.BUNDLE_SIDECAR).read_text())
     assert len(sidecar["blocks"]) == 20
     assert [s["role"] for s in sidecar["subnets"]] == ["calibration", "calibration", "validation"]
     run = run_without_torch(bundle / "run_bundle.py", str(bundle), "--out", str(bundle / "lut.parquet"), "--quiet",
@@ -365,7 +366,7 @@ def test_bundle_round_trip_on_a_device_without_torch(tmp_path, exports):
     assert "wrote 23 rows" in run.stdout
 
     paths = LutPaths.for_device(ORT64.name, tmp_path / "imported")
-    report = calibration.import_profiling_results(ORT64, bundle, paths=paths)
+    report = profiling_bundle.import_profiling_results(ORT64, bundle, paths=paths)
     table = LookupTable.read(paths.lut)
     assert table.provenance["source"] == "bundle" and len(table.frame) == 20
     table.check_matches(ORT64)  # measured elsewhere: its runtime version is taken at its word ...
@@ -378,11 +379,11 @@ def test_bundle_round_trip_on_a_device_without_torch(tmp_path, exports):
     rows, provenance = timing.read_rows(bundle / "lut.parquet")
     timing.write_rows(tmp_path / "short.parquet", [r for r in rows if r["id"] != SUBNETS[2].id], provenance)
     with pytest.raises(LutError, match="no timing for 1 of 23 models"):
-        calibration.import_profiling_results(ORT64, bundle, tmp_path / "short.parquet", paths)
+        profiling_bundle.import_profiling_results(ORT64, bundle, tmp_path / "short.parquet", paths)
     with pytest.raises(LutError, match="threads: 1 in the bundle, 2 in the profile"):
-        calibration.import_profiling_results(dataclasses.replace(ORT64, threads=2), bundle, paths=paths)
+        profiling_bundle.import_profiling_results(dataclasses.replace(ORT64, threads=2), bundle, paths=paths)
     with pytest.raises(LutError, match="a bundle's runner times wall-clock latency"):
-        calibration.make_profiling_bundle(dataclasses.replace(ORT64, options={"clock": "cpu"}), tmp_path / "b2")
+        profiling_bundle.make_profiling_bundle(dataclasses.replace(ORT64, options={"clock": "cpu"}), tmp_path / "b2")
 
 
 # ----------------------------------------------------------------------------- the command line

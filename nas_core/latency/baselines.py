@@ -43,8 +43,9 @@ from typing import Iterable, Mapping
 from nas_core.io import code_version, machine_fingerprint, utc_now, write_parquet
 from nas_core.latency.devices import DeviceProfile, check_usable
 from nas_core.latency.export import export_onnx
+from nas_core.latency.location import DeviceAccess, MeasurementsPending, TimingJob
 from nas_core.latency.measure import measure_module, measure_onnx
-from nas_core.latency.timing import TimingConfig, load_average
+from nas_core.latency.timing import ModelEntry, TimingConfig, load_average
 
 # timm name -> input resolution (MobileViT and EdgeNeXt at 256, as the paper).
 BASELINE_MODELS: dict[str, int] = {
@@ -157,6 +158,94 @@ def _measure_one_model(model_name: str, resolution: int, profiles: list[DevicePr
                        f"(p10 {result.p10_ms:.2f}, p90 {result.p90_ms:.2f}, n={result.repeats}, "
                        f"{result.info.get('precision_actual')})")
     return rows
+
+
+def measure_device_baselines(access: DeviceAccess, models: Mapping[str, int] | None = None, *,
+                             out_path: str | os.PathLike, workdir: str | os.PathLike, config: TimingConfig | None = None,
+                             progress: bool = True):
+    """Time ``models`` on one device through its access (``nas_core.latency.location``): this
+    machine, or a board (the ONNX files travel in one job, ``baselines``; the board's
+    runtime builds and times them). Same table as :func:`measure_baselines`.
+
+    A model that fails to build or export gets an error row here. On this machine a job that
+    fails (e.g. an operator the runtime cannot compile) is retried model by model, so only the
+    failing model gets an error row; on a board the job's error is raised, with the folder.
+    """
+    import pandas as pd
+
+    profile, models = access.profile, dict(BASELINE_MODELS if models is None else models)
+    if profile.backend == "torch":
+        raise ValueError(f"device {profile.name!r} runs eager torch: use measure_baselines")
+    folder = Path(workdir)
+    exported, rows = {}, []
+    for name, resolution in models.items():
+        path, params, error = _export_baseline(name, resolution, folder)
+        if error:
+            rows.append(_error_row(name, resolution, profile, params, error))
+        else:
+            exported[name] = (path, resolution, params)
+    entries = {name: ModelEntry(name, path, profile.input_shape(res)) for name, (path, res, _) in exported.items()}
+    timed = _time_baselines(access, entries, folder, config, progress)
+    for name, (_path, resolution, params) in exported.items():
+        row = timed.get(name)
+        if isinstance(row, str):
+            rows.append(_error_row(name, resolution, profile, params, row))
+            continue
+        rows.append({**_base_row(name, resolution, profile, params),
+                     **{k: row.get(k) for k in _COLUMNS if k in row and k not in ("model", "device", "params")},
+                     "error": ""})
+        _say(progress, f"{name:24s} {profile.name:18s} {row['median_ms']:8.2f} ms ({access.location})")
+    frame = _add_ratio_to_reference(pd.DataFrame(rows, columns=_COLUMNS))
+    frame["params"] = frame["params"].astype("Int64")
+    provenance = {"kind": "baseline_latency", "profiles": {profile.name: profile.to_settings()}, "models": models,
+                  "timing": (config or TimingConfig()).to_dict(), "location": access.location,
+                  "code_version": code_version(), "created_at": utc_now()}
+    frame.attrs["provenance"] = provenance
+    write_parquet(out_path, frame, provenance)
+    return frame
+
+
+def _export_baseline(name: str, resolution: int, folder: Path) -> tuple[Path | None, int | None, str]:
+    """(ONNX path, params, error text)."""
+    try:
+        module = build_model(name)
+    except Exception as err:  # an unknown or broken timm model must not stop the others
+        return None, None, f"build failed: {_describe(err)}"
+    params = sum(p.numel() for p in module.parameters())
+    path = folder / f"{name}_{resolution}.onnx"
+    if path.exists():
+        return path, params, ""
+    try:
+        return export_onnx(module, (1, 3, resolution, resolution), path), params, ""
+    except Exception as err:
+        return None, params, f"ONNX export failed: {_describe(err)}"
+
+
+def _time_baselines(access: DeviceAccess, entries: Mapping[str, ModelEntry], folder: Path,
+                    config: TimingConfig | None, progress: bool) -> dict[str, dict | str]:
+    """model -> its timing row, or the error text."""
+    if not entries:
+        return {}
+    reference = REFERENCE_MODEL if REFERENCE_MODEL in entries else None
+    job = TimingJob("baselines", tuple(entries.values()), reference, config)
+    try:
+        rows = access.time(job, folder / f"{access.profile.name}.timings.parquet", resume=False, progress=False)
+        return {row["id"]: row for row in rows}
+    except MeasurementsPending:
+        raise
+    except Exception as err:  # noqa: BLE001 - isolate the failing model where that is possible
+        if access.location != "local":
+            raise
+        _say(progress, f"baselines on {access.profile.name}: {_describe(err)[:160]}; timing each model alone")
+    out: dict[str, dict | str] = {}
+    for name, entry in entries.items():
+        try:
+            alone = TimingJob(f"baselines-{name}", (entry,), name, config)
+            out[name] = access.time(alone, folder / f"{access.profile.name}.{name}.parquet", resume=False,
+                                    progress=False)[0]
+        except Exception as err:  # noqa: BLE001 - e.g. an operator the runtime cannot compile
+            out[name] = f"timing failed: {_describe(err)}"
+    return out
 
 
 def _base_row(model_name: str, resolution: int, profile: DeviceProfile, params: int | None) -> dict:

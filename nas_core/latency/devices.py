@@ -18,6 +18,9 @@ BACKENDS = ("onnxruntime", "openvino", "torch", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "default")
 ORT_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
 GPU_ORT_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+# Where a profile's runtime is (``nas_core.latency.location``): this machine, a board with a
+# Prefect worker, or a board reached by copying bundles by hand.
+LOCATIONS = ("local", "worker", "bundle")
 
 DEFAULT_DEVICES: dict[str, dict[str, Any]] = {
     # 1 thread: single-thread timings are far steadier on shared machines (2-thread runs
@@ -69,6 +72,11 @@ class DeviceProfile:
     ``openvino_config``, ``workspace_mb``, ``pin_cpus`` (default True), ``clock`` (``wall``
     by default; ``cpu`` = process CPU time, for single-thread CPU profiles timed on a
     machine others use, see ``timing.CLOCKS``).
+
+    ``location`` (``LOCATIONS``) says where the runtime is; ``location_options`` how to
+    reach it: ``work_pool``, ``deployment``, ``shared_dir``, ``timeout_s`` for a ``worker``;
+    ``bundles_dir`` for a ``bundle`` device (``nas_core.latency.location``). Neither is a
+    timing setting: the same board measures the same numbers however it is reached.
     """
 
     name: str
@@ -80,6 +88,8 @@ class DeviceProfile:
     resolution: int = 224
     options: dict = dataclasses.field(default_factory=dict, hash=False)
     description: str = ""
+    location: str = "local"
+    location_options: dict = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -95,6 +105,14 @@ class DeviceProfile:
                 raise ValueError(f"device {self.name!r}: {field} must be >= 1")
         if not isinstance(self.options, Mapping):
             raise ValueError(f"device {self.name!r}: options must be a mapping")
+        if self.location not in LOCATIONS:
+            raise ValueError(f"device {self.name!r}: unknown location {self.location!r}; known: {', '.join(LOCATIONS)}")
+        if not isinstance(self.location_options, Mapping):
+            raise ValueError(f"device {self.name!r}: location_options must be a mapping")
+
+    @property
+    def is_local(self) -> bool:
+        return self.location == "local"
 
     @property
     def uses_gpu(self) -> bool:
@@ -155,10 +173,19 @@ class Usability:
 
 
 def check_usable(profile: DeviceProfile) -> Usability:
-    """Can this machine run ``profile``? Checks the runtime, the provider / device and the GPU."""
+    """Can this machine run ``profile``? Checks the runtime, the provider / device and the GPU.
+
+    A profile located elsewhere (a board) is never run here, whatever is installed.
+    """
+    if not profile.is_local:
+        return Usability(False, f"device {profile.name!r} runs on a board ({profile.location}); it is measured "
+                                "there, never here", _RUNTIME_OF.get(profile.backend, profile.backend), None)
     checks = {"onnxruntime": _check_onnxruntime, "openvino": _check_openvino,
               "torch": _check_torch, "tensorrt": _check_tensorrt}
     return checks[profile.backend](profile)
+
+
+_RUNTIME_OF = {"onnxruntime": "onnxruntime", "openvino": "openvino", "torch": "torch", "tensorrt": "tensorrt"}
 
 
 def _check_onnxruntime(profile: DeviceProfile) -> Usability:

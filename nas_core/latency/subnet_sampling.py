@@ -1,0 +1,200 @@
+"""Which subnets to measure end to end, to calibrate a LUT and to check the calibration.
+
+Three samplings (``SAMPLINGS``):
+
+* ``uniform``: the paper's "random subnets" (§5.3): uniform genomes. On Table 2 they sit at
+  3-8x MobileNetV2's latency, far from where the searches land (0.75-1.5x), so a line
+  fitted there is extrapolated to the searches' targets.
+* ``stratified``: calibration subnets at evenly spaced quantiles of the raw LUT sum of
+  20 000 uniform genomes (the same range, evenly covered).
+* ``band`` (the default of both params profiles): subnets whose raw LUT sum lies in a band
+  around the device's MobileNetV2 latency (``band`` = (0.5, 2.0) times it), evenly spread
+  over the band, plus a few outside it (``outside``, ×0.5 below and ×2 above the band) so
+  that the fit does not end at the band's edges. Such subnets are rare among uniform
+  genomes; :func:`band_genomes` draws them from per-gene distributions tilted toward cheap
+  choices (``exp(-τ · cost)``, the cost of a choice being how much it moves the mean raw
+  LUT sum of a uniform pool), over a range of tilts τ, and then picks evenly spaced raw sums.
+
+Validation (held-out) subnets never repeat a calibration subnet and come from their own
+random stream; with ``band`` they are all inside the band (the region the accuracy targets
+are defined on), otherwise uniform.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from nas_core.search_space import ArchConfig, SearchSpace
+
+SAMPLINGS = ("uniform", "stratified", "band")
+ROLES = ("calibration", "validation")
+DEFAULT_BAND = (0.5, 2.0)  # x MobileNetV2's measured latency: the searches' 0.75-1.5x targets and margin
+DEFAULT_OUTSIDE = 0.2       # share of calibration subnets outside the band
+
+RawSum = Callable[[np.ndarray], np.ndarray]  # genomes -> raw LUT sum (ms)
+
+
+@dataclasses.dataclass(frozen=True)
+class SubnetChoice:
+    """A subnet to measure end to end, and what it is for (``calibration`` or ``validation``)."""
+
+    arch: ArchConfig
+    role: str
+
+    def __post_init__(self):
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, not {self.role!r}")
+
+    @property
+    def id(self) -> str:
+        """Its model id in timing tables (never a block id: those have no ``subnet/`` prefix)."""
+        return f"subnet/{self.arch.arch_id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Band:
+    """Raw-LUT-sum window (ms) the band sampling fills: ``reference_ms`` x (``low``, ``high``)."""
+
+    reference_ms: float
+    low: float = DEFAULT_BAND[0]
+    high: float = DEFAULT_BAND[1]
+
+    def __post_init__(self):
+        if not (self.reference_ms > 0 and 0 < self.low < self.high):
+            raise ValueError(f"a band needs reference_ms > 0 and 0 < low < high, got {self}")
+
+    @property
+    def ms(self) -> tuple[float, float]:
+        return self.low * self.reference_ms, self.high * self.reference_ms
+
+
+def choose_subnets(space: SearchSpace, n_calibration: int = 10, n_validation: int = 30, seed: int = 0,
+                   sampling: str = "uniform", raw_sum_ms: RawSum | None = None, band: Band | None = None,
+                   outside: float = DEFAULT_OUTSIDE, pool_size: int = 20_000) -> list[SubnetChoice]:
+    """Calibration and validation subnets (see the module docstring); distinct architectures.
+
+    ``stratified`` and ``band`` need ``raw_sum_ms`` (a complete LUT); ``band`` also ``band``.
+    """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, not {sampling!r}")
+    if n_calibration < 2 or n_validation < 0:
+        raise ValueError(f"need n_calibration >= 2 (a line needs two points) and n_validation >= 0, "
+                         f"got {n_calibration} and {n_validation}")
+    if sampling != "uniform" and raw_sum_ms is None:
+        raise ValueError(f"{sampling} sampling needs the raw LUT sum (a complete LUT)")
+    taken: set = set()
+    if sampling == "uniform":
+        calibration = _distinct_uniform(space, n_calibration, np.random.default_rng([seed, 0]), taken)
+    elif sampling == "stratified":
+        pool = space.sample_genomes(pool_size, np.random.default_rng([seed, 0]))
+        order = np.argsort(raw_sum_ms(pool), kind="stable")
+        picks = order[np.unique(np.linspace(0, pool_size - 1, n_calibration).round().astype(int))]
+        calibration = _distinct(pool[picks], taken)[:n_calibration]
+    else:
+        if band is None:
+            raise ValueError("band sampling needs the band (the device's MobileNetV2 latency)")
+        calibration = _band_calibration(space, raw_sum_ms, band, n_calibration, outside, seed, taken)
+    if sampling == "band":
+        validation = band_genomes(space, raw_sum_ms, band.ms, n_validation, np.random.default_rng([seed, 1]), taken)
+    else:
+        validation = _distinct_uniform(space, n_validation, np.random.default_rng([seed, 1]), taken)
+    return ([SubnetChoice(space.decode(g), "calibration") for g in calibration]
+            + [SubnetChoice(space.decode(g), "validation") for g in validation])
+
+
+def _band_calibration(space, raw_sum_ms, band: Band, n: int, outside: float, seed: int, taken: set) -> list:
+    low_ms, high_ms = band.ms
+    n_out = int(round(n * outside))
+    n_below = n_out // 2  # the rest goes above the band (the space may reach nothing below it)
+    rng = np.random.default_rng([seed, 0])
+    chosen = band_genomes(space, raw_sum_ms, (low_ms, high_ms), n - n_out, rng, taken)
+    chosen += band_genomes(space, raw_sum_ms, (low_ms / 2, low_ms), n_below, rng, taken, required=False)
+    chosen += band_genomes(space, raw_sum_ms, (high_ms, high_ms * 2), n - len(chosen), rng, taken, required=False)
+    return chosen
+
+
+def band_genomes(space: SearchSpace, raw_sum_ms: RawSum, window_ms: tuple[float, float], n: int,
+                 rng: np.random.Generator, taken: set, pool_per_tilt: int = 4_000,
+                 required: bool = True) -> list[np.ndarray]:
+    """``n`` distinct genomes (not in ``taken``, which is updated) with raw LUT sums evenly
+    spread over ``window_ms``: the pool of tilted draws is sorted by raw sum and the genome
+    closest to each of ``n`` evenly spaced sums is taken.
+
+    ``required``: raise when the window holds fewer than ``n`` distinct genomes (e.g. it lies
+    below the fastest subnet); otherwise return what there is.
+    """
+    if n <= 0:
+        return []
+    low, high = window_ms
+    pool = tilted_pool(space, raw_sum_ms, rng, pool_per_tilt)
+    sums = raw_sum_ms(pool)
+    low, high = max(low, float(sums.min())), min(high, float(sums.max()))  # what the space can reach
+    inside = (sums >= low) & (sums <= high)
+    pool, sums = pool[inside], sums[inside]
+    order = np.argsort(sums, kind="stable")
+    pool, sums = pool[order], sums[order]
+    chosen: list[np.ndarray] = []
+    for wanted in np.linspace(low, high, n + 2)[1:-1] if n > 1 else [(low + high) / 2]:
+        for index in np.argsort(np.abs(sums - wanted), kind="stable"):
+            key = pool[index].tobytes()
+            if key not in taken:
+                taken.add(key)
+                chosen.append(pool[index])
+                break
+    if required and len(chosen) < n:
+        raise ValueError(f"only {len(chosen)} distinct subnets have a raw LUT sum in [{low:.2f}, {high:.2f}] ms, "
+                         f"{n} wanted (the fastest subnet may be slower than the band's low end: widen the band "
+                         f"or lower the count)")
+    return chosen
+
+
+def tilted_pool(space: SearchSpace, raw_sum_ms: RawSum, rng: np.random.Generator,
+                per_tilt: int = 4_000, tilts: int = 12) -> np.ndarray:
+    """Genomes from per-gene distributions ``p(choice) ∝ exp(-τ · cost(choice))`` for ``tilts``
+    values of τ from 0 (uniform) up to nearly always the cheapest choice."""
+    costs = choice_costs(space, raw_sum_ms, rng)
+    spread = max(float(np.ptp(np.concatenate(list(costs.values())))), 1e-9)
+    pools = []
+    for tau in np.r_[0.0, np.geomspace(0.5, 40.0, tilts - 1)] / spread:
+        probs = {name: _softmin(cost, tau) for name, cost in costs.items()}
+        pools.append(space.sample_genomes(per_tilt, rng, probs))
+    return np.concatenate(pools)
+
+
+def choice_costs(space: SearchSpace, raw_sum_ms: RawSum, rng: np.random.Generator,
+                 pool_size: int = 4_000) -> dict[str, np.ndarray]:
+    """Per gene, each choice's mean raw LUT sum over a uniform pool minus the gene's mean."""
+    pool = space.sample_genomes(pool_size, rng)
+    sums = raw_sum_ms(pool)
+    costs = {}
+    for index, gene in enumerate(space.genes):
+        means = np.array([sums[pool[:, index] == c].mean() if (pool[:, index] == c).any() else sums.mean()
+                          for c in range(len(gene.choices))])
+        costs[gene.name] = means - means.mean()
+    return costs
+
+
+def _softmin(cost: np.ndarray, tau: float) -> np.ndarray:
+    logits = -tau * (cost - cost.min())
+    weights = np.exp(logits)
+    return weights / weights.sum()
+
+
+def _distinct_uniform(space: SearchSpace, n: int, rng: np.random.Generator, exclude: set) -> list[np.ndarray]:
+    chosen: list[np.ndarray] = []
+    while len(chosen) < n:
+        chosen += _distinct(space.sample_genomes(n - len(chosen), rng), exclude)
+    return chosen
+
+
+def _distinct(genomes: np.ndarray, exclude: set) -> list[np.ndarray]:
+    """Genomes not seen before (``exclude`` is updated)."""
+    out = []
+    for genome in genomes:
+        key = genome.tobytes()
+        if key not in exclude:
+            exclude.add(key)
+            out.append(genome)
+    return out
