@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-FLOW_SOURCE = PROJECT_ROOT / "flows"
-FLOW_ENTRYPOINT = "device_profiling.py:run_bundle_flow"
 DEFAULT_BOARD_RUNTIME = "1.30.0"  # onnxruntime on the board: not the host's 1.31.1
 # Prefect on the board, with the pins it needs here (ENVIRONMENT.md / pyproject.toml).
 BOARD_PACKAGES = ("numpy<3", "pyarrow", "prefect==3.8.8", "fastapi<0.155", "sqlalchemy<2.1")
@@ -90,15 +88,11 @@ class SimulatedBoard:
         return entry
 
     def deploy(self, device: str, api_url: str) -> None:
-        """Create the work pool and the ``run-bundle/<device>`` deployment (from the host)."""
+        """Create the work pool and the ``run-bundle/<device>`` deployment, as ``scan-edge board
+        deploy`` does (run as a command: ``tasks`` does not import ``flows``)."""
         env = {**os.environ, "PREFECT_API_URL": api_url}
-        subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", self.pool, "--type", "process"],
-                       env=env, capture_output=True, text=True)  # exists already: fine
-        # to_deployment().apply(): deploy() also lists the pool's workers, a call this server refuses (422)
-        code = ("from prefect import flow\n"
-                f"flow.from_source({str(FLOW_SOURCE)!r}, {FLOW_ENTRYPOINT!r}).to_deployment("
-                f"name={device!r}, work_pool_name={self.pool!r}).apply()\n")
-        _run([sys.executable, "-c", code], f"deploy run-bundle/{device}", env=env)
+        code = f"from flows.cli_board import deploy_run_bundle; deploy_run_bundle({device!r}, {self.pool!r})"
+        _run([sys.executable, "-c", code], f"deploy run-bundle/{device}", env=env, cwd=PROJECT_ROOT)
 
     def start_worker(self, api_url: str, startup_s: float = 60.0) -> None:
         """``prefect worker start`` in the board's environment, pinned to its core."""
@@ -148,7 +142,7 @@ def _uv() -> str:
     return found
 
 
-def _run(command: list[str], what: str, env: dict | None = None) -> None:
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+def _run(command: list[str], what: str, env: dict | None = None, cwd: Path | None = None) -> None:
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
     if done.returncode != 0:
         raise BoardError(f"could not {what}: {(done.stderr or done.stdout).strip()[-2000:]}")

@@ -126,6 +126,9 @@ def test_bundle_results_of_another_runtime_or_a_cut_copy_are_refused(models, tmp
         access.time(_job(models, "calibration"), tmp_path / "c.parquet")
     (folder / RESULTS_NAME).write_bytes(good)
     assert len(access.time(_job(models, "calibration"), tmp_path / "c.parquet")) == 4
+    other_space = _job(models, "calibration", extra_provenance={"space": "scan-edge/v2-esha"})
+    with pytest.raises(ValueError, match="made for search space None"):
+        access.time(other_space, tmp_path / "c.parquet")
 
 
 def test_import_results_finds_the_pending_job_they_answer(models, tmp_path):
@@ -248,3 +251,28 @@ def _stop_when_started(simulated, results: Path, timeout: float = 120.0) -> None
             simulated.stop_worker()
             return
         time.sleep(0.2)
+
+
+# ----------------------------------------------------------------------------- through the pipeline's stages
+def test_baselines_stage_of_a_bundle_device_stops_with_the_bundle_then_imports_it(tmp_path):
+    from nas_core.io import read_parquet, read_provenance
+    from nas_core.params import load_params
+    from tasks import stages
+
+    params = load_params(Path(__file__).resolve().parent.parent / "params.yaml")
+    params["devices"] = {**params["devices"], "board": {
+        "backend": "onnxruntime", "provider": "CPUExecutionProvider", "precision": "fp32", "threads": 1,
+        "location": "bundle", "resolution": 64}}
+    params["baselines"] = {"models": [], "timing": {"warmup_runs": 1, "warmup_ms": 0, "min_repeats": 3,
+                                                    "min_total_ms": 1, "max_total_ms": 50}}
+    with pytest.raises(MeasurementsPending) as pending:
+        stages.stage_baselines(params, "board", root=tmp_path)
+    folder = pending.value.job_dir
+    assert folder == tmp_path / "bundles" / "board" / "baselines"
+    assert not (tmp_path / "baselines" / "board.parquet").exists()  # nothing timed here
+    _run_on_board(folder)
+    stages.stage_baselines(params, "board", root=tmp_path)
+    table = read_parquet(tmp_path / "baselines" / "board.parquet")
+    assert list(table["model"]) == ["mobilenetv2_100"] and table["median_ms"].iloc[0] > 0
+    assert read_provenance(tmp_path / "baselines" / "board.parquet")["location"] == "bundle"
+    assert stages.device_runtime_version(params, "board", tmp_path) == HOST_ORT  # the board's own report

@@ -151,7 +151,8 @@ def job_folder(root: str | os.PathLike, device: str, job: str) -> Path:
 
 def write_job_bundle(job: TimingJob, profile: DeviceProfile, folder: Path) -> Path:
     """The job as a bundle in ``folder`` (rewritten when the job's models changed)."""
-    sidecar = {"job": job.name, "device": profile.name, "ids": job.ids(), "code_version": code_version()}
+    sidecar = {"job": job.name, "device": profile.name, "ids": job.ids(), "space": job.extra_provenance.get("space"),
+               "code_version": code_version()}
     existing = folder / JOB_SIDECAR
     if existing.exists() and read_json(existing).get("ids") == sidecar["ids"] and (folder / RUNNER_NAME).exists():
         return folder
@@ -161,6 +162,18 @@ def write_job_bundle(job: TimingJob, profile: DeviceProfile, folder: Path) -> Pa
                 drift_tolerance=job.drift_tolerance, check_every=job.check_every)
     write_json(existing, sidecar)
     return folder
+
+
+def check_job_folder(folder: Path, job: TimingJob) -> None:
+    """Refuse a job folder made for other models or another search space than ``job``."""
+    sidecar = read_json(folder / JOB_SIDECAR) if (folder / JOB_SIDECAR).exists() else {}
+    if sidecar.get("space") != job.extra_provenance.get("space"):
+        raise ValueError(f"{folder} was made for search space {sidecar.get('space')!r}, this job is for "
+                         f"{job.extra_provenance.get('space')!r}: its results are not used (delete the folder "
+                         "to measure again)")
+    if sidecar.get("ids") != job.ids():
+        raise ValueError(f"{folder} holds another job's models ({len(sidecar.get('ids') or [])} models, not this "
+                         f"job's {len(job.entries)}): delete it to measure this job")
 
 
 def check_remote_results(path: Path, rows: Sequence[Mapping], provenance: Mapping, job: TimingJob,
@@ -225,6 +238,7 @@ class BundleDevice:
         folder = job_folder(self.bundles_dir, self.profile.name, job.name)
         results = folder / RESULTS_NAME
         if results.exists():
+            check_job_folder(folder, job)
             rows, provenance = read_results(results)
             check_remote_results(results, rows, provenance, job, self.profile, _reported_version(folder))
             return copy_rows(rows, {**provenance, "location": "bundle", "job": job.name}, out_path)
