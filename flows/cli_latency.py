@@ -170,6 +170,7 @@ def cmd_lut_build(args) -> int:
 
 
 def cmd_lut_calibrate(args) -> int:
+    from nas_core.search_run import reference_latency_ms
     from tasks.stages import run_calibration
 
     profile = _profile(args)
@@ -177,8 +178,12 @@ def cmd_lut_calibrate(args) -> int:
     _require_usable(profile)
     resume = _resume(args.resume, paths.subnet_timings, paths.fit, "calibration")
     params = _with_flags(args, "calibration", **_calibration_flags(args), sampling=args.sampling)
+    reference_ms = args.reference_ms
+    if reference_ms is None and (params.get("calibration") or {}).get("sampling") == "band":
+        reference_ms = reference_latency_ms(Path(args.baselines or paths.root.parent / "baselines" /
+                                                 f"{profile.name}.parquet"), profile.name)
     report = run_calibration(params, profile, paths, resume=resume, progress=not args.quiet,
-                             runtime_version=args.runtime_version)
+                             runtime_version=args.runtime_version, reference_ms=reference_ms)
     print(report.summary())
     print(f"wrote {paths.calibration}, {paths.fit}, {paths.figure}")
     return 0
@@ -281,8 +286,13 @@ def register(sub) -> None:
     p = lut_sub.add_parser("calibrate", help="measure random subnets and fit measured = a * LUT sum + b")
     _add_common(p)
     _add_subnet_options(p)
-    p.add_argument("--sampling", choices=("uniform", "stratified"),
-                   help="calibration subnets: uniform genomes (paper, default) or spread over the LUT-sum range")
+    p.add_argument("--sampling", choices=("uniform", "stratified", "band"),
+                   help="calibration subnets: uniform genomes (the paper's), spread over the LUT-sum range, or in a "
+                        "band around MobileNetV2's latency (params.yaml's default)")
+    p.add_argument("--reference-ms", type=float,
+                   help="band sampling: MobileNetV2's latency on the device (default: from its baselines table)")
+    p.add_argument("--baselines", help="band sampling: the device's baselines table (default "
+                                       "<lut dir>/../baselines/<device>.parquet)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None,
                    help="continue interrupted subnet timings (--no-resume: start over)")
     p.add_argument("--runtime-version", help="runtime version the LUT must have (default: the installed one)")

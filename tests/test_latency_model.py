@@ -1,0 +1,98 @@
+"""The calibrated latency model (nas_core.latency.latency_model) and the in-band subnet sampling
+(nas_core.latency.subnet_sampling), on made-up LUTs whose true model is known."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nas_core.block_catalog import BlockCatalog
+from nas_core.efficiency_predictor import LatencyEstimator
+from nas_core.latency import latency_model as lm
+from nas_core.latency import subnet_sampling as ss
+from nas_core.search_space import SearchSpace
+
+SPACE = SearchSpace()
+CATALOG = BlockCatalog(SPACE, 224)
+BLOCK_MS = np.random.default_rng(3).uniform(0.05, 2.0, len(CATALOG.blocks))
+TRUE = lm.LatencyModel("per_kind+blocks", {"stem": 1.1, "ffn_unified": 0.8, "ffn_fused": 1.3, "mhsa": 1.6,
+                                           "embed": 0.9, "head": 1.0}, per_block_ms=-0.02, intercept_ms=0.4)
+
+
+def _genomes(n: int, seed: int) -> np.ndarray:
+    return SPACE.sample_genomes(n, np.random.default_rng(seed))
+
+
+def test_a_model_is_a_block_table_plus_a_constant():
+    genomes = _genomes(50, 1)
+    feats = lm.features(CATALOG, BLOCK_MS, genomes, "per_kind")
+    direct = lm.predict_features(TRUE, feats)
+    np.testing.assert_allclose(TRUE.predict(CATALOG, BLOCK_MS, genomes), direct, rtol=1e-12)
+    # The paper's line is the one-group model.
+    line = lm.LatencyModel.paper_line(0.9, 1.5)
+    np.testing.assert_allclose(line.predict(CATALOG, BLOCK_MS, genomes),
+                               0.9 * CATALOG.sum_table(BLOCK_MS, genomes) + 1.5, rtol=1e-12)
+    assert lm.LatencyModel.from_dict(TRUE.to_dict()) == TRUE
+
+
+def test_fit_recovers_known_scales_and_selection_prefers_the_true_family():
+    genomes = _genomes(40, 2)
+    measured = TRUE.predict(CATALOG, BLOCK_MS, genomes)
+    fitted = lm.fit_model("per_kind+blocks", lm.features(CATALOG, BLOCK_MS, genomes, "per_kind"), measured)
+    for group, scale in TRUE.scales.items():
+        assert fitted.scales[group] == pytest.approx(scale, rel=1e-6)
+    assert fitted.per_block_ms == pytest.approx(-0.02, rel=1e-5) and fitted.intercept_ms == pytest.approx(0.4, rel=1e-4)
+    selection = lm.select_model(lm.MODELS, CATALOG, BLOCK_MS, genomes, measured)
+    assert selection.model.name == "per_kind+blocks"
+    assert selection.candidates["per_kind+blocks"]["cv"]["max_ape_pct"] < 1e-6
+    assert selection.candidates["linear"]["cv"]["mape_pct"] > 0.1  # one slope cannot fit per-kind costs
+    # Data made by the paper's line: the simplest exact model wins (ties keep the earlier name).
+    line = lm.LatencyModel.paper_line(0.85, 0.3).predict(CATALOG, BLOCK_MS, genomes)
+    assert lm.select_model(lm.MODELS, CATALOG, BLOCK_MS, genomes, line).model.name == "linear"
+
+
+def test_scales_stay_non_negative_and_small_calibration_sets_skip_rich_models():
+    genomes = _genomes(12, 4)
+    noise = np.random.default_rng(5).normal(1.0, 0.3, 12)
+    measured = TRUE.predict(CATALOG, BLOCK_MS, genomes) * noise
+    selection = lm.select_model(lm.MODELS, CATALOG, BLOCK_MS, genomes, measured)
+    assert "skipped" in selection.candidates["per_kind+blocks"]  # 8 coefficients for 12 subnets
+    assert all(s >= 0 for s in selection.model.scales.values())
+    with pytest.raises(ValueError, match="unknown latency model 'cubic'"):
+        lm.parse_model_name("cubic")
+
+
+def test_error_metrics_report_the_shares_within_5_and_10_percent():
+    m = lm.error_metrics([10.4, 9.0, 11.2, 10.0], [10.0, 10.0, 10.0, 10.0])
+    assert m["within_5_pct"] == 0.5 and m["within_10_pct"] == 0.75
+    assert m["max_ape_pct"] == pytest.approx(12.0) and m["mape_pct"] == pytest.approx((4 + 10 + 12 + 0) / 4)
+    assert m["rmspe_pct"] == pytest.approx(np.sqrt((16 + 100 + 144) / 4))
+
+
+def test_estimator_uses_the_fitted_model_and_finds_the_exact_fastest_subnet():
+    estimator = LatencyEstimator(CATALOG, BLOCK_MS, model=TRUE)
+    genomes = _genomes(2000, 6)
+    np.testing.assert_allclose(estimator.predict_genomes(genomes), TRUE.predict(CATALOG, BLOCK_MS, genomes))
+    assert estimator.min_latency_ms() <= estimator.predict_genomes(genomes).min() + 1e-9
+    fastest = SPACE.encode(estimator.fastest_arch())
+    assert estimator.predict_genomes(fastest[None])[0] == pytest.approx(estimator.min_latency_ms())
+
+
+def test_band_sampling_fills_the_band_evenly_with_distinct_subnets():
+    raw = lambda g: CATALOG.sum_table(BLOCK_MS, g)  # noqa: E731
+    uniform = raw(_genomes(4000, 7))
+    fastest = CATALOG.min_table_sum(BLOCK_MS)[0]
+    band = ss.Band(2.0 * fastest)  # a MobileNetV2 far below every uniform subnet (as on Table 2)
+    chosen = ss.choose_subnets(SPACE, 20, 30, seed=1, sampling="band", raw_sum_ms=raw, band=band)
+    calibration = [c for c in chosen if c.role == "calibration"]
+    validation = np.array([raw(SPACE.encode(c.arch)[None])[0] for c in chosen if c.role == "validation"])
+    low, high = band.ms
+    low = max(low, fastest)
+    assert len(calibration) == 20 and len(validation) == 30
+    assert (validation >= low - 1e-9).all() and (validation <= high + 1e-9).all()
+    assert np.diff(np.sort(validation)).max() < 0.2 * (high - low)  # spread over the band, not clumped
+    assert len({c.arch.arch_id for c in chosen}) == 50
+    outside = [raw(SPACE.encode(c.arch)[None])[0] for c in calibration]
+    assert sum(v > high for v in outside) >= 3  # 20 % of the calibration subnets lie beyond the band
+    assert (uniform > high).all()  # uniform sampling would not have given a single one of them
+    with pytest.raises(ValueError, match="only 0 distinct subnets"):
+        ss.band_genomes(SPACE, raw, (0.001, 0.002), 5, np.random.default_rng(0), set())
