@@ -178,7 +178,9 @@ def run_search(setup: SearchSetup, targets: Mapping[str, float], max_params: flo
     results, rounds_targets = [_search(setup, constraints, say, lock)], [dict(targets)]
     refine, measured = None, None
     if measure:
-        measurer = device_measure(setup, accesses, run, lock) if measure_fn is None else _exclusively(measure_fn, lock)
+        measurer = device_measure(setup, accesses, run, lock) if measure_fn is None else measure_fn
+        if not isinstance(measurer, DeviceMeasure):  # a plain function: each call alone on the machine
+            measurer = _exclusively(measurer, lock)
         cache = MeasurementCache(output_paths(setup.out_dir, run)["measured"], measurer, setup.space, provenance)
         prefetch = None
         if isinstance(measurer, DeviceMeasure):
