@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -164,10 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Prefect's in-process server must come up within this many seconds; its default (20 s) is
+# too short on a 2-core machine busy with other jobs ("Timed out while attempting to connect
+# to ephemeral Prefect API server").
+EPHEMERAL_STARTUP_TIMEOUT_S = "120"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from nas_core.latency.location import MeasurementsPending
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except MeasurementsPending as pending:  # a board reached by hand: say what to run there, no traceback
+        print(f"waiting for the board: {pending}", file=sys.stderr)
+        return 3
     except (ValueError, KeyError, FileNotFoundError) as err:
         # Library errors are written to be read by the user: show them without a traceback.
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)

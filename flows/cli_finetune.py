@@ -161,11 +161,13 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("detect", help="SSDLite with MODEL as backbone: train, COCO mAP, export, latency (Table 6)",
-                       description="Paper §7. Data: a COCO folder (images/, instances_train.json, "
-                                   "instances_test.json); default: the generated shapes dataset "
+                       description="Paper §7. Data: a COCO folder, standard (annotations/instances_train2017.json "
+                                   "+ train2017/, annotations/instances_val2017.json + val2017/, evaluated on val) or "
+                                   "flat (images/, instances_train.json, instances_test.json); default: the generated "
+                                   "shapes dataset "
                                    f"({DEFAULT_DETECTION_DATA}, made on first use).")
     p.add_argument("model", metavar="MODEL", help="fine-tune output (folder or name), preset, .json or mobilenetv2_100")
-    p.add_argument("--data", help="COCO-format detection folder")
+    p.add_argument("--data", help="COCO detection folder (standard COCO2017 layout or flat)")
     p.add_argument("--supernet", help="inherit a preset / .json backbone's weights from this supernet")
     _add_common(p, "data/detection")
     p.set_defaults(func=cmd_detect)

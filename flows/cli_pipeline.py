@@ -6,7 +6,7 @@
     scan-edge stage NAME [--device D] [--target 1.0x] [--name N] [--prefect]
                                                                one stage (what dvc.yaml runs)
     scan-edge dataset | report                                 the dataset / report stages
-    scan-edge reprofile [--device D]                           re-profile devices whose runtime changed
+    scan-edge reprofile [--device D] [--force] [--searches-only] re-profile devices whose runtime changed
     scan-edge schedule reprofile --cron "0 3 * * 1"            serve reprofile on a cron schedule
 
 Every command calls the stage functions of ``tasks/stages.py`` (directly, or through their
@@ -46,6 +46,16 @@ def cmd_reproduce(args) -> int:
     # The temporary Prefect server inherits this: without internet its telemetry only logs errors.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     params = _params(args)
+    if args.dry_run:
+        from tasks.dry_run import dry_run_params
+
+        if not args.data:
+            raise ValueError("--dry-run needs --data DIR: a small ImageNet-layout folder (train/<class>/, val/<class>/)")
+        params, notes = dry_run_params(params, args.data)
+        for note in notes:
+            print(f"dry run: {note}", flush=True)
+    elif args.data:
+        raise ValueError("--data goes with --dry-run; a full run reads params dataset.path")
     started = time.monotonic()
     print(f"reproduce: profile {params['profile']}, artifacts in {args.root}/", flush=True)
     outcome = reproduce(params, root=args.root, only=args.only, record_in_dvc=not args.no_dvc_commit)
@@ -178,17 +188,34 @@ def cmd_report(args) -> int:
 
 
 # --------------------------------------------------------------------------- reprofile / schedule
+def _rule_overrides(args) -> dict | None:
+    """The change rule's command-line overrides of params ``reprofile:`` (None: none given)."""
+    values = {"z": args.z, "min_change": args.min_change, "session_floor": args.session_floor}
+    return {k: v for k, v in values.items() if v is not None} or None
+
+
 def cmd_reprofile(args) -> int:
     from flows.reprofile import reprofile_flow
 
-    reprofile_flow(args.params, args.profile, args.root, args.device or None, args.threshold)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    outcome = reprofile_flow(args.params, args.profile, args.root, args.device or None, force=args.force,
+                             searches_only=args.searches_only, rule=_rule_overrides(args))
+    for device, result in outcome["devices"].items():
+        detail = (f"{result['blocks_flagged']} of {result['blocks_compared']} blocks moved beyond their uncertainty; "
+                  f"report {result['markdown']}" if result["status"] == "reprofiled" else
+                  result.get("reason") or f"runtime {result.get('runtime_version')}")
+        print(f"reprofile {device}: {result['status']} ({detail})")
+    ran = [step for step, status in outcome["downstream"].items() if status == "ran"]
+    print(f"reprofile: {len(outcome['downstream'])} dependent steps brought up to date ({len(ran)} ran); "
+          f"{len(outcome['recorded_in_dvc'])} steps recorded in dvc.lock")
     return 0
 
 
 def cmd_schedule(args) -> int:
     from flows.reprofile import reprofile_deployment, serve_reprofile
 
-    kwargs = {"params_file": args.params, "profile": args.profile, "root": args.root, "threshold": args.threshold}
+    kwargs = {"params_file": args.params, "profile": args.profile, "root": args.root,
+              "searches_only": args.searches_only, "rule": _rule_overrides(args)}
     deployment = reprofile_deployment(args.cron, **kwargs)
     print(f"deployment {deployment.flow_name}/{deployment.name}: cron {args.cron!r}, parameters "
           f"{json.dumps(deployment.parameters)}")
@@ -203,6 +230,16 @@ def cmd_schedule(args) -> int:
 
 
 # --------------------------------------------------------------------------- registration
+def _add_reprofile_options(p) -> None:
+    p.add_argument("--searches-only", action="store_true",
+                   help="stop after the searches: the fine-tunes and what follows them are left stale")
+    p.add_argument("--z", type=float, help="flag a block whose move exceeds z standard errors (params reprofile.z)")
+    p.add_argument("--min-change", type=float,
+                   help="and is at least this relative move (params reprofile.min_change, e.g. 0.05)")
+    p.add_argument("--session-floor", type=float,
+                   help="relative spread a fresh session adds to a block's median (params reprofile.session_floor)")
+
+
 def register(sub) -> None:
     p = sub.add_parser("reproduce", help="run the whole pipeline (Prefect flow with cache; --dvc: dvc repro)",
                        description="Run every stage of DESIGN.md's DAG in dependency order. Stages whose inputs, "
@@ -213,6 +250,10 @@ def register(sub) -> None:
                    help="only these stages or steps (e.g. lut, search@ort_cpu_fp32-1.0); inputs must exist")
     p.add_argument("--dvc", action="store_true", help="run `dvc repro` instead (the same stages, DVC's cache)")
     p.add_argument("--no-dvc-commit", action="store_true", help="do not record the run in dvc.lock")
+    p.add_argument("--dry-run", action="store_true",
+                   help="every stage with the profile's settings for a few steps at tiny sizes on --data, on this "
+                        "machine (a broken setting fails here, not on the cluster); use with --root OUT")
+    p.add_argument("--data", help="--dry-run: a small ImageNet-layout folder (DIR/train/<class>/, DIR/val/<class>/)")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("status", help="which stages are up to date, which are stale and why (dvc status)")
@@ -244,10 +285,17 @@ def register(sub) -> None:
     _add_params(p)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("reprofile", help="re-profile devices whose runtime version changed; write a change report")
+    p = sub.add_parser("reprofile", help="re-profile devices whose runtime version changed, bring the pipeline "
+                                         "up to date; write a change report",
+                       description="For each device whose installed runtime version differs from its LUT's: "
+                                   "re-time its LUT, recalibrate, re-run its baselines and searches, measure the "
+                                   "deployed models on the new runtime, write data/reprofile/<device>-<time>.md, "
+                                   "then run the stages that depend on them and record everything in dvc.lock.")
     _add_params(p)
+    _add_reprofile_options(p)
     p.add_argument("--device", action="append", help="only this device (repeatable; default search.devices)")
-    p.add_argument("--threshold", type=float, default=0.10, help="report blocks that moved by more (default 0.10)")
+    p.add_argument("--force", action="store_true",
+                   help="re-profile even when the runtime did not change (the change report's noise baseline)")
     p.set_defaults(func=cmd_reprofile)
 
     p = sub.add_parser("schedule", help="serve a flow on a schedule (Prefect deployment)")
@@ -257,7 +305,7 @@ def register(sub) -> None:
                                             "(prefect serve). Needs a Prefect server: PREFECT_API_URL, or a "
                                             "local one started for as long as this command runs.")
     _add_params(p)
+    _add_reprofile_options(p)
     p.add_argument("--cron", default="0 3 * * 1", help="cron schedule (default: Mondays 03:00)")
-    p.add_argument("--threshold", type=float, default=0.10)
     p.add_argument("--print-only", action="store_true", help="show the deployment and exit without serving")
     p.set_defaults(func=cmd_schedule)

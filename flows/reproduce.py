@@ -22,6 +22,7 @@ made. ``stage_flow`` runs a single stage the same way (``scan-edge stage NAME --
 from __future__ import annotations
 
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -50,9 +51,11 @@ def select_steps(steps: Sequence[stages.Step], only: Sequence[str] | None) -> li
 
 
 def run_steps(steps: Sequence[stages.Step], params: Mapping[str, Any], root: str, results: str | None,
-               refresh: bool = False) -> dict[str, dict]:
-    """Run the steps' cached tasks in order; stop at the first failure (its error is raised)."""
-    outcome: dict[str, dict] = {}
+              refresh: bool = False, finished: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Run the steps' cached tasks in order; stop at the first failure (its error is raised).
+    ``finished``, when given, is filled as steps complete (so a caller knows what completed
+    before a failure) and returned."""
+    outcome: dict[str, dict] = finished if finished is not None else {}
     for index, step in enumerate(steps, 1):
         started, cpu_started = time.monotonic(), _cpu_seconds()
         task = step_task(step, params, results)
@@ -109,21 +112,29 @@ def reproduce(params: Mapping[str, Any], *, root: str | os.PathLike = stages.DAT
         outcome = require_flow_result(state, "reproduce flow")
     ran = [step for step, o in outcome.items() if o["status"] != "cached" and not step.startswith("runtime@")]
     # Nothing ran: dvc.lock already describes these files (a no-op stays a few seconds shorter).
-    if record_in_dvc and not only and Path(root) == stages.DATA_ROOT and (ran or not Path("dvc.lock").exists()):
+    if record_in_dvc and not only and dvc_tracks(root) and (ran or not Path("dvc.lock").exists()):
         dvc_commit()
     return outcome
 
 
-def dvc_commit(cwd: str | os.PathLike = ".") -> bool:
-    """``dvc commit --force``: make dvc.lock describe what the flow just made, so that
-    ``dvc status`` / ``scan-edge status`` report it up to date. Best effort: a warning,
-    not an error, when DVC is not set up or disagrees (e.g. a profile that changes the
-    DAG's shape, which dvc.yaml reads from the top level of params.yaml)."""
+def dvc_tracks(root: str | os.PathLike, cwd: str | os.PathLike = ".") -> bool:
+    """Whether ``root`` is the artifact folder of the DVC project in ``cwd`` (``<cwd>/data``,
+    relative or absolute): only then does dvc.lock describe what a flow writes there."""
+    project = Path(cwd)
+    if not (project / "dvc.yaml").exists() or not (project / ".dvc").is_dir():
+        return False
+    return Path(root).resolve() == (project / stages.DATA_ROOT).resolve()
+
+
+def dvc_commit(cwd: str | os.PathLike = ".", targets: Sequence[str] = ()) -> bool:
+    """``dvc commit --force [TARGETS]``: make dvc.lock describe what the flow just made (every
+    stage, or the stage ids ``targets``), so that ``dvc status`` / ``scan-edge status``
+    report it up to date. Best effort: a warning, not an error, when DVC is not set up or
+    disagrees (e.g. a profile that changes the DAG's shape, which dvc.yaml reads from the
+    top level of params.yaml)."""
     if not (Path(cwd) / "dvc.yaml").exists() or not (Path(cwd) / ".dvc").is_dir():
         return False
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run([sys.executable, "-m", "dvc", "commit", "--force", "--quiet"], cwd=cwd, env=env,
-                          capture_output=True, text=True)
+    done = _dvc(["commit", "--force", "--quiet", *targets], cwd)
     if done.returncode != 0:
         print(f"warning: could not record the run in DVC (dvc commit): {done.stderr.strip()[-800:]}",
               file=sys.stderr)
@@ -131,4 +142,39 @@ def dvc_commit(cwd: str | os.PathLike = ".") -> bool:
     return True
 
 
-__all__ = ["reproduce", "reproduce_flow", "stage_flow", "run_steps", "select_steps", "dvc_commit"]
+def dvc_upstream(cwd: str | os.PathLike = ".") -> dict[str, set[str]]:
+    """Every DVC stage's transitive upstream stages (``dvc dag --dot``): what DVC re-runs a
+    stage after. Empty when DVC is not set up or cannot tell (a warning says why)."""
+    if not (Path(cwd) / "dvc.yaml").exists() or not (Path(cwd) / ".dvc").is_dir():
+        return {}
+    done = _dvc(["dag", "--dot"], cwd)
+    if done.returncode != 0:
+        print(f"warning: could not read DVC's stage graph (dvc dag): {done.stderr.strip()[-800:]}", file=sys.stderr)
+        return {}
+    direct: dict[str, set[str]] = {}
+    for upstream, downstream in _DOT_EDGE.findall(done.stdout):
+        direct.setdefault(downstream, set()).add(upstream)
+    return {stage: _closure(stage, direct) for stage in direct}
+
+
+_DOT_EDGE = re.compile(r'^"([^"]+)" -> "([^"]+)";$', re.MULTILINE)
+
+
+def _closure(stage: str, direct: Mapping[str, set[str]]) -> set[str]:
+    seen: set[str] = set()
+    todo = list(direct.get(stage, ()))
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(direct.get(name, ()))
+    return seen
+
+
+def _dvc(argv: Sequence[str], cwd: str | os.PathLike) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    return subprocess.run([sys.executable, "-m", "dvc", *argv], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+__all__ = ["reproduce", "reproduce_flow", "stage_flow", "run_steps", "select_steps", "dvc_commit", "dvc_tracks",
+           "dvc_upstream"]

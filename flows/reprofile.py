@@ -1,17 +1,32 @@
-"""The ``reprofile`` flow: when a device's runtime changes, re-profile it and report what moved.
+"""The ``reprofile`` flow: when a device's runtime changes, re-profile it, bring the pipeline up to
+date and report what moved.
 
-For each searched device (``search.devices``), the runtime version installed here is
-compared with the one its LUT was measured with. Where it changed:
+For each searched device (``search.devices``), the runtime version installed here
+(:func:`installed_runtime_version`) is compared with the one its LUT was measured with.
+Where it changed (or with ``force``: a re-measurement with no version change, the noise
+baseline of the change report):
 
 1. the device's current artifacts are kept aside (``reprofile/<device>/<time>/before/``):
    LUT, calibration fit, and the folders and summaries of the searches that involve it;
-2. the device's steps run again, whatever the caches say: runtime record, LUT (re-timed
-   from scratch), calibration, MobileNetV2 baseline (the ``<k>x`` targets follow it), and
+2. the device's steps run again through the cached stage tasks of ``scan-edge reproduce``
+   (``flows.reproduce.run_steps``), whatever the caches say: runtime record, LUT (re-timed
+   from scratch), calibration, baselines (the ``<k>x`` targets follow MobileNetV2), and
    every search for the device (with its device measurements);
-3. a change report is written: ``reprofile/<device>-<time>.md`` (readable), ``.json``
-   (the same facts) and ``.blocks.parquet`` (every block that moved by more than
-   ``threshold``: block_id, kind, old_ms, new_ms, change), with the old vs new searched
-   architectures and their measured latency.
+3. the architecture each search had chosen before (*deployed*) is measured on the new
+   runtime, and a change report is written (``nas_core.reprofile_report``):
+   ``reprofile/<device>-<time>.md`` (readable), ``.json`` (the same facts) and
+   ``.blocks.parquet`` (every block's move with its uncertainty, ``flagged`` beyond it:
+   ``nas_core.latency.lut_change``);
+4. the steps that depend on what ran (:func:`dependent_steps`: fine-tunes, transfer,
+   detection, report; whatever reads a re-made artifact or measures on the device, in
+   Prefect's cache keys or DVC's graph) run through the same cached tasks, unless
+   ``searches_only``;
+5. every step that ran is recorded in ``dvc.lock`` (``dvc commit`` of those stages) when
+   the root is the DVC project's ``data/``.
+
+So afterwards every door agrees: ``scan-edge status`` / ``dvc status`` show nothing stale
+and ``reproduce`` / ``reproduce --dvc`` run no stage; with ``searches_only`` they agree that
+the fine-tunes and what follows them are stale.
 
 A device whose runtime did not change is left alone; one without a LUT is skipped (run
 ``scan-edge reproduce`` first). ``scan-edge schedule reprofile --cron "0 3 * * 1"`` serves
@@ -19,19 +34,29 @@ it as a Prefect deployment on a cron schedule (:func:`reprofile_deployment`).
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from prefect import flow
 
-from flows.reproduce import run_steps
-from tasks import stages
+from flows.reproduce import dvc_commit, dvc_tracks, dvc_upstream, run_steps
+from nas_core.efficiency_predictor import LatencyEstimator
+from nas_core.io import read_json, read_parquet, read_provenance, utc_now, write_json, write_parquet, write_text
+from nas_core.latency.devices import check_usable
+from nas_core.latency.lut import LutError
+from nas_core.latency.lut_change import ChangeRule, LutComparison, compare_luts
+from nas_core.reprofile_report import change_report_markdown, searched_model_row
+from nas_core.search_algorithm import Candidate, device_measure_fn
+from nas_core.search_space import ArchConfig, SearchSpace
+from tasks import stage_lock, stages
+from tasks.prefect_tasks import measured_devices
 
 DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00: a quiet hour for timing
-DEFAULT_THRESHOLD = 0.10
 
 
+# --------------------------------------------------------------------------- what changed
 def installed_runtime_version(params: Mapping[str, Any], device: str) -> str | None:
     """The version of the device's runtime installed on this machine (tests replace this lookup)."""
     return stages.runtime_identity(params, device)["runtime_version"]
@@ -39,11 +64,16 @@ def installed_runtime_version(params: Mapping[str, Any], device: str) -> str | N
 
 def recorded_runtime_version(lut_path: Path) -> str | None:
     """The runtime version a LUT was measured with."""
-    from nas_core.io import read_provenance
-
     return (read_provenance(lut_path).get("identity") or {}).get("runtime_version")
 
 
+def change_rule(params: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> ChangeRule:
+    """The change report's rule: params ``reprofile:`` (z, min_change, session_floor), then ``overrides``."""
+    values = {**stages.section(params, "reprofile"), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    return ChangeRule.from_dict(values)
+
+
+# --------------------------------------------------------------------------- which steps
 def device_steps(params: Mapping[str, Any], device: str, root: str) -> list[stages.Step]:
     """The steps that measure on ``device``: runtime, LUT, calibration, baselines, its searches."""
     per_device = {"runtime", "lut", "calibration", "baselines"}
@@ -52,26 +82,66 @@ def device_steps(params: Mapping[str, Any], device: str, root: str) -> list[stag
             or (s.stage == "search" and device in s.kwargs()["devices"])]
 
 
+def dependent_steps(plan: Sequence[stages.Step], done: Iterable[str], devices: Iterable[str],
+                    params: Mapping[str, Any], upstream: Mapping[str, set[str]] | None = None) -> list[stages.Step]:
+    """The steps of ``plan`` (in its order) that must run again after the steps ``done``
+    re-made their outputs on re-profiled ``devices``: a step that reads an output of a
+    selected step, measures on one of ``devices`` (its Prefect cache key holds their
+    runtimes) or, in DVC's graph (``upstream``: stage -> its upstream stages), follows a
+    selected stage."""
+    selected, devices, upstream = set(done), set(devices), upstream or {}
+    made = {path for step in plan if step.id in selected for path in step.outputs}
+    chosen = []
+    for step in plan:
+        if step.id in selected:
+            continue
+        if (made.intersection(step.inputs) or devices.intersection(measured_devices(step.stage, params, step.kwargs()))
+                or selected.intersection(upstream.get(step.id, ()))):
+            selected.add(step.id)
+            made.update(step.outputs)
+            chosen.append(step)
+    return chosen
+
+
 def _device_runs(params: Mapping[str, Any], device: str) -> list[stages.SearchRun]:
     return [run for run in stages.search_runs(params) if device in run.devices]
 
 
-def _summaries(layout: stages.Layout, runs: Sequence[stages.SearchRun]) -> dict[str, dict]:
-    from nas_core.io import read_json
+# --------------------------------------------------------------------------- before
+@dataclasses.dataclass
+class Before:
+    """A device's artifacts as they were before re-profiling (copies kept in ``folder``)."""
 
+    folder: Path
+    lut: Path
+    fit: Path | None
+    summaries: dict[str, dict]
+
+    def arch_json(self, run: str) -> Path | None:
+        summary = self.summaries.get(run)
+        if not summary or not summary.get("arch_json"):
+            return None
+        path = self.folder / "search" / run / Path(summary["arch_json"]).name
+        return path if path.exists() else None
+
+
+def _summaries(layout: stages.Layout, runs: Sequence[stages.SearchRun]) -> dict[str, dict]:
     return {run.key: read_json(layout.search_summary(run.key)) for run in runs
             if layout.search_summary(run.key).exists()}
 
 
-def set_aside(layout: stages.Layout, device: str, runs: Sequence[stages.SearchRun], folder: Path) -> dict[str, Any]:
-    """Copy the device's LUT and fit, and move its searches, into ``folder``; forget its resume
-    stamps (so the LUT and calibration start over). Returns what was there before."""
-    from nas_core.io import read_json, read_parquet
+def forget_resume_stamps(layout: stages.Layout, device: str) -> None:
+    """Forget the LUT's and calibration's resume stamps, so they start over instead of resuming."""
+    for stage_id in (f"lut@{device}", f"calibration@{device}"):
+        (layout.resume_stamps / f"{stage_id}.json").unlink(missing_ok=True)
 
+
+def set_aside(layout: stages.Layout, device: str, runs: Sequence[stages.SearchRun], folder: Path) -> Before:
+    """Copy the device's LUT and fit, and move its searches, into ``folder``; forget its
+    resume stamps (so the LUT and calibration start over)."""
     paths = layout.lut_paths(device)
     folder.mkdir(parents=True, exist_ok=True)
-    before = {"lut": read_parquet(paths.lut), "fit": read_json(paths.fit) if paths.fit.exists() else None,
-              "searches": _summaries(layout, runs)}
+    summaries = _summaries(layout, runs)
     for path in (paths.lut, paths.fit):
         if path.exists():
             shutil.copy2(path, folder / path.name)
@@ -80,86 +150,230 @@ def set_aside(layout: stages.Layout, device: str, runs: Sequence[stages.SearchRu
         for path in (layout.search_dir(run.key), layout.search_summary(run.key)):
             if path.exists():
                 shutil.move(str(path), str(folder / "search" / path.name))
-    for stage_id in (f"lut@{device}", f"calibration@{device}"):
-        (layout.resume_stamps / f"{stage_id}.json").unlink(missing_ok=True)
-    return before
+    forget_resume_stamps(layout, device)
+    fit = folder / paths.fit.name
+    return Before(folder, folder / paths.lut.name, fit if fit.exists() else None, summaries)
 
 
+# --------------------------------------------------------------------------- the searched models
+def estimator_or_none(params: Mapping[str, Any], device: str, lut: Path, fit: Path | None,
+                      runtime_version: str | None) -> LatencyEstimator | None:
+    """The calibrated estimator of a LUT + fit; None (with the reason printed) when they
+    cannot estimate (a partial LUT, no fit)."""
+    if fit is None or not Path(fit).exists():
+        print(f"{device}: no calibration fit next to {lut}: no calibrated estimates from it", flush=True)
+        return None
+    try:
+        return LatencyEstimator.from_files(lut, fit, stages.device_profile(params, device),
+                                           runtime_version=runtime_version)
+    except LutError as err:
+        print(f"{device}: no calibrated estimates from {lut}: {err}", flush=True)
+        return None
+
+
+def read_arch(path: Path | None) -> ArchConfig | None:
+    return None if path is None else SearchSpace().from_json(Path(path).read_text())
+
+
+def measure_arch(params: Mapping[str, Any], device: str, arch: ArchConfig) -> float | None:
+    """``arch`` measured on ``device`` as the search measures candidates (a standalone subnet
+    through ``search_algorithm.device_measure_fn``), holding the CPU lock exclusively; None
+    when the device cannot be measured here."""
+    profile = stages.device_profile(params, device)
+    usability = check_usable(profile)
+    if not usability.usable:
+        print(f"{device}: cannot measure here ({usability.reason})", flush=True)
+        return None
+    space = SearchSpace()
+    num_classes = int(stages.section(params, "search").get("num_classes", 1000))
+    measure = device_measure_fn(space, {device: profile}, num_classes=num_classes, resolution=profile.resolution)
+    candidate = Candidate(tuple(int(g) for g in space.encode(arch)), float("nan"), {f"latency_ms.{device}": 0.0})
+    with stage_lock("exclusive"):
+        return float(measure(candidate)[device])
+
+
+def _estimate(estimator: LatencyEstimator | None, arch: ArchConfig | None) -> float | None:
+    return None if estimator is None or arch is None else float(estimator.predict(arch)[0])
+
+
+def _device_value(values: Mapping[str, float] | None, device: str) -> float | None:
+    value = (values or {}).get(device)
+    return None if value is None else float(value)
+
+
+def searched_models(params: Mapping[str, Any], device: str, layout: stages.Layout, before: Before,
+                    runs: Sequence[stages.SearchRun], estimators: Mapping[str, LatencyEstimator | None]) -> list[dict]:
+    """The deployed (before) and new architecture of each search: target, calibrated and
+    measured latency, old vs new (``nas_core.reprofile_report`` rows). The deployed one is
+    measured on the new runtime here, unless the new search chose it and measured it."""
+    after = _summaries(layout, runs)
+    rows = []
+    for run in runs:
+        old, new = before.summaries.get(run.key), after.get(run.key)
+        old_arch = read_arch(before.arch_json(run.key))
+        new_arch = read_arch(stages.searched_arch(layout, run.key)) if new else None
+        targets = {"target_old_ms": _device_value((old or {}).get("targets_ms"), device),
+                   "target_new_ms": _device_value((new or {}).get("targets_ms"), device)}
+        new_measured = _device_value((new or {}).get("measured_ms"), device)
+        if new_arch is not None and new_measured is None:
+            new_measured = measure_arch(params, device, new_arch)
+        if old_arch is not None and new_arch is not None and old_arch.arch_id == new_arch.arch_id:
+            deployed_now = new_measured
+        else:
+            deployed_now = measure_arch(params, device, old_arch) if old_arch is not None else None
+        rows.append(searched_model_row(
+            run.key, device, "deployed", old, **targets,
+            calibrated={"old": _estimate(estimators["old"], old_arch), "new": _estimate(estimators["new"], old_arch)},
+            measured={"old": _device_value((old or {}).get("measured_ms"), device), "new": deployed_now}))
+        rows.append(searched_model_row(
+            run.key, device, "new", new, **targets,
+            calibrated={"old": _estimate(estimators["old"], new_arch), "new": _estimate(estimators["new"], new_arch)},
+            measured={"old": None, "new": new_measured}))
+    return rows
+
+
+# --------------------------------------------------------------------------- one device
 def reprofile_device(params: Mapping[str, Any], device: str, root: str = str(stages.DATA_ROOT),
-                     threshold: float = DEFAULT_THRESHOLD, results: str | None = None) -> dict[str, Any]:
-    """Re-profile one device if its runtime changed; returns what happened (and the report's paths)."""
-    from nas_core.io import read_json, read_parquet, utc_now, write_json, write_parquet, write_text
-    from nas_core.report import change_report_markdown, lut_changes, search_change_rows
-
+                     rule: ChangeRule | None = None, results: str | None = None, force: bool = False,
+                     finished: dict[str, dict] | None = None) -> dict[str, Any]:
+    """Re-profile one device if its runtime changed (or ``force``): set its artifacts aside,
+    re-run its steps, measure the deployed models and write the change report. Returns what
+    happened: ``status``, the report's paths, ``steps`` ({step id: status} of what ran).
+    ``finished`` collects the steps as they complete (see ``run_steps``)."""
+    rule = rule or change_rule(params)
     layout = stages.Layout(root)
     paths = layout.lut_paths(device)
     if not paths.lut.exists():
         return {"status": "skipped", "reason": f"{paths.lut} does not exist yet (run scan-edge reproduce)"}
     recorded, installed = recorded_runtime_version(paths.lut), installed_runtime_version(params, device)
-    if recorded == installed:
+    if recorded == installed and not force:
         return {"status": "unchanged", "runtime_version": installed}
-    print(f"{device}: runtime {recorded} -> {installed}: re-profiling", flush=True)
+    why = f"runtime {recorded} -> {installed}" if recorded != installed else f"runtime {installed}, --force"
+    print(f"{device}: {why}: re-profiling", flush=True)
     stamp = utc_now().replace(":", "").replace("+0000", "Z")
     runs = _device_runs(params, device)
-    aside = layout.root / "reprofile" / device / stamp / "before"
-    before = set_aside(layout, device, runs, aside)
-    run_steps(device_steps(params, device, root), params, root, results, refresh=True)
+    before = set_aside(layout, device, runs, layout.root / "reprofile" / device / stamp / "before")
+    planned = device_steps(params, device, root)
+    finished = finished if finished is not None else {}
+    run_steps(planned, params, root, results, refresh=True, finished=finished)
 
-    moved = lut_changes(before["lut"], read_parquet(paths.lut), threshold)
-    searches = search_change_rows(before["searches"], _summaries(layout, runs))
+    estimators = {"old": estimator_or_none(params, device, before.lut, before.fit, recorded),
+                  "new": estimator_or_none(params, device, paths.lut, paths.fit, installed)}
+    models = searched_models(params, device, layout, before, runs, estimators)
+    comparison = compare_luts(read_parquet(before.lut), read_parquet(paths.lut), rule,
+                              read_provenance(before.lut), read_provenance(paths.lut))
+    report = write_change_report(layout.root / "reprofile" / f"{device}-{stamp}", device, recorded, installed,
+                                 force, comparison, models, before, paths)
+    flagged = comparison.summary()
+    return {"status": "reprofiled", **report, "blocks_flagged": flagged["blocks_flagged"],
+            "blocks_compared": flagged["blocks_compared"],
+            "searches_changed": sum(row["model"] == "new" and row["arch_id"] != _deployed_id(models, row["run"])
+                                    for row in models),
+            "steps": {step.id: finished[step.id]["status"] for step in planned}}
+
+
+def _deployed_id(models: Sequence[Mapping], run: str) -> str | None:
+    return next((row["arch_id"] for row in models if row["run"] == run and row["model"] == "deployed"), None)
+
+
+def write_change_report(base: Path, device: str, recorded: str | None, installed: str | None, forced: bool,
+                        comparison: LutComparison, models: list[dict], before: Before, paths) -> dict[str, str]:
+    """``<base>.md``, ``.json`` and ``.blocks.parquet``; returns their paths."""
     after_fit = read_json(paths.fit) if paths.fit.exists() else None
-    base = layout.root / "reprofile" / f"{device}-{stamp}"
-    sources = {"old LUT": str(aside / paths.lut.name), "new LUT": str(paths.lut), "new fit": str(paths.fit)}
-    written = {
-        "blocks": write_parquet(base.with_suffix(".blocks.parquet"), moved,
-                                {"device": device, "old_runtime": recorded, "new_runtime": installed,
-                                 "threshold": threshold}),
-        "markdown": write_text(base.with_suffix(".md"), change_report_markdown(
-            device, recorded, installed, moved, len(before["lut"]), threshold,
-            {"before": before["fit"], "after": after_fit}, searches, sources)),
-    }
-    document = {"device": device, "old_runtime_version": recorded, "new_runtime_version": installed,
-                "threshold": threshold, "blocks_moved": len(moved), "blocks_compared": len(before["lut"]),
-                "fit_before": _fit_summary(before["fit"]), "fit_after": _fit_summary(after_fit),
-                "searches": searches, "sources": sources, "created": utc_now()}
-    written["json"] = write_json(base.with_suffix(".json"), document)
-    return {"status": "reprofiled", **{k: str(v) for k, v in written.items()},
-            "blocks_moved": len(moved), "searches_changed": sum(row["changed"] for row in searches)}
+    before_fit = read_json(before.fit) if before.fit else None
+    sources = {"old LUT": str(before.lut), "new LUT": str(paths.lut), "new fit": str(paths.fit)}
+    written_at = utc_now()
+    header = {"device": device, "old_runtime_version": recorded, "new_runtime_version": installed, "forced": forced}
+    blocks = write_parquet(_beside(base, ".blocks.parquet"), comparison.frame,
+                           {**header, "rule": comparison.rule.to_dict()})
+    markdown = write_text(_beside(base, ".md"), change_report_markdown(
+        device, recorded, installed, forced=forced, comparison=comparison,
+        fits={"before": before_fit, "after": after_fit}, models=models, sources=sources, written=written_at))
+    document = {**header, "blocks": comparison.summary(), "models": models,
+                "fit_before": _fit_summary(before_fit), "fit_after": _fit_summary(after_fit),
+                "sources": sources, "created": written_at}
+    return {"markdown": str(markdown), "json": str(write_json(_beside(base, ".json"), document)),
+            "blocks": str(blocks)}
+
+
+def _beside(base: Path, suffix: str) -> Path:
+    return base.parent / f"{base.name}{suffix}"  # not with_suffix: a device name may hold a dot
 
 
 def _fit_summary(fit: Mapping | None) -> dict | None:
     if not fit:
         return None
-    return {"a": fit["a"], "b": fit["b"], "validation": fit.get("metrics", {}).get("validation", {}).get("calibrated")}
+    return {"a": fit.get("a"), "b": fit.get("b"), "model": fit.get("model"),
+            "validation": ((fit.get("metrics") or {}).get("validation") or {}).get("calibrated")}
+
+
+# --------------------------------------------------------------------------- the flow
+def bring_up_to_date(params: Mapping[str, Any], root: str, results: str | None, done: Iterable[str],
+                     devices: Iterable[str], finished: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Run the steps that depend on ``done`` (:func:`dependent_steps`) through their cached
+    tasks; returns their outcome (``finished`` collects them as they complete)."""
+    plan = stages.pipeline_steps(params, root)
+    upstream = dvc_upstream() if dvc_tracks(root) else {}
+    steps = dependent_steps(plan, done, devices, params, upstream)
+    finished = finished if finished is not None else {}
+    run_steps(steps, params, root, results, finished=finished)
+    return {step.id: finished[step.id] for step in steps}
+
+
+def record_in_dvc(root: str, steps: Sequence[str]) -> list[str]:
+    """``dvc commit`` the stages ``steps`` when ``root`` is the DVC project's ``data/``;
+    returns the ones recorded (none when DVC does not track ``root`` or the commit failed)."""
+    if not steps or not dvc_tracks(root):
+        return []
+    return list(steps) if dvc_commit(".", list(steps)) else []
 
 
 @flow(name="reprofile", log_prints=True)
 def reprofile_flow(params_file: str = "params.yaml", profile: str | None = None, root: str = str(stages.DATA_ROOT),
-                   devices: list[str] | None = None, threshold: float = DEFAULT_THRESHOLD,
-                   results: str | None = None) -> dict[str, dict]:
-    """Re-profile every searched device (or ``devices``) whose runtime changed. The params
-    are read when the flow runs, so a scheduled deployment follows edits of params.yaml."""
+                   devices: list[str] | None = None, results: str | None = None, force: bool = False,
+                   searches_only: bool = False, rule: dict | None = None) -> dict[str, Any]:
+    """Re-profile every searched device (or ``devices``) whose runtime changed (every one
+    with ``force``), then bring what depends on them up to date (unless ``searches_only``)
+    and record what ran in dvc.lock. ``rule`` overrides params ``reprofile:`` (z,
+    min_change, session_floor). The params are read when the flow runs, so a scheduled
+    deployment follows edits of params.yaml. Returns ``{"devices": {device: outcome},
+    "downstream": {step id: status}, "recorded_in_dvc": [step ids]}``."""
     from nas_core.params import load_params
 
     params = load_params(params_file, profile)
     chosen = devices or stages.search_devices(params)
-    outcome = {device: reprofile_device(params, device, root, threshold, results) for device in chosen}
-    for device, result in outcome.items():
-        print(f"{device}: {result['status']}" + (f" -> {result['markdown']}" if "markdown" in result else ""),
-              flush=True)
-    return outcome
+    checked = change_rule(params, rule)
+    finished: dict[str, dict] = {}  # every step that completed, recorded in dvc.lock even if a later one fails
+    try:
+        outcome = {device: reprofile_device(params, device, root, checked, results, force, finished)
+                   for device in chosen}
+        for device, result in outcome.items():
+            print(f"{device}: {result['status']}" + (f" -> {result['markdown']}" if "markdown" in result else ""),
+                  flush=True)
+        reprofiled = [device for device, result in outcome.items() if result["status"] == "reprofiled"]
+        downstream: dict[str, dict] = {}
+        if reprofiled and not searches_only:
+            downstream = bring_up_to_date(params, root, results, list(finished), reprofiled, finished)
+        elif reprofiled:
+            print("searches_only: the fine-tunes and what follows them are stale now (scan-edge status lists "
+                  "them; scan-edge reproduce brings them up to date)", flush=True)
+    finally:
+        recorded = record_in_dvc(root, list(finished))
+    return {"devices": outcome, "downstream": {step: o["status"] for step, o in downstream.items()},
+            "recorded_in_dvc": recorded}
 
 
 def reprofile_deployment(cron: str = DEFAULT_CRON, *, params_file: str = "params.yaml", profile: str | None = None,
-                         root: str = str(stages.DATA_ROOT), threshold: float = DEFAULT_THRESHOLD,
-                         name: str = "reprofile"):
+                         root: str = str(stages.DATA_ROOT), searches_only: bool = False,
+                         rule: dict | None = None, name: str = "reprofile"):
     """The flow as a deployment on a cron schedule (``flow.to_deployment``; serve it with
     ``prefect.serve``, which needs a real Prefect server)."""
     parameters = {"params_file": str(Path(params_file).resolve()), "profile": profile,
-                  "root": str(Path(root).resolve()), "threshold": threshold}
+                  "root": str(Path(root).resolve()), "searches_only": searches_only, "rule": rule}
     return reprofile_flow.to_deployment(name=name, cron=cron, parameters=parameters,
-                                        description="Re-profile devices whose runtime version changed; write a "
-                                                    "change report under data/reprofile/.")
+                                        description="Re-profile devices whose runtime version changed, bring the "
+                                                    "pipeline up to date; write a change report under "
+                                                    "data/reprofile/.")
 
 
 def serve_reprofile(cron: str = DEFAULT_CRON, **kwargs: Any) -> None:
@@ -172,5 +386,6 @@ def serve_reprofile(cron: str = DEFAULT_CRON, **kwargs: Any) -> None:
         serve(reprofile_deployment(cron, **kwargs))
 
 
-__all__ = ["reprofile_flow", "reprofile_device", "reprofile_deployment", "serve_reprofile",
-           "installed_runtime_version", "recorded_runtime_version", "device_steps", "DEFAULT_CRON"]
+__all__ = ["reprofile_flow", "reprofile_device", "reprofile_deployment", "serve_reprofile", "dependent_steps",
+           "installed_runtime_version", "recorded_runtime_version", "device_steps", "forget_resume_stamps",
+           "change_rule", "DEFAULT_CRON"]

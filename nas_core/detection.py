@@ -54,7 +54,7 @@ import time
 from collections import OrderedDict
 from functools import partial
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -105,6 +105,7 @@ class DetectionConfig:
     eval_batch_size: int = 16
     num_workers: int = 0
     seed: int = 0
+    skip_bad_images: bool = False        # leave unreadable images out (listed in metrics.json) instead of failing
     devices: tuple[str, ...] = ("ort_cpu_fp32", "openvino_cpu_fp32", "openvino_cpu_lowp", "tensorrt_fp32")
     timing: dict | None = None           # nas_core.latency.timing.TimingConfig overrides
     synthetic: dict | None = None        # generate_detection() arguments of the default dataset
@@ -287,27 +288,45 @@ class DetectionTransform:
         return image.as_subclass(torch.Tensor), out
 
 
-def detection_datasets(root: str | os.PathLike, augment: str = "none"):
-    """``(train, test, paths)`` CocoDetectionDatasets of a COCO-layout folder:
-    ``root/images/`` with ``root/instances_train.json`` and ``root/instances_test.json``
-    (the layout of ``generate_detection`` and ``../shared/datasets/raccoon``). The data
-    layer validates both files; its errors name the file, image and annotation."""
-    from .data.coco import CocoDetectionDataset
+def detection_datasets(root: str | os.PathLike, augment: str = "none", skip_bad_images: bool = False):
+    """``(train, test, paths)`` CocoDetectionDatasets of a detection folder in the standard
+    COCO layout (``annotations/instances_train2017.json`` + ``train2017/``, held out:
+    ``instances_val2017.json`` + ``val2017/``) or the flat one (``images/``,
+    ``instances_train.json``, ``instances_test.json``): ``nas_core.data.coco.find_coco_folder``.
+    The data layer validates both files (its errors name the file, image and annotation),
+    then every image is decoded once, up front (``nas_core.data.folders.checked_manifest``'s
+    cached check): unreadable images are one error listing them all, or are left out with
+    ``skip_bad_images`` (``paths["skipped_images"]``)."""
+    from .data.coco import CocoDetectionDataset, find_coco_folder
 
-    root = Path(root)
-    paths = {"images": root / "images", "train": root / "instances_train.json", "test": root / "instances_test.json"}
-    for key in ("train", "test"):
-        if not paths[key].exists():
-            raise FileNotFoundError(f"{paths[key]}: no such file; a detection dataset folder holds images/, "
-                                    "instances_train.json and instances_test.json (COCO format)")
-    train = CocoDetectionDataset(paths["images"], paths["train"], transforms=DetectionTransform(augment))
-    test = CocoDetectionDataset(paths["images"], paths["test"], transforms=DetectionTransform("none"))
+    folder = find_coco_folder(root)
+    train = CocoDetectionDataset(folder.train_images, folder.train_json, transforms=DetectionTransform(augment))
+    test = CocoDetectionDataset(folder.test_images, folder.test_json, transforms=DetectionTransform("none"))
     if train.instances.categories != test.instances.categories:
-        raise ValueError(f"{paths['train']} and {paths['test']} list different categories: "
+        raise ValueError(f"{folder.train_json} and {folder.test_json} list different categories: "
                          f"{train.instances.categories} vs {test.instances.categories}")
+    skipped = drop_unreadable_images(folder, (train, test), skip_bad_images)
     if not any(r.boxes for r in train.records):
-        raise ValueError(f"{paths['train']}: no image has a box; nothing to learn from")
+        raise ValueError(f"{folder.train_json}: no image has a box; nothing to learn from")
+    paths = {**folder.describe(), "images": str(folder.train_images), "skipped_images": skipped}
+    paths["train"], paths["test"] = folder.train_json, folder.test_json
     return train, test, paths
+
+
+def drop_unreadable_images(folder, datasets, skip: bool) -> dict[str, str]:
+    """Decode every image of ``datasets`` once (cached by size and mtime); raise one error
+    listing the unreadable ones, or (``skip``) remove them from the datasets and return them."""
+    from .data.folders import BadImagesError, check_cache_file, find_unreadable_images
+
+    paths = list(dict.fromkeys(str(r.path) for d in datasets for r in d.records))
+    bad = find_unreadable_images(paths, cache_file=check_cache_file(folder.root))
+    if bad and not skip:
+        shown = "\n  ".join(list(bad.values())[:50]) + (f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else "")
+        raise BadImagesError(f"{folder.root}: {len(bad)} unreadable image(s) of {len(paths)}:\n  {shown}\nFix or "
+                             "remove them, or set detection.skip_bad_images: true to train without them.", bad)
+    for dataset in datasets:
+        dataset.without_images(bad)
+    return bad
 
 
 SYNTHETIC_DEFAULTS = {"num_train": 400, "num_test": 100, "image_size": 128, "seed": 0}
@@ -459,7 +478,7 @@ class SSDLiteExport(nn.Module):
 def run_detection(model_ref: str, data_dir: str | os.PathLike, out_root: str | os.PathLike = "data/detection",
                   name: str | None = None, config: DetectionConfig | None = None, supernet: str | None = None,
                   devices_section: Mapping | None = None, resume: bool = True, overwrite: bool = False,
-                  progress: bool = True, lock: Lock = no_lock) -> dict:
+                  progress: bool = True, lock: Lock = no_lock, access_of: Callable | None = None) -> dict:
     """Train and evaluate SSDLite with the backbone ``model_ref`` on the COCO folder
     ``data_dir``; export it, time it and write ``out_root/<name>/metrics.json`` (module
     docstring). ``model_ref`` is anything ``finetune.load_classifier`` accepts: a
@@ -475,7 +494,8 @@ def run_detection(model_ref: str, data_dir: str | os.PathLike, out_root: str | o
     from .train import init_distributed, seed_everything
 
     config = config or DetectionConfig()
-    train_set, test_set, paths = detection_datasets(data_dir, config.augment)  # validate the data first
+    train_set, test_set, paths = detection_datasets(data_dir, config.augment,  # validate the data first
+                                                    config.skip_bad_images)
     with lock("shared"):  # training, evaluation and export: other shared work may run beside them
         seed_everything(config.seed)  # random backbones, the head's and extra blocks' initialisation
         classifier, source = load_classifier(model_ref, supernet=supernet)
@@ -500,14 +520,16 @@ def run_detection(model_ref: str, data_dir: str | os.PathLike, out_root: str | o
         shape = (1, 3, config.resolution, config.resolution)
         onnx_path = export_onnx(deployed, shape, out / "model.onnx")
     with lock("exclusive"):  # taken after the shared one is released: a holder cannot upgrade
-        latency = measure_latency(deployed, shape, config.devices, devices_section, config.timing, onnx_path=onnx_path)
+        latency = measure_latency(deployed, shape, config.devices, devices_section, config.timing, onnx_path=onnx_path,
+                                  access_of=access_of, job_name=f"detection-{name}")
     torch_save(out / "model.pt", {"kind": "ssdlite", "backbone": source, "num_classes": train_set.num_classes,
                                   "resolution": config.resolution, "config": config.to_dict(),
                                   "label_names": train_set.label_names, "state_dict": detector.state_dict()})
     metrics = {
         "name": name, "backbone": source,
-        "dataset": {"root": str(data_dir), "train_images": len(train_set), "test_images": len(test_set),
-                    "categories": train_set.label_names[1:]},
+        "dataset": {"root": str(data_dir), "layout": paths["layout"], "train_images": len(train_set),
+                    "test_images": len(test_set), "categories": train_set.label_names[1:],
+                    "skipped_images": paths["skipped_images"]},
         "resolution": config.resolution, "num_classes": train_set.num_classes,
         "params": count_params(deployed), "macs": count_macs(deployed, shape),
         "coco": coco,

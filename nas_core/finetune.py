@@ -48,7 +48,8 @@ Outputs of :func:`finetune` under ``data/finetune/<name>/``:
                              "runtime_version", "input_shape"} | {"skipped": reason}},
      "searched_for": [device, ...]  (the .arch.json's devices; timed first),
      "estimated_latency_ms": {device: ms} | null  (the search's LUT estimate),
-     "exports": {"onnx", "input_shape", "openvino" | {"skipped"}, "tensorrt" | {"skipped"}},
+     "exports": {"onnx", "input_shape", "openvino" | {"skipped"}, "tensorrt" | {"skipped"},
+                 "tensorrt_check"?: {"max_abs_diff", "outputs"} (the engine's outputs against torch)},
      "train": {"epochs", "seconds", "final_loss", "distillation"},
      "supernet": {"path", "sha256"} | null, "dataset", "config", "provenance"}
 
@@ -94,8 +95,9 @@ from .data.folders import seed_worker
 from .io import (code_version, file_sha256, machine_fingerprint, read_json, torch_load,
                  torch_save, utc_now, write_json, write_parquet)
 from .locks import Lock, no_lock
+from .recipe import build_mixup, build_teacher, check_mixup, classification_criterion
 from .train import (DistContext, apply_gradients, average_bn_statistics, broadcast_state,
-                    build_optimizer_and_scheduler, build_teacher, gather_rng_states, init_distributed,
+                    build_optimizer_and_scheduler, gather_rng_states, init_distributed,
                     restore_training_state, seed_everything)
 
 CHECKPOINT_FORMAT = "scan-edge/trainer-checkpoint/v1"
@@ -141,6 +143,7 @@ class TrainRecipe:
     weight_decay: float = 0.025
     momentum: float = 0.9
     clip_grad: float | None = None
+    clip_mode: str = "norm"              # timm dispatch_clip_grad: norm | value | agc
     steps_per_epoch: int | None = None
     seed: int = 0
     num_workers: int = 0
@@ -188,15 +191,20 @@ class FinetuneConfig:
     weight_decay: float = 0.025
     momentum: float = 0.9
     clip_grad: float | None = None
+    clip_mode: str = "norm"              # timm dispatch_clip_grad: norm | value | agc
     smoothing: float = 0.1
     drop_path: float = 0.0
-    teacher: str | None = None           # timm name for hard distillation (paper: regnety_160)
+    mixup: dict | None = None            # timm.data.Mixup arguments (mixup_alpha, cutmix_alpha, ...); None: off
+    teacher: str | None = None           # timm tag for hard distillation (paper: regnety_160.deit_in1k)
     teacher_checkpoint: str | None = None
+    teacher_stand_in: str | None = None  # dry runs: a timm model (random weights) when the teacher cannot load
     amp: bool = True
     seed: int = 0
     num_workers: int = 0
     cache_images: bool = False
+    skip_bad_images: bool = False        # leave unreadable images out (listed in metrics.json)
     augment: dict | None = None          # overrides of nas_core.data.folders.DEFAULT_TRAIN_AUGMENT
+    eval_transform: dict | None = None   # overrides of nas_core.data.folders.DEFAULT_EVAL_TRANSFORM (crop_pct)
     eval_every: int = 1
     eval_batch_size: int = 256
     eval_split: str = "test"             # split of the reported (inherited / fine-tuned) accuracy
@@ -289,7 +297,7 @@ class ModelTrainer:
                 loss, parts = self.step_fn(self.model, batch, self.ctx.device)
             self.scaler.scale(loss).backward()
             self.step = apply_gradients(params, self.optimizer, self.scheduler, self.scaler, self.ctx.world_size,
-                                        self.recipe.clip_grad, self.step)
+                                        self.recipe.clip_grad, self.step, self.recipe.clip_mode)
             for key, value in {"loss": float(loss.detach()), **parts}.items():
                 totals[key] = totals.get(key, 0.0) + value
             done += 1
@@ -408,18 +416,21 @@ def train_epochs(model: nn.Module, train_dataset: Dataset, step_fn: StepFn, reci
 
 # --------------------------------------------------------------------------- classification
 class ClassificationStep:
-    """Cross-entropy (label smoothing) on the labels; with a teacher, DeiT's hard
-    distillation: ``(CE(cls, y) + CE(dist, argmax teacher(x))) / 2`` on a model whose
-    ``distilled_training`` makes it return ``(cls, dist)`` in train mode."""
+    """Cross-entropy (label smoothing) on the labels; with ``mixup`` (a ``timm.data.Mixup``)
+    the batch is mixed first and the loss is soft-target cross-entropy on the mixed,
+    smoothed targets; with a teacher, DeiT's hard distillation:
+    ``(CE(cls, y) + CE(dist, argmax teacher(x))) / 2`` (the teacher sees the mixed images)
+    on a model whose ``distilled_training`` makes it return ``(cls, dist)`` in train mode."""
 
-    def __init__(self, smoothing: float = 0.0, teacher: nn.Module | None = None):
-        from timm.loss import LabelSmoothingCrossEntropy
-
-        self.criterion = LabelSmoothingCrossEntropy(smoothing) if smoothing > 0 else nn.CrossEntropyLoss()
+    def __init__(self, smoothing: float = 0.0, teacher: nn.Module | None = None, mixup=None):
+        self.mixup = mixup
+        self.criterion = classification_criterion(smoothing, mixup)
         self.teacher = teacher
 
     def __call__(self, model: nn.Module, batch, device: torch.device):
         images, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        if self.mixup is not None:
+            images, labels = self.mixup(images, labels)
         out = model(images)
         cls, dist_logits = out if isinstance(out, tuple) else (out, None)
         loss = self.criterion(cls, labels)
@@ -453,15 +464,19 @@ def train_classifier(model: nn.Module, train_dataset: Dataset, config, out_dir: 
     ctx = init_distributed()
     teacher = None
     if distillation_enabled(config, model):
-        teacher = build_teacher(config.teacher, config.teacher_checkpoint, num_classes, ctx.device)
+        teacher = build_teacher(config.teacher, config.teacher_checkpoint, num_classes, ctx.device,
+                                config.teacher_stand_in)
         model.distilled_training = True
+    check_mixup(config.mixup, config.batch_size // ctx.world_size, desc)
+    mixup = build_mixup(config.mixup, config.smoothing, num_classes)
 
     def validate(m: nn.Module) -> dict[str, float]:
         result = evaluate(m, val_loader)
         return {"val_top1": result["top1"], "val_top5": result["top5"], "val_loss": result["loss"]}
 
     seed_everything(config.seed + 1_000_003 * ctx.rank)  # augmentation / drop path draws per rank
-    log = train_epochs(model, train_dataset, ClassificationStep(config.smoothing, teacher), TrainRecipe.from_config(config),
+    log = train_epochs(model, train_dataset, ClassificationStep(config.smoothing, teacher, mixup),
+                       TrainRecipe.from_config(config),
                        out_dir, resume=resume, overwrite=overwrite, evaluate_fn=validate if val_loader else None,
                        eval_every=config.eval_every, ctx=ctx, identity=identity, progress=progress, desc=desc)
     if teacher is not None:
@@ -482,6 +497,7 @@ class ClassificationData:
     calib_batches: list[torch.Tensor]
     class_names: list[str]
     eval_split: str
+    skipped_images: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -490,30 +506,34 @@ class ClassificationData:
     def describe(self) -> dict[str, Any]:
         return {"root": str(self.root), "classes": self.num_classes, "train_images": len(self.train),
                 "val_images": len(self.val_loader.dataset), "eval_split": self.eval_split,
-                "eval_images": len(self.eval_loader.dataset)}
+                "eval_images": len(self.eval_loader.dataset), "skipped_images": self.skipped_images}
 
 
 def classification_data(root: str | os.PathLike, resolution: int, config, manifest_kwargs: Mapping | None = None
                         ) -> ClassificationData:
     """:class:`ClassificationData` for the dataset at ``root`` (``manifest.parquet``, an
     ImageNet layout or one folder per class: ``nas_core.data.folders.load_manifest``)."""
-    from .data.folders import ManifestDataset, build_loader, build_transform, class_names, load_manifest
+    from .data.folders import ManifestDataset, build_loader, build_transform, class_names, load_checked_manifest
     from .evaluate import calibration_batches
 
-    manifest = load_manifest(root, **dict(manifest_kwargs or {}))
+    # Every image decoded once before anything trains: one error listing the unreadable ones.
+    manifest = load_checked_manifest(root, config.skip_bad_images, **dict(manifest_kwargs or {}))
     splits = set(manifest["split"])
     eval_split = config.eval_split if config.eval_split in splits else "val"
     train = ManifestDataset(manifest, root, "train", build_transform(resolution, True, config.augment),
                             cache=config.cache_images, decode_side=2 * resolution)
     val_loader = build_loader(manifest, root, "val", resolution, config.eval_batch_size, train=False,
-                              num_workers=config.num_workers, cache=config.cache_images)
+                              num_workers=config.num_workers, cache=config.cache_images,
+                              eval_transform=config.eval_transform)
     eval_loader = val_loader if eval_split == "val" else build_loader(
         manifest, root, eval_split, resolution, config.eval_batch_size, train=False,
-        num_workers=config.num_workers, cache=config.cache_images)
-    calib_source = ManifestDataset(manifest, root, "train", build_transform(resolution, False), decode_side=2 * resolution)
+        num_workers=config.num_workers, cache=config.cache_images, eval_transform=config.eval_transform)
+    calib_source = ManifestDataset(manifest, root, "train", build_transform(resolution, False, config.eval_transform),
+                                   decode_side=2 * resolution)
     batches = min(config.bn_calib_batches, max(1, len(calib_source) // config.bn_calib_batch_size))
     calib = calibration_batches(calib_source, batches, min(config.bn_calib_batch_size, len(calib_source)), config.seed)
-    return ClassificationData(Path(root), train, val_loader, eval_loader, calib, class_names(manifest), eval_split)
+    return ClassificationData(Path(root), train, val_loader, eval_loader, calib, class_names(manifest), eval_split,
+                              dict(manifest.attrs.get("skipped_images") or {}))
 
 
 # --------------------------------------------------------------------------- models and their files
@@ -656,11 +676,16 @@ def load_classifier(ref: str, supernet: str | os.PathLike | None = None, num_cla
 def measure_latency(module: nn.Module, input_shape: Sequence[int], device_names: Sequence[str],
                     devices_section: Mapping | None = None, timing: Mapping | None = None,
                     onnx_path: str | os.PathLike | None = None,
-                    workdir: str | os.PathLike | None = None) -> dict[str, dict]:
+                    workdir: str | os.PathLike | None = None, access_of: Callable | None = None,
+                    job_name: str = "model") -> dict[str, dict]:
     """Latency of ``module`` on each named device profile usable here; the others get
     ``{"skipped": reason}`` (e.g. TensorRT without a GPU), as does a runtime that fails on
     the model. ONNX backends time ``onnx_path`` when given (the very file shipped) and
-    otherwise export to ``workdir``; the torch backend times the eager module."""
+    otherwise export to ``workdir``; the torch backend times the eager module.
+
+    ``access_of(profile)`` (``nas_core.latency.location``) is where an ONNX model is timed:
+    the pipeline passes it, so a board's model is timed on the board (job ``job_name``),
+    never here. Without it, only profiles this machine runs are timed."""
     from .latency.devices import check_usable, get_profile, load_profiles
     from .latency.measure import measure_module, measure_onnx
     from .latency.timing import TimingConfig
@@ -670,6 +695,10 @@ def measure_latency(module: nn.Module, input_shape: Sequence[int], device_names:
     results: dict[str, dict] = {}
     for name in dict.fromkeys(device_names):
         profile = get_profile(name, profiles)
+        if access_of is not None and profile.backend != "torch":
+            results[name] = _time_through_access(access_of(profile), module, input_shape, config, onnx_path, workdir,
+                                                 job_name)
+            continue
         usability = check_usable(profile)
         if not usability.usable:
             results[name] = {"skipped": usability.reason}
@@ -690,6 +719,33 @@ def measure_latency(module: nn.Module, input_shape: Sequence[int], device_names:
             "input_shape": list(input_shape),
         }
     return results
+
+
+def _time_through_access(access, module: nn.Module, input_shape: Sequence[int], config, onnx_path, workdir,
+                         job_name: str) -> dict:
+    """One model timed on a device through its access; ``{"skipped": reason}`` when it cannot be."""
+    import tempfile
+
+    from .latency.export import export_onnx
+    from .latency.location import MeasurementsPending, TimingJob
+    from .latency.timing import ModelEntry
+
+    profile = access.profile
+    with tempfile.TemporaryDirectory(prefix="scan-edge-model-") as tmp:
+        folder = Path(workdir or tmp)
+        path = Path(onnx_path) if onnx_path is not None else export_onnx(module, input_shape, folder / "model.onnx")
+        job = TimingJob(job_name, (ModelEntry(job_name, path, tuple(input_shape)),), job_name, config)
+        try:
+            row = access.time(job, folder / f"{profile.name}.timing.parquet", resume=False, progress=False)[0]
+        except MeasurementsPending:
+            raise
+        except Exception as err:  # a runtime that cannot compile this model: record why, go on
+            return {"skipped": f"failed on {profile.name}: {type(err).__name__}: {err}"}
+    return {"median_ms": row["median_ms"], "p10_ms": row["p10_ms"], "p90_ms": row["p90_ms"],
+            "repeats": row["repeats"], "stable": row["stable"], "threads": profile.threads,
+            "precision": profile.precision, "precision_actual": row.get("precision_actual"),
+            "runtime": row.get("runtime"), "runtime_version": row.get("runtime_version"),
+            "input_shape": list(input_shape), "location": access.location}
 
 
 def tensorrt_unavailable_reason() -> str | None:
@@ -747,9 +803,35 @@ def export_all(model: nn.Module, input_shape: Sequence[int], out_dir: Path, open
         else:
             try:
                 exports["tensorrt"] = str(export_tensorrt(onnx_path, out_dir / "model.engine"))
+                exports["tensorrt_check"] = tensorrt_matches_torch(model, onnx_path, input_shape)
             except Exception as err:
                 exports["tensorrt"] = {"skipped": f"{type(err).__name__}: {err}"}
     return exports
+
+
+def tensorrt_matches_torch(model: nn.Module, onnx_path: str | os.PathLike, input_shape: Sequence[int],
+                           atol: float = 1e-3, rtol: float = 1e-3) -> dict[str, float]:
+    """Run the TensorRT engine built from ``onnx_path`` and ``model`` (torch, CPU) on the same
+    input; raise if any output differs beyond ``atol + rtol * |torch|``. Returns the largest
+    absolute difference, for the record (a wrong engine must not be timed or shipped)."""
+    from .latency.timing import TensorRtSession, make_input
+
+    session = TensorRtSession(onnx_path, input_shape, {"precision": "fp32", "options": {}})
+    try:
+        session.run()
+        engine_outputs = session.outputs()
+    finally:
+        session.close()
+    with torch.no_grad():
+        torch_out = model.eval().cpu()(torch.from_numpy(make_input(input_shape)))
+    torch_outputs = [t.numpy() for t in (torch_out if isinstance(torch_out, (tuple, list)) else [torch_out])]
+    worst = 0.0
+    for got, want in zip(engine_outputs, torch_outputs):
+        diff = np.abs(got.reshape(want.shape) - want)
+        worst = max(worst, float(diff.max()))
+        if not np.all(diff <= atol + rtol * np.abs(want)):
+            raise RuntimeError(f"TensorRT engine of {onnx_path} differs from torch by up to {float(diff.max()):.3g}")
+    return {"max_abs_diff": worst, "outputs": len(torch_outputs)}
 
 
 # --------------------------------------------------------------------------- the stage
@@ -824,8 +906,10 @@ def finetune(ref: str, *, data_root: str | os.PathLike = DEFAULT_DATA,
              out_root: str | os.PathLike = DEFAULT_OUT, config: FinetuneConfig | None = None,
              init: str | None = None, predicted_accuracy: float | None = None,
              devices_section: Mapping | None = None, resume: bool = True, overwrite: bool = False,
-             progress: bool = True, lock: Lock = no_lock) -> dict[str, Any]:
+             progress: bool = True, lock: Lock = no_lock, access_of: Callable | None = None) -> dict[str, Any]:
     """Fine-tune (or train a baseline) and write ``out_root/<name>/`` (module docstring).
+
+    ``access_of(profile)``: where each device's latency is measured (``measure_latency``).
 
     ``ref``: a search's ``.arch.json``, a preset name, or ``mobilenetv2_100``. ``init``:
     ``supernet`` (inherit; the default for members of the space) or ``scratch`` (the
@@ -878,7 +962,7 @@ def finetune(ref: str, *, data_root: str | os.PathLike = DEFAULT_DATA,
     searched_for = list((record.get("latency_ms") or {}).keys())
     with lock("exclusive"):  # taken after the shared one is released: a holder cannot upgrade
         latency = measure_latency(deployed, shape, [*searched_for, *config.devices], devices_section, config.timing,
-                                  onnx_path=exports["onnx"])
+                                  onnx_path=exports["onnx"], access_of=access_of, job_name=f"finetune-{name}")
     if predicted_accuracy is None:
         predicted_accuracy = record.get("predicted_accuracy")
     metrics = {

@@ -61,7 +61,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -97,7 +97,12 @@ class PairsConfig:
     bn_calib_batches: int = 10       # training images (eval transform) for BN recalibration
     bn_calib_batch_size: int = 64
     mode: str = "supernet"           # "supernet": forward(x, arch); "extract": a standalone copy
-    cache_images: bool = True        # decode the evaluation images once per worker, keep tensors
+    cache_images: bool = True        # keep the decoded evaluation images as tensors, if within cache_budget_mb
+    cache_budget_mb: float = 1024.0  # memory the cached evaluation tensors may take per worker; beyond: stream
+    num_workers: int = 2             # DataLoader worker processes decoding the streamed evaluation images
+    device: str | None = None        # cpu | cuda | cuda:N; None: cuda when present (one GPU per worker)
+    skip_bad_images: bool = False    # leave unreadable images out (else: one error listing them)
+    eval_transform: dict | None = None  # overrides of nas_core.data.folders.DEFAULT_EVAL_TRANSFORM (crop_pct)
     threads: int | None = 1          # torch threads per worker (None: torch's default)
 
     def __post_init__(self):
@@ -135,7 +140,8 @@ class PairsConfig:
 
 
 # Changing these does not change any row, so a run may resume under new values.
-RESUME_FREE_KEYS = frozenset({"threads", "cache_images", "eval_batch_size"})
+RESUME_FREE_KEYS = frozenset({"threads", "cache_images", "cache_budget_mb", "num_workers", "device",
+                              "eval_batch_size"})
 
 
 # --------------------------------------------------------------------------- sampling
@@ -294,8 +300,12 @@ def remove_shards(shards_dir: str | os.PathLike) -> int:
 class SubnetEvaluator:
     """Inherited-weight accuracy of subnets of one supernet on one dataset split.
 
-    Holds the supernet, the fixed BN-calibration batches and (``cache_images``) the decoded
-    evaluation images, so that each subnet costs only its forward passes.
+    Holds the supernet on its device (``config.device``; default: CUDA when present), the
+    fixed BN-calibration batches on that device (recalibration runs there too) and the
+    evaluation images: cached as tensors when ``cache_images`` and they fit
+    ``cache_budget_mb`` (ImageNet's 50,000 validation images at 224 px are 30 GB as float32:
+    they never do), streamed otherwise through a DataLoader whose ``num_workers`` persistent
+    worker processes decode while the device computes.
     """
 
     def __init__(self, supernet, calib_batches: list, eval_batches: Iterable, config: PairsConfig):
@@ -308,17 +318,23 @@ class SubnetEvaluator:
     @classmethod
     def from_files(cls, supernet_path: str | os.PathLike, data_root: str | os.PathLike,
                    config: PairsConfig) -> "SubnetEvaluator":
-        from .data.folders import ManifestDataset, build_transform, load_manifest
+        from .data.folders import ManifestDataset, build_transform, load_checked_manifest
         from .evaluate import calibration_batches
         from .train import load_supernet
 
-        supernet, _meta = load_supernet(supernet_path)
-        manifest = load_manifest(data_root)
-        transform = build_transform(supernet.resolution, train=False)
+        device = evaluation_device(config.device)
+        supernet, _meta = load_supernet(supernet_path, device)
+        manifest = load_checked_manifest(data_root, config.skip_bad_images)
+        transform = build_transform(supernet.resolution, train=False, augment=config.eval_transform)
         calib = calibration_batches(ManifestDataset(manifest, data_root, "train", transform),
                                     config.bn_calib_batches, config.bn_calib_batch_size, config.seed)
+        calib = [batch.to(device) for batch in calib]
         evaluation = ManifestDataset(manifest, data_root, config.eval_split, transform)
-        return cls(supernet, calib, eval_batches(evaluation, config), config)
+        return cls(supernet, calib, eval_batches(evaluation, config, device, supernet.resolution), config)
+
+    @property
+    def device(self):
+        return next(self.supernet.parameters()).device
 
     def __call__(self, arch) -> dict[str, float]:
         """``{top1, top5, loss, images, bn_seconds, eval_seconds}`` of ``arch``."""
@@ -335,18 +351,53 @@ class SubnetEvaluator:
         return {**result, "bn_seconds": bn_seconds, "eval_seconds": time.perf_counter() - started}
 
 
-def eval_batches(dataset, config: PairsConfig) -> Iterable:
+def evaluation_device(requested: str | None = None):
+    """``requested`` as a torch device; None: the first CUDA device when there is one, else the CPU."""
+    import torch
+
+    if requested is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"pairs.device is {requested!r} but torch sees no CUDA device here")
+    return device
+
+
+def cached_tensor_bytes(num_images: int, resolution: int) -> int:
+    """Memory the decoded evaluation images take as float32 ``3 x R x R`` tensors."""
+    return num_images * 3 * resolution * resolution * 4
+
+
+def eval_batches(dataset, config: PairsConfig, device=None, resolution: int | None = None) -> Iterable:
     """The evaluation images: a seeded subset of ``eval_images`` (or all), as a list of
-    ``(images, labels)`` tensors when ``cache_images``, else a DataLoader over them."""
+    ``(images, labels)`` tensors on ``device`` when ``cache_images`` and they fit
+    ``cache_budget_mb``, else a DataLoader streaming them (``num_workers`` persistent
+    workers; pinned memory for a GPU)."""
     import torch
     from torch.utils.data import DataLoader, Subset
 
+    device = torch.device(device or "cpu")
     indices = list(range(len(dataset)))
     if config.eval_images is not None and config.eval_images < len(dataset):
         generator = torch.Generator().manual_seed(config.seed)
         indices = sorted(torch.randperm(len(dataset), generator=generator)[:config.eval_images].tolist())
-    loader = DataLoader(Subset(dataset, indices), batch_size=config.eval_batch_size, shuffle=False)
-    return [(x, y) for x, y in loader] if config.cache_images else loader
+    fits = resolution is None or cached_tensor_bytes(len(indices), resolution) <= config.cache_budget_mb * 2**20
+    if config.cache_images and fits:
+        loader = DataLoader(Subset(dataset, indices), batch_size=config.eval_batch_size, shuffle=False)
+        return [(x.to(device), y.to(device)) for x, y in loader]
+    return DataLoader(Subset(dataset, indices), batch_size=config.eval_batch_size, shuffle=False,
+                      num_workers=config.num_workers, persistent_workers=config.num_workers > 0,
+                      pin_memory=device.type == "cuda", worker_init_fn=_evaluation_worker_init)
+
+
+def _evaluation_worker_init(worker_id: int) -> None:
+    """A streaming worker decodes only: one torch thread (the evaluation owns the cores)."""
+    import torch
+
+    from .data.folders import seed_worker
+
+    torch.set_num_threads(1)
+    seed_worker(worker_id)
 
 
 # One evaluator per (thread, inputs): loading the supernet and decoding images is paid once
@@ -356,7 +407,8 @@ _local = threading.local()
 
 
 def cached_evaluator(supernet_path: str, data_root: str, config: PairsConfig) -> SubnetEvaluator:
-    key = (str(supernet_path), os.stat(supernet_path).st_mtime_ns, str(data_root), config)
+    key = (str(supernet_path), os.stat(supernet_path).st_mtime_ns, str(data_root),
+           json.dumps(config.to_dict(), sort_keys=True))
     if getattr(_local, "key", None) != key:
         _local.evaluator, _local.key = None, None  # free the previous one first
         _local.evaluator, _local.key = SubnetEvaluator.from_files(supernet_path, data_root, config), key
@@ -390,14 +442,15 @@ def _file_sha256_memo(path: str | os.PathLike) -> str:
 
 
 def evaluate_shard(spec: ShardSpec, evaluator_factory: EvaluatorFactory | None = None,
-                   log: Callable[[str], None] | None = None) -> Path:
+                   log: Callable[[str], None] | None = None, device: str | None = None) -> Path:
     """Evaluate every subnet of one shard and write its Parquet file atomically; return its path.
 
     A shard whose file already exists (with this plan's key) is not evaluated again.
     ``evaluator_factory(plan_provenance, config)`` returns ``evaluate(arch) -> {top1, top5,
     loss, images, bn_seconds, eval_seconds}`` (default: :func:`default_evaluator`; tests
     inject fakes). Parameters and MACs are counted with the evaluator's ``catalog`` and its
-    supernet's class count when it has them (else at 224 px with 1000 classes).
+    supernet's class count when it has them (else at 224 px with 1000 classes). ``device``
+    overrides ``pairs.device`` (a worker's own GPU); it does not change any row.
     """
     import pandas as pd
 
@@ -413,6 +466,8 @@ def evaluate_shard(spec: ShardSpec, evaluator_factory: EvaluatorFactory | None =
         raise ValueError(f"shard {spec.shard} is not in the plan {spec.plan_path} "
                          f"(shards 0..{int(plan['shard'].max())})")
     config = PairsConfig.from_dict(provenance["full_config"])
+    if device is not None:
+        config = replace(config, device=device)
     space = SearchSpace()
     from .accuracy_predictor import torch_threads
 

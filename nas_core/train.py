@@ -107,6 +107,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from .data.folders import seed_worker
 from .evaluate import calibration_batches, evaluate, recalibrate_bn
 from .io import code_version, machine_fingerprint, read_parquet, torch_load, torch_save, utc_now, write_parquet
+from .recipe import build_mixup, build_teacher, check_mixup, classification_criterion, clip_gradients
 from .search_space import SPACE_VERSION, ArchConfig, SearchSpace, SpaceSpec, StageSpec
 from .supernet import Supernet
 
@@ -132,7 +133,8 @@ class SupernetTrainConfig:
     warmup_epochs: float = 5.0
     weight_decay: float = 0.025
     opt: str = "adamw"                   # any timm.optim.create_optimizer_v2 name
-    clip_grad: float | None = None       # max global grad norm (None: no clipping)
+    clip_grad: float | None = None       # clipping threshold (None: no clipping)
+    clip_mode: str = "norm"              # timm dispatch_clip_grad mode: norm | value | agc
     smoothing: float = 0.1               # label smoothing
     ffn_drop_path: float = 0.0           # drop probability of a stage's last FFN (scaled by depth)
     mhsa_drop_path: float = 0.0          # constant drop probability of every MHSA
@@ -142,12 +144,16 @@ class SupernetTrainConfig:
     distillation_head: bool = True       # EfficientFormerV2's head_dist (timm layout)
     teacher: str | None = None           # timm model name for hard distillation, e.g. regnety_160
     teacher_checkpoint: str | None = None  # its weights (None: timm's pretrained download)
+    teacher_stand_in: str | None = None  # dry runs: a timm model (random weights) when the teacher cannot load
+    mixup: dict | None = None            # timm.data.Mixup arguments (mixup_alpha, cutmix_alpha, ...); None: off
     amp: bool = True                     # float16 autocast + GradScaler on CUDA; ignored on CPU
     seed: int = 0
     threads: int | None = None           # torch CPU threads per process (None: torch's default)
     num_workers: int = 0                 # DataLoader workers per process
     cache_images: bool = False           # keep decoded images in memory (small datasets)
+    skip_bad_images: bool = False        # leave unreadable images out (else: one error listing them)
     augment: dict | None = None          # overrides of nas_core.data.folders.DEFAULT_TRAIN_AUGMENT
+    eval_transform: dict | None = None   # overrides of nas_core.data.folders.DEFAULT_EVAL_TRANSFORM (crop_pct)
     eval_every: int = 1                  # validate the extremes every k epochs (and after the last)
     eval_batch_size: int = 256
     bn_calib_batches: int = 10           # batches for BN recalibration before validation
@@ -201,20 +207,6 @@ def sandwich_archs(space: SearchSpace, seed: int, step: int, num_random: int = 2
     archs = [("largest", space.largest(ffn_type, act)), ("smallest", space.smallest(ffn_type, act))]
     archs += [(f"random{i}", space.sample(rng)) for i in range(num_random)]
     return archs
-
-
-def build_teacher(name: str, checkpoint: str | None, num_classes: int, device: torch.device) -> nn.Module:
-    """A frozen timm classifier for hard distillation (eval mode, no gradients)."""
-    import timm
-
-    try:
-        model = timm.create_model(name, pretrained=checkpoint is None, num_classes=num_classes,
-                                  checkpoint_path=checkpoint or "")
-    except Exception as err:  # unknown name, unreachable hub, mismatched checkpoint
-        where = checkpoint or "timm's pretrained weights (download)"
-        raise ValueError(f"teacher {name!r} from {where}: {err}") from err
-    model.requires_grad_(False)
-    return model.eval().to(device)
 
 
 @torch.no_grad()
@@ -384,14 +376,15 @@ def restore_training_state(state: Mapping[str, Any], model: nn.Module, optimizer
 
 # --------------------------------------------------------------------------- optimisation
 def apply_gradients(params: Sequence[nn.Parameter], optimizer, scheduler, scaler, world_size: int,
-                    clip_grad: float | None, step: int) -> int:
+                    clip_grad: float | None, step: int, clip_mode: str = "norm") -> int:
     """One optimizer update from the accumulated gradients: average them over ranks, clip
-    (optionally), step through the AMP scaler, zero them, advance the per-step schedule;
+    (optionally; timm's ``norm``, ``value`` or ``agc``), step through the AMP scaler, zero
+    them, advance the per-step schedule;
     returns the new step count. Shared by the supernet trainer and the fine-tuner."""
     all_reduce_gradients(params, world_size)
     if clip_grad is not None:
         scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], clip_grad)
+        clip_gradients(params, clip_grad, clip_mode)
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
@@ -464,9 +457,11 @@ class SupernetTrainer:
         self.optimizer, self.scheduler = build_optimizer_and_scheduler(self.supernet, config, self.steps_per_epoch)
         self.use_amp = config.amp and self.ctx.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+        from timm.loss import SoftTargetCrossEntropy
 
-        self.criterion = LabelSmoothingCrossEntropy(config.smoothing) if config.smoothing > 0 else nn.CrossEntropyLoss()
+        check_mixup(config.mixup, self.local_batch, "supernet")
+        self.mixup = build_mixup(config.mixup, config.smoothing, num_classes)  # one mix per step, all subnets
+        self.criterion = classification_criterion(config.smoothing, self.mixup)
         self.soft_criterion = SoftTargetCrossEntropy()
         self.epoch = 0  # epochs completed
         self.step = 0   # optimizer steps completed
@@ -483,7 +478,8 @@ class SupernetTrainer:
             broadcast_state(supernet)
         teacher = None
         if c.teacher:
-            teacher = build_teacher(c.teacher, c.teacher_checkpoint, self.num_classes, self.ctx.device)
+            teacher = build_teacher(c.teacher, c.teacher_checkpoint, self.num_classes, self.ctx.device,
+                                    c.teacher_stand_in)
             supernet.distilled_training = True  # train mode returns (cls, dist) logits
         return supernet, teacher
 
@@ -536,11 +532,13 @@ class SupernetTrainer:
     def optimizer_step(self) -> None:
         """Average gradients over ranks, (clip,) step, and advance the schedule."""
         self.step = apply_gradients(list(self.supernet.parameters()), self.optimizer, self.scheduler, self.scaler,
-                                    self.ctx.world_size, self.config.clip_grad, self.step)
+                                    self.ctx.world_size, self.config.clip_grad, self.step, self.config.clip_mode)
 
     def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         images = images.to(self.ctx.device, non_blocking=True)
         labels = labels.to(self.ctx.device, non_blocking=True)
+        if self.mixup is not None:  # mixed images, soft targets: the teacher sees the mixed images too (DeiT)
+            images, labels = self.mixup(images, labels)
         losses = self.sandwich_backward(images, labels, self.step)
         self.optimizer_step()
         return losses
@@ -740,8 +738,10 @@ def build_data(manifest, root: str | os.PathLike, config: SupernetTrainConfig):
     train = build_loader(manifest, root, "train", r, config.batch_size, train=True, cache=config.cache_images,
                          augment=config.augment).dataset
     val_loader = build_loader(manifest, root, "val", r, config.eval_batch_size, train=False,
-                              num_workers=config.num_workers, cache=config.cache_images)
-    calib_source = build_loader(manifest, root, "train", r, config.bn_calib_batch_size, train=False).dataset
+                              num_workers=config.num_workers, cache=config.cache_images,
+                              eval_transform=config.eval_transform)
+    calib_source = build_loader(manifest, root, "train", r, config.bn_calib_batch_size, train=False,
+                                eval_transform=config.eval_transform).dataset
     calib = calibration_batches(calib_source, config.bn_calib_batches, config.bn_calib_batch_size, config.seed)
     return train, val_loader, calib
 
@@ -756,7 +756,7 @@ def train_supernet(config: SupernetTrainConfig, data_root: str | os.PathLike, ou
     An existing checkpoint in ``out_dir`` is continued with ``resume``, replaced with
     ``overwrite``, and otherwise an error (so a finished run is never lost by accident).
     """
-    from .data.folders import class_names, load_manifest
+    from .data.folders import class_names, load_checked_manifest
 
     out_dir = Path(out_dir)
     checkpoint = out_dir / CHECKPOINT_NAME
@@ -770,7 +770,7 @@ def train_supernet(config: SupernetTrainConfig, data_root: str | os.PathLike, ou
         for name in (CHECKPOINT_NAME, SUPERNET_NAME, LOG_NAME):  # no stale artifact beside the new run
             (out_dir / name).unlink(missing_ok=True)
     ctx.barrier()
-    manifest = load_manifest(data_root)
+    manifest = load_checked_manifest(data_root, config.skip_bad_images)  # every image decoded once, up front
     num_classes = len(class_names(manifest))
     train, val_loader, calib = build_data(manifest, data_root, config)
     trainer = SupernetTrainer(config, train, num_classes, out_dir, val_loader, calib, ctx=ctx,

@@ -17,6 +17,11 @@ Dask workers must see the same files (supernet, dataset, shards folder: a shared
 a Prefect API; a real server is started for the run when none is configured
 (``tasks._server.prefect_server``).
 
+**GPUs.** The evaluator runs on ``pairs.device`` (default: CUDA when present). With several
+GPUs, run one Dask worker per GPU (``runners: {runner: dask, n_workers: <GPUs>}``): worker
+``i`` evaluates on ``cuda:i`` (:func:`worker_device`). A cluster whose workers each see one
+GPU (``dask-cuda``'s ``CUDA_VISIBLE_DEVICES`` per worker) works the same way.
+
 A shard task is idempotent through its output file (``evaluate_shard`` skips a shard whose
 file exists), so no Prefect cache is needed for resumption: a re-run flow maps the same
 shards and the finished ones return at once. Retries cover a worker lost mid-shard (the
@@ -25,6 +30,7 @@ shard is written atomically, so nothing partial is left behind).
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -46,8 +52,29 @@ DEFAULT_OUT = Path("data/pairs/accuracy_pairs.parquet")
       task_run_name="pairs-shard-{spec.shard}")
 def evaluate_pairs_shard(spec: ShardSpec, evaluator_factory: EvaluatorFactory | None = None) -> str:
     """Evaluate one shard's subnets (inherited weights, BN recalibrated); return its Parquet path."""
+    from nas_core.io import read_provenance
+
+    requested = (read_provenance(spec.plan_path).get("full_config") or {}).get("device")
     with cpu_lock("shared"):  # CPU-heavy: keep latency measurement (exclusive) off the machine meanwhile
-        return str(evaluate_shard(spec, evaluator_factory))
+        return str(evaluate_shard(spec, evaluator_factory, device=worker_device(requested)))
+
+
+def worker_device(requested: str | None) -> str | None:
+    """This worker's own GPU when several are visible and ``pairs.device`` names no index:
+    ``cuda:<i mod GPUs>`` for Dask worker ``i`` (a LocalCluster names its workers 0..n-1),
+    ``cuda:0`` elsewhere. None (``pairs.device`` as it is) on one GPU or none."""
+    import torch
+
+    if requested not in (None, "cuda") or not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return None
+    try:
+        from distributed import get_worker
+
+        name = str(get_worker().name)
+    except (ImportError, ValueError):  # not inside a Dask worker
+        name = "0"
+    index = int(name) if name.isdigit() else zlib.crc32(name.encode())
+    return f"cuda:{index % torch.cuda.device_count()}"
 
 
 @task(name="assemble-accuracy-pairs")

@@ -54,6 +54,7 @@ Artifacts (``root`` = ``data/``)::
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -397,6 +398,17 @@ def _torchrun(nproc: int, command: Sequence[str], sections: Mapping[str, Any], l
     subprocess.run(argv, check=True)
 
 
+def _launch_ranks(params: Mapping[str, Any], nproc: int, command: Sequence[str], layout: Layout) -> None:
+    """``scan-edge <command>`` on ``nproc`` ranks (:func:`_torchrun`) with every params section of
+    the active profile: the ranks resolve devices, data and configs exactly as this process."""
+    _torchrun(nproc, command, {k: v for k, v in params.items() if k != "profile"}, layout)
+
+
+def _restart_flag(resume: bool) -> list[str]:
+    """The commands resume an interrupted run by default; a run of other inputs starts over."""
+    return [] if resume else ["--overwrite"]
+
+
 def torchrun_command(nproc: int, command: Sequence[str], params_file: str | os.PathLike) -> list[str]:
     """The command line :func:`_torchrun` runs (shown in the README; tested)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -461,14 +473,65 @@ def device_profile(params: Mapping[str, Any], device: str):
     return profile
 
 
-def runtime_identity(params: Mapping[str, Any], device: str) -> dict[str, Any]:
+def device_access(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT):
+    """How the pipeline reaches ``device`` (``nas_core.latency.location``): this machine, a
+    board's Prefect worker (``tasks.board_worker``), or bundles under ``<root>/bundles/``."""
+    from nas_core.latency.location import device_access as access_of
+    from tasks.board_worker import worker_factory
+
+    return access_of(device_profile(params, device), bundles_dir=Layout(root).root / "bundles",
+                     worker_factory=worker_factory)
+
+
+def _access_of(params: Mapping[str, Any], root: Path) -> Callable:
+    """``profile -> DeviceAccess`` for library code that measures models (fine-tune, detection)."""
+    return lambda profile: device_access(params, profile.name, root)
+
+
+def _locked(profile):
+    """The CPU lock around a measurement on ``profile`` (``location.host_lock_mode``)."""
+    from nas_core.latency.location import host_lock_mode
+
+    mode = host_lock_mode(profile)
+    return stage_lock(mode) if mode else contextlib.nullcontext()
+
+
+_BOARD_VERSIONS: dict[tuple, tuple[float, str | None]] = {}
+BOARD_VERSION_TTL_S = 300.0  # a board's version is asked at most every 5 minutes per process
+
+
+def device_runtime_version(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> str | None:
+    """The runtime version ``device`` runs: installed here for a local device, reported by the
+    board for a ``worker`` / ``bundle`` device (the version ``reprofile`` compares)."""
+    import time
+
+    profile = device_profile(params, device)
+    if profile.is_local:
+        from nas_core.latency.devices import check_usable
+
+        return check_usable(profile).runtime_version
+    key = (device, json.dumps(profile.location_options, sort_keys=True, default=str), str(root))
+    cached = _BOARD_VERSIONS.get(key)
+    if cached is None or time.monotonic() - cached[0] > BOARD_VERSION_TTL_S:
+        cached = (time.monotonic(), device_access(params, device, root).runtime_version())
+        _BOARD_VERSIONS[key] = cached
+    return cached[1]
+
+
+def runtime_identity(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> dict[str, Any]:
     """What a latency on ``device`` depends on besides the model: the profile's settings, the
-    runtime's name and installed version, and the machine. (Prefect cache keys and the
-    ``runtime`` stage's file, on which DVC's device stages depend.)"""
+    runtime's name and version (the board's, for a board), and the machine (this one for a
+    local device; the location for a board). (Prefect cache keys and the ``runtime`` stage's
+    file, on which DVC's device stages depend.)"""
     from nas_core.io import machine_fingerprint
     from nas_core.latency.devices import check_usable
 
     profile = device_profile(params, device)
+    if not profile.is_local:
+        return {"device": device, "settings": profile.to_settings(), "runtime": profile.backend,
+                "runtime_version": device_runtime_version(params, device, root), "usable": True,
+                "location": profile.location, "machine": {"location": profile.location,
+                                                          **{k: str(v) for k, v in profile.location_options.items()}}}
     usability = check_usable(profile)
     machine = machine_fingerprint()
     return {"device": device, "settings": profile.to_settings(), "runtime": usability.runtime_name,
@@ -482,7 +545,7 @@ def stage_runtime(params: Mapping[str, Any], device: str, root: str | os.PathLik
     from nas_core.io import write_json
 
     path = Layout(root).runtime(device)
-    identity = runtime_identity(params, device)
+    identity = runtime_identity(params, device, root)
     try:
         unchanged = json.loads(path.read_text()) == json.loads(json.dumps(identity))
     except (OSError, ValueError):
@@ -493,10 +556,13 @@ def stage_runtime(params: Mapping[str, Any], device: str, root: str | os.PathLik
 
 
 def _measurable(params: Mapping[str, Any], device: str):
-    """The profile when this machine can run it; None (with the reason printed) when not."""
+    """The profile when the pipeline can measure it (here, or on its board); None (with the
+    reason printed) when not."""
     from nas_core.latency.devices import check_usable
 
     profile = device_profile(params, device)
+    if not profile.is_local:
+        return profile
     usability = check_usable(profile)
     if not usability.usable:
         _say(f"{device}: not measurable here ({usability.reason})")
@@ -519,11 +585,12 @@ def _timing(values: Mapping[str, Any]):
 
 
 def stage_lut(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> Paths:
-    """Time every block of the search space on ``device`` (``lut:``; exclusive CPU lock).
+    """Time every block of the search space on ``device`` (``lut:``), where it runs: here
+    (exclusive CPU lock), or on its board (``location``: a work pool's worker, or bundles).
 
     Continues an interrupted build of the same settings and runtime; otherwise re-times
-    everything. A device this machine cannot run is profiled through a bundle instead
-    (``scan-edge profile bundle`` / ``import``); its imported LUT is kept as it is.
+    everything. A LUT imported by hand (``scan-edge profile import``) for a device the
+    pipeline cannot reach is kept as it is.
     """
     layout = Layout(root)
     paths = layout.lut_paths(device)
@@ -532,33 +599,36 @@ def stage_lut(params: Mapping[str, Any], device: str, root: str | os.PathLike = 
         if _imported_elsewhere(paths.lut):
             _say(f"lut {device}: keeping the LUT imported from a profiling bundle ({paths.lut})")
             return {"lut": paths.lut}
-        raise ValueError(f"device {device!r} cannot be measured on this machine and has no imported LUT: run "
-                         f"`scan-edge profile bundle --device {device} --out DIR`, the bundle's runner on the "
-                         f"device, then `scan-edge profile import --device {device} --bundle DIR`")
-    identity = {"lut": section(params, "lut"), "runtime": runtime_identity(params, device)}
+        raise ValueError(f"device {device!r} cannot be measured on this machine and has no imported LUT: give it "
+                         f"a location (devices.{device}.location: worker | bundle), or run `scan-edge profile bundle "
+                         f"--device {device} --out DIR`, the bundle's runner on the device, then `scan-edge profile "
+                         f"import --device {device} --bundle DIR`")
+    identity = {"lut": section(params, "lut"), "runtime": runtime_identity(params, device, root)}
     resume = resume_or_restart(layout, f"lut@{device}", identity)
-    frame = run_lut(params, profile, paths, resume=resume, progress=sys.stderr.isatty())
+    frame = run_lut(params, profile, paths, resume=resume, progress=sys.stderr.isatty(),
+                    access=device_access(params, device, root))
     _say(f"lut {device}: {len(frame)} blocks, {int(frame['drift_flag'].sum())} drift-flagged -> {paths.lut}")
     return {"lut": paths.lut}
 
 
-def run_lut(params: Mapping[str, Any], profile, paths, *, resume: bool = False, progress: bool = True):
+def run_lut(params: Mapping[str, Any], profile, paths, *, resume: bool = False, progress: bool = True, access=None):
     """Time the blocks of the search space (``lut:``; ``blocks`` / ``limit`` select a part) on
-    ``profile`` into ``paths`` (``LutPaths``), holding the CPU lock exclusively; returns the
-    table (``nas_core.latency.lut.build_lut``). The work of the LUT stage and of
-    ``scan-edge lut build``."""
+    ``profile`` (through ``access``; default this machine) into ``paths`` (``LutPaths``),
+    holding the CPU lock as ``location.host_lock_mode`` says; returns the table
+    (``nas_core.latency.lut.build_lut``). The work of the LUT stage and of ``scan-edge lut build``."""
     from nas_core.latency.lut import build_lut
 
     lut = section(params, "lut")
-    with stage_lock("exclusive"):
+    with _locked(profile):
         return build_lut(profile, paths, block_filter=lut.get("blocks"), limit=lut.get("limit"), resume=resume,
                          reference_id=lut.get("reference_block"), seed=lut.get("seed", 0), config=_timing(lut),
                          check_every=lut.get("check_every", 10), drift_tolerance=lut.get("drift_tolerance", 0.10),
-                         progress=progress)
+                         progress=progress, access=access)
 
 
 def stage_calibration(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> Paths:
-    """Measure random subnets end to end and fit ``measured = a * LUT sum + b`` (``calibration:``)."""
+    """Measure subnets end to end on ``device`` (in the band around its MobileNetV2 latency,
+    by default) and fit the LUT's latency model (``calibration:``)."""
     layout = Layout(root)
     paths = layout.lut_paths(device)
     _require(paths.lut, f"the LUT of {device} (scan-edge stage lut --device {device})")
@@ -569,49 +639,69 @@ def stage_calibration(params: Mapping[str, Any], device: str, root: str | os.Pat
             return outputs
         raise ValueError(f"device {device!r} cannot be measured here; its calibration comes with "
                          f"`scan-edge profile import --device {device}`")
+    reference_ms = _reference_ms_if_needed(params, layout, device)
     identity = {"calibration": section(params, "calibration"), "lut": input_digest([paths.lut]),
-                "runtime": runtime_identity(params, device)}
+                "reference_ms": reference_ms, "runtime": runtime_identity(params, device, root)}
     resume = resume_or_restart(layout, f"calibration@{device}", identity)
-    report = run_calibration(params, profile, paths, resume=resume, progress=sys.stderr.isatty())
+    access = device_access(params, device, root)
+    report = run_calibration(params, profile, paths, resume=resume, progress=sys.stderr.isatty(),
+                             reference_ms=reference_ms, access=access,
+                             runtime_version=None if profile.is_local else access.runtime_version())
     _say(report.summary())
     return outputs
 
 
-def run_calibration(params: Mapping[str, Any], profile, paths, *, resume: bool = False, progress: bool = True,
-                    runtime_version: str | None = None):
-    """Time ``calibration.n_calibration`` + ``n_validation`` random subnets on ``profile`` and
-    fit the calibration of the LUT in ``paths``, holding the CPU lock exclusively; returns
-    the report (``nas_core.latency.calibration.calibrate``). The work of the calibration
-    stage and of ``scan-edge lut calibrate``."""
-    from nas_core.latency.calibration import calibrate
+def _reference_ms_if_needed(params: Mapping[str, Any], layout: Layout, device: str) -> float | None:
+    """MobileNetV2's latency on ``device`` (from its baselines) when the calibration samples a band around it."""
+    from nas_core.latency.calibration import CalibrationSettings
+    from nas_core.search_run import reference_latency_ms
 
-    calibration = section(params, "calibration")
-    with stage_lock("exclusive"):
-        return calibrate(profile, paths, n_calibration=calibration.get("n_calibration", 10),
-                         n_validation=calibration.get("n_validation", 30), seed=calibration.get("seed", 0),
-                         sampling=calibration.get("sampling", "uniform"), resume=resume,
-                         runtime_version=runtime_version, progress=progress)
+    if CalibrationSettings.from_dict(section(params, "calibration")).sampling != "band":
+        return None
+    return reference_latency_ms(layout.baselines(device), device, REFERENCE_MODEL)
+
+
+def run_calibration(params: Mapping[str, Any], profile, paths, *, resume: bool = False, progress: bool = True,
+                    runtime_version: str | None = None, reference_ms: float | None = None, access=None):
+    """Time the calibration subnets of ``calibration:`` on ``profile`` (through ``access``;
+    default this machine) and fit the latency model of the LUT in ``paths``, holding the CPU
+    lock as ``location.host_lock_mode`` says; returns the report
+    (``nas_core.latency.calibration.calibrate``). ``reference_ms``: MobileNetV2's latency
+    (the ``band`` sampling). The work of the calibration stage and of ``scan-edge lut calibrate``."""
+    from nas_core.latency.calibration import CalibrationSettings, calibrate
+
+    settings = CalibrationSettings.from_dict(section(params, "calibration"))
+    with _locked(profile):
+        return calibrate(profile, paths, settings=settings, resume=resume, runtime_version=runtime_version,
+                         progress=progress, reference_ms=reference_ms, access=access)
 
 
 def stage_baselines(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> Paths:
-    """Time the comparison models (``baselines.models``, MobileNetV2 always) on ``device`` (Table 3).
+    """Time the comparison models (``baselines.models``, MobileNetV2 always) on ``device`` (Table 3),
+    where it runs (a board's runtime times them on the board).
 
-    MobileNetV2's latency here is what the ``<k>x`` search targets multiply.
+    MobileNetV2's latency here is what the ``<k>x`` search targets multiply, and what the
+    calibration's band is centred on.
     """
-    from nas_core.latency.baselines import BASELINE_MODELS, measure_baselines
+    from nas_core.latency.baselines import BASELINE_MODELS, measure_baselines, measure_device_baselines
 
     layout = Layout(root)
     profile = _measurable(params, device)
     if profile is None:
         raise ValueError(f"device {device!r} cannot be measured here: give absolute search targets ('<ms>ms') "
-                         "for it, or run the baselines on the device")
+                         "for it, or give it a location (devices.<name>.location: worker | bundle)")
     baselines = section(params, "baselines")
     names = list(dict.fromkeys([REFERENCE_MODEL, *(baselines.get("models") or [])]))
     models = {name: BASELINE_MODELS.get(name, profile.resolution) for name in names}
-    out = layout.baselines(device)
-    with stage_lock("exclusive"):
-        frame = measure_baselines([profile], models, out_path=out, workdir=layout.root / "baselines" / "_work",
-                                  config=_timing(baselines), progress=True)
+    out, workdir = layout.baselines(device), layout.root / "baselines" / "_work"
+    workdir.mkdir(parents=True, exist_ok=True)
+    with _locked(profile):
+        if profile.backend == "torch":
+            frame = measure_baselines([profile], models, out_path=out, workdir=workdir, config=_timing(baselines),
+                                      progress=True)
+        else:
+            frame = measure_device_baselines(device_access(params, device, root), models, out_path=out,
+                                             workdir=workdir, config=_timing(baselines), progress=True)
     failed = frame[frame["error"] != ""]
     if REFERENCE_MODEL in set(failed["model"]):
         raise RuntimeError(f"{REFERENCE_MODEL} could not be timed on {device}: "
@@ -655,7 +745,7 @@ def stage_search(params: Mapping[str, Any], devices: str | Sequence[str], target
     """
     from nas_core.io import write_json
     from nas_core.search_algorithm import run_name
-    from nas_core.search_report import measured_latency
+    from nas_core.search_report import first_round_fidelity, measured_latency
     from nas_core.search_run import run_search
 
     devices = [devices] if isinstance(devices, str) else list(devices)
@@ -671,14 +761,17 @@ def stage_search(params: Mapping[str, Any], devices: str | Sequence[str], target
     setup = search_setup(params, devices, predictor=layout.predictor, lut_dir=layout.root / "lut", out_dir=out_dir)
     measure = measure and all(_measurable(params, d) is not None for d in devices)
     max_params = None if params_m is None else float(params_m) * 1e6
-    record, within = run_search(setup, targets, max_params, measure=measure, say=_say, lock=stage_lock)
+    accesses = {d: device_access(params, d, root) for d in devices} if measure else None
+    record, within = run_search(setup, targets, max_params, measure=measure, say=_say, lock=stage_lock,
+                                accesses=accesses)
     name = run_name(targets, max_params)
     _remove_other_runs(out_dir, name)
     summary = {"run": run.key, "target": run.target, "targets_ms": targets, "params_m": params_m,
                "arch_json": str(out_dir / f"{name}.arch.json"), "within": bool(within), "measured": measure,
                **{k: record.get(k) for k in ("name", "arch_id", "compact", "predicted_accuracy", "latency_ms",
                                              "params", "macs")},
-               "measured_ms": measured_latency(out_dir, name, record["arch_id"])}
+               "measured_ms": measured_latency(out_dir, name, record["arch_id"]),
+               **first_round_fidelity(record)}
     write_json(layout.search_summary(run.key), summary)
     return {"search": out_dir, "arch": out_dir / f"{name}.arch.json", "summary": layout.search_summary(run.key)}
 
@@ -721,8 +814,14 @@ def stage_finetune(params: Mapping[str, Any], name: str, root: str | os.PathLike
     identity = {"finetune": section(params, "finetune"), "ref": ref, "init": init,
                 "devices": section(params, "devices"), "inputs": input_digest(inputs)}
     resume = resume_or_restart(layout, f"finetune@{name}", identity)
-    run_finetune(params, ref, data=layout.dataset, supernet=layout.supernet, out_root=layout.root / "finetune",
-                 name=name, init=init, resume=resume, overwrite=not resume, progress=sys.stderr.isatty())
+    nproc = _torchrun_nproc(params)
+    if nproc > 1:  # every rank runs `scan-edge finetune` (run_finetune); rank 0 exports and measures
+        _launch_ranks(params, nproc, ["finetune", ref, "--data", str(layout.dataset), "--supernet", str(layout.supernet),
+                                      "--out", str(layout.root / "finetune"), "--name", name, "--init", init,
+                                      *_restart_flag(resume)], layout)
+    else:
+        run_finetune(params, ref, data=layout.dataset, supernet=layout.supernet, out_root=layout.root / "finetune",
+                     name=name, init=init, resume=resume, overwrite=not resume, progress=sys.stderr.isatty())
     return {"finetune": layout.finetune_dir(name), "metrics": layout.finetune_dir(name) / "metrics.json"}
 
 
@@ -739,7 +838,8 @@ def run_finetune(params: Mapping[str, Any], ref: str, *, data: str | os.PathLike
     return finetune(ref, data_root=data, supernet=supernet, name=name, out_root=out_root,
                     config=FinetuneConfig.from_params(section(params, "finetune")), init=init,
                     predicted_accuracy=predicted_accuracy, devices_section=section(params, "devices"),
-                    resume=resume, overwrite=overwrite, progress=progress, lock=stage_lock)
+                    resume=resume, overwrite=overwrite, progress=progress, lock=stage_lock,
+                    access_of=_access_of(params, Path(out_root).parent))
 
 
 def _downstream_data(given: str | os.PathLike | None, generated: Path, make: Callable[[Path], Any]) -> Path:
@@ -774,9 +874,14 @@ def stage_transfer(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROO
                 "models": input_digest(Path(m) / "model.pt" for m in models.values())}
     resume = resume_or_restart(layout, "transfer", identity)
     results = {}
+    nproc = _torchrun_nproc(params)
     for label, model in models.items():
-        run_transfer(params, model, data, out_root=runs, name=label, resume=resume, overwrite=not resume,
-                     progress=sys.stderr.isatty())
+        if nproc > 1:  # every rank runs `scan-edge transfer` (run_transfer); rank 0 writes the record
+            _launch_ranks(params, nproc, ["transfer", str(model), "--data", str(data), "--out", str(runs),
+                                          "--name", label, *_restart_flag(resume)], layout)
+        else:
+            run_transfer(params, model, data, out_root=runs, name=label, resume=resume, overwrite=not resume,
+                         progress=sys.stderr.isatty())
         results[label] = read_json(runs / f"{label}.json")
     summary = {label: {k: r.get(k) for k in ("top1", "top5", "params", "epochs", "resolution")}
                | {"source": str(runs / f"{label}.json"), "dataset": str(data)} for label, r in results.items()}
@@ -806,27 +911,41 @@ def stage_detection(params: Mapping[str, Any], root: str | os.PathLike = DATA_RO
     (:func:`run_detection`). Writes ``detection/runs/<model>/`` and a summary
     ``detection/metrics.json``.
     """
-    from nas_core.io import write_json
+    from nas_core.io import read_json, write_json
 
     layout = Layout(root)
     pipeline = pipeline_section(params)
     data = detection_dataset(params, pipeline.get("detection_data"), layout.detection / "dataset")
     models = {label: resolve_model(label, params, layout) for label in pipeline.get("detection_models") or []}
     runs = layout.detection / "runs"
-    identity = {"detection": section(params, "detection"), "data": input_digest([data / "instances_train.json"]),
+    identity = {"detection": section(params, "detection"), "data": _detection_digest(data),
                 "models": input_digest(Path(m) / "model.pt" for m in models.values()),
                 "devices": section(params, "devices")}
     resume = resume_or_restart(layout, "detection", identity)
     summary = {}
+    nproc = _torchrun_nproc(params)
     for label, model in models.items():
-        metrics = run_detection(params, model, data, out_root=runs, name=label, resume=resume, overwrite=not resume,
-                                progress=sys.stderr.isatty())
+        if nproc > 1:  # every rank runs `scan-edge detect` (run_detection); rank 0 evaluates and measures
+            _launch_ranks(params, nproc, ["detect", str(model), "--data", str(data), "--out", str(runs),
+                                          "--name", label, *_restart_flag(resume)], layout)
+            metrics = read_json(runs / label / "metrics.json")
+        else:
+            metrics = run_detection(params, model, data, out_root=runs, name=label, resume=resume,
+                                    overwrite=not resume, progress=sys.stderr.isatty())
         summary[label] = {"mAP": metrics["coco"]["mAP"], "mAP50": metrics["coco"]["mAP50"],
                           "params": metrics["params"], "resolution": metrics["resolution"],
                           "latency_ms": {d: v.get("median_ms") for d, v in metrics["latency_ms"].items()},
                           "source": str(runs / label / "metrics.json")}
     write_json(layout.detection / "metrics.json", summary)
     return {"runs": runs, "metrics": layout.detection / "metrics.json"}
+
+
+def _detection_digest(data: Path) -> dict[str, str]:
+    """What a detection run depends on in its data folder: both annotation files (either layout)."""
+    from nas_core.data.coco import find_coco_folder
+
+    folder = find_coco_folder(data)
+    return input_digest([folder.train_json, folder.test_json])
 
 
 def detection_dataset(params: Mapping[str, Any], given: str | os.PathLike | None, generated: Path) -> Path:
@@ -850,7 +969,8 @@ def run_detection(params: Mapping[str, Any], model: str | os.PathLike, data: str
     return detection.run_detection(str(model), data, out_root=out_root, name=name,
                                    config=detection.DetectionConfig.from_params(section(params, "detection")),
                                    supernet=supernet, devices_section=section(params, "devices"), resume=resume,
-                                   overwrite=overwrite, progress=progress, lock=stage_lock)
+                                   overwrite=overwrite, progress=progress, lock=stage_lock,
+                                   access_of=_access_of(params, Path(out_root).parent.parent))
 
 
 # --------------------------------------------------------------------------- report
@@ -885,9 +1005,12 @@ class StageInfo:
 
 
 _LATENCY_CODE = ("nas_core.latency.devices", "nas_core.latency.timing", "nas_core.latency.measure",
-                 "nas_core.latency.export")
+                 "nas_core.latency.export", "nas_core.latency.location", "nas_core.latency.bundle",
+                 "tasks.board_worker")
+_LATENCY_MODEL_CODE = ("nas_core.latency.calibration", "nas_core.latency.latency_model",
+                       "nas_core.latency.subnet_sampling")
 _BLOCK_CODE = ("nas_core.search_space", "nas_core.subnet", "nas_core.blocks", "nas_core.block_catalog")
-_TRAIN_CODE = ("nas_core.search_space", "nas_core.supernet", "nas_core.subnet", "nas_core.train",
+_TRAIN_CODE = ("nas_core.search_space", "nas_core.supernet", "nas_core.subnet", "nas_core.train", "nas_core.recipe",
                "nas_core.evaluate", "nas_core.data")
 
 # What `ours` and baseline names in transfer / detection resolve to (resolve_model).
@@ -903,19 +1026,19 @@ STAGES: dict[str, StageInfo] = {
     "predictor": StageInfo(stage_predictor, ("predictor",),
                            ("nas_core.accuracy_predictor", "nas_core.encoding", "nas_core.pairs",
                             "nas_core.search_space", "nas_core.block_catalog")),
-    "runtime": StageInfo(stage_runtime, ("devices", "search_space"), ("nas_core.latency.devices",), True),
+    "runtime": StageInfo(stage_runtime, ("devices", "search_space"),
+                         ("nas_core.latency.devices", "nas_core.latency.location", "tasks.board_worker"), True),
     "lut": StageInfo(stage_lut, ("devices", "search_space", "lut"),
                      ("nas_core.latency.lut", *_BLOCK_CODE, *_LATENCY_CODE), True),
     "calibration": StageInfo(stage_calibration, ("devices", "search_space", "calibration"),
-                             ("nas_core.latency.calibration", "nas_core.latency.lut", *_BLOCK_CODE, *_LATENCY_CODE),
-                             True),
+                             (*_LATENCY_MODEL_CODE, "nas_core.latency.lut", *_BLOCK_CODE, *_LATENCY_CODE), True),
     "baselines": StageInfo(stage_baselines, ("devices", "search_space", "baselines"),
                            ("nas_core.latency.baselines", *_LATENCY_CODE), True),
     "search": StageInfo(stage_search, ("devices", "search_space", "search.evolution", "search.refine",
                                        "search.num_classes"),
                         ("nas_core.search_run", "nas_core.search_algorithm", "nas_core.search_report",
                          "nas_core.efficiency_predictor", "nas_core.accuracy_predictor", "nas_core.encoding",
-                         "nas_core.latency.calibration", "nas_core.latency.lut", *_BLOCK_CODE, *_LATENCY_CODE), True),
+                         *_LATENCY_MODEL_CODE, "nas_core.latency.lut", *_BLOCK_CODE, *_LATENCY_CODE), True),
     "finetune": StageInfo(stage_finetune, ("devices", "finetune", "pipeline.finetune_baselines"),
                           ("nas_core.finetune", "nas_core.complexity", *_TRAIN_CODE, "nas_core.blocks",
                            *_LATENCY_CODE), True),
@@ -928,7 +1051,7 @@ STAGES: dict[str, StageInfo] = {
                             *_LATENCY_CODE), True),
     "report": StageInfo(stage_report, ("search.devices", "search.targets_vs_mobilenetv2",
                                        "pipeline.params_constrained", "pipeline.finetune_baselines"),
-                        ("nas_core.report", "nas_core.search_report", "nas_core.latency.calibration")),
+                        ("nas_core.report", "nas_core.search_report", *_LATENCY_MODEL_CODE)),
 }
 
 
@@ -992,9 +1115,9 @@ def pipeline_steps(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROO
         steps += [
             Step("runtime", f"runtime@{d}", options, outputs=(L.runtime(d),)),
             Step("lut", f"lut@{d}", options, inputs=(L.runtime(d),), outputs=(lut[d].lut,)),
-            Step("calibration", f"calibration@{d}", options, inputs=(lut[d].lut,),
+            Step("baselines", f"baselines@{d}", options, inputs=(L.runtime(d),), outputs=(L.baselines(d),)),
+            Step("calibration", f"calibration@{d}", options, inputs=(lut[d].lut, L.baselines(d)),
                  outputs=(lut[d].fit, lut[d].calibration)),
-            Step("baselines", f"baselines@{d}", options, outputs=(L.baselines(d),)),
         ]
     for run in runs:
         # DVC's matrix names: search@<device>-<k>, search-params@<device>-<k>-<M>

@@ -7,10 +7,14 @@ transfer tests (fine-tuning, detection).
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import pytest
+
+# On a busy 2-core machine Prefect's temporary server can take longer than its 20 s default to start.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +67,23 @@ def prefect_api_unset(monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     with temporary_settings(restore_defaults={PREFECT_API_URL}):
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def image_check_cache(tmp_path_factory):
+    """The up-front image checks cache their verdicts in a session folder, not in ~/.cache
+    (``nas_core.data.folders.image_check_cache_dir``; subprocesses inherit the variable)."""
+    import os
+
+    from nas_core.data.folders import CACHE_DIR_ENV
+
+    previous = os.environ.get(CACHE_DIR_ENV)
+    os.environ[CACHE_DIR_ENV] = str(tmp_path_factory.mktemp("scan-edge-cache"))
+    yield Path(os.environ[CACHE_DIR_ENV])
+    if previous is None:
+        os.environ.pop(CACHE_DIR_ENV, None)
+    else:
+        os.environ[CACHE_DIR_ENV] = previous
 
 
 # --------------------------------------------------------------------------- training and transfer tests

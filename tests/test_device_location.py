@@ -16,7 +16,7 @@ import pytest
 from nas_core.io import read_json
 from nas_core.latency import timing
 from nas_core.latency.devices import check_usable, load_profiles
-from nas_core.latency.location import (RESULTS_NAME, RUNTIME_REPORT, BundleDevice, LocalDevice, MeasurementsPending,
+from nas_core.latency.location import (RESULTS_NAME, RUNTIME_REPORT, LocalDevice, MeasurementsPending,
                                        TimingJob, device_access, host_lock_mode, import_results)
 from nas_core.latency.timing import ModelEntry, TimingConfig
 from tests._bundles import run_without_torch

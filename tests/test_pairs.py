@@ -224,3 +224,35 @@ def test_shards_run_in_parallel_dask_workers(fake_inputs, tmp_path, prefect_harn
     assert f"pid-{os.getpid()}" not in evaluated, "shards should run in Dask worker processes"
     assert sorted(sum(evaluated.values(), [])) == sorted(frame["arch_id"]), "each subnet evaluated exactly once"
     np.testing.assert_allclose(frame["top1"], synthetic_accuracy(SPACE, np.stack(frame["genome"].to_numpy()), noise=0))
+
+
+# --------------------------------------------------------------------------- devices and streaming
+def test_streamed_and_cached_evaluation_agree(tiny_world):
+    """The evaluation images streamed through DataLoader workers (what ImageNet needs: they do
+    not fit a memory budget) give the same pairs as the cached tensors; the evaluator, its
+    BN-calibration batches and its cached images live on the requested device."""
+    from nas_core.pairs import PairsConfig, SubnetEvaluator, cached_tensor_bytes
+
+    base = dict(bn_calib_batches=2, bn_calib_batch_size=8, eval_batch_size=5, device="cpu")
+    cached = SubnetEvaluator.from_files(tiny_world / "supernet.pt", tiny_world / "data", PairsConfig(**base))
+    over_budget = PairsConfig(**base, cache_budget_mb=0.5 * cached_tensor_bytes(CLASSES * VAL_PER_CLASS, RESOLUTION)
+                              / 2**20, num_workers=1)
+    streamed = SubnetEvaluator.from_files(tiny_world / "supernet.pt", tiny_world / "data", over_budget)
+    assert isinstance(cached.eval_batches, list) and cached.eval_batches[0][0].device.type == "cpu"
+    assert isinstance(streamed.eval_batches, torch.utils.data.DataLoader)
+    assert streamed.eval_batches.num_workers == 1 and streamed.eval_batches.persistent_workers
+    assert cached.device.type == "cpu" and all(b.device.type == "cpu" for b in cached.calib_batches)
+    for arch in (SPACE.smallest(), SPACE.largest()):
+        a, b = cached(arch), streamed(arch)
+        assert (a["top1"], a["top5"], a["images"]) == (b["top1"], b["top5"], b["images"])
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_pairs_device_must_exist():
+    from nas_core.pairs import evaluation_device
+
+    assert evaluation_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert evaluation_device(None).type == "cpu"
+        with pytest.raises(ValueError, match="pairs.device is 'cuda:1' but torch sees no CUDA device"):
+            evaluation_device("cuda:1")

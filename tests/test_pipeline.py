@@ -23,9 +23,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 SMOKE_STEPS = [
     "dataset", "supernet", "pairs", "predictor",
-    "runtime@ort_cpu_fp32", "lut@ort_cpu_fp32", "calibration@ort_cpu_fp32", "baselines@ort_cpu_fp32",
-    "runtime@openvino_cpu_fp32", "lut@openvino_cpu_fp32", "calibration@openvino_cpu_fp32",
-    "baselines@openvino_cpu_fp32",
+    "runtime@ort_cpu_fp32", "lut@ort_cpu_fp32", "baselines@ort_cpu_fp32", "calibration@ort_cpu_fp32",
+    "runtime@openvino_cpu_fp32", "lut@openvino_cpu_fp32", "baselines@openvino_cpu_fp32",
+    "calibration@openvino_cpu_fp32",
     "search@ort_cpu_fp32-1.0", "finetune@ort_cpu_fp32-1.0",
     "search@openvino_cpu_fp32-1.0", "finetune@openvino_cpu_fp32-1.0",
     "search-params@ort_cpu_fp32-1.0-2.5", "finetune-params@ort_cpu_fp32-1.0-2.5",
@@ -117,7 +117,7 @@ def test_stages_hold_the_cpu_lock_in_the_right_mode(smoke_params, tmp_path, monk
     monkeypatch.setenv("SCAN_EDGE_CPU_LOCK", str(tmp_path / "cpu.lock"))
     seen = {}
 
-    def fake_measure(profiles, models, out_path, **kwargs):
+    def fake_measure(access, models, out_path, **kwargs):
         seen["baselines"] = _held()
         frame = pd.DataFrame({"model": list(models), "device": "ort_cpu_fp32", "median_ms": 5.0, "error": ""})
         write_parquet(out_path, frame)
@@ -127,7 +127,7 @@ def test_stages_hold_the_cpu_lock_in_the_right_mode(smoke_params, tmp_path, monk
         seen["predictor"] = _held()
         return {"predictor": Path(out_dir) / "predictor.pt"}, {}
 
-    monkeypatch.setattr("nas_core.latency.baselines.measure_baselines", fake_measure)
+    monkeypatch.setattr("nas_core.latency.baselines.measure_device_baselines", fake_measure)
     monkeypatch.setattr("nas_core.accuracy_predictor.fit_and_write", fake_fit)
     layout = stages.Layout(tmp_path / "data")
     layout.pairs.parent.mkdir(parents=True)
@@ -289,16 +289,3 @@ def test_report_builds_tables_with_sources_and_lists_missing_artifacts(tmp_path)
     assert "| ours_dev@1.0x | hybrid (searched) | supernet | 0.5 | 0.4 | 0.72 | 4 | 12 | 10 | 1.25 |" in text
     assert str(root / "finetune" / "ours_dev@1.0x" / "metrics.json") in text
     assert "## Missing artifacts" in text and str(root / "lut" / "dev.fit.json") in text
-
-
-def test_change_report_lists_the_blocks_that_moved():
-    from nas_core.report import lut_changes, search_change_rows
-
-    old = pd.DataFrame({"block_id": ["a", "b", "c"], "kind": "ffn", "median_ms": [1.0, 2.0, 4.0]})
-    new = pd.DataFrame({"block_id": ["a", "b", "c", "d"], "median_ms": [1.05, 3.0, 2.0, 9.0]})
-    moved = lut_changes(old, new, threshold=0.10)
-    assert list(moved["block_id"]) == ["b", "c"]  # +50 %, -50 %; "a" moved 5 %, "d" is new
-    assert moved["change"].tolist() == pytest.approx([0.5, -0.5])
-    rows = search_change_rows({"r": {"arch_id": "x", "measured_ms": {"d": 5.0}}},
-                              {"r": {"arch_id": "y", "measured_ms": {"d": 4.9}}})
-    assert rows[0]["changed"] and rows[0]["old_measured_ms"] == {"d": 5.0}

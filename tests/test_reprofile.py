@@ -1,21 +1,38 @@
-"""The reprofile flow and its schedule: a runtime upgrade re-profiles the device and reports what moved.
+"""The reprofile flow and its schedule: a runtime upgrade re-profiles the device, brings the pipeline
+up to date, and reports what moved beyond the measurement noise.
 
-The runtime-version lookup is replaced to simulate an upgrade; the LUT is re-timed for real
-on a handful of blocks at 64x64 (seconds); calibration, baselines and search are fakes
+In-process tests replace the runtime-version lookup to simulate an upgrade; the LUT is
+re-timed for real on a handful of blocks at 64x64 (seconds); the other stages are fakes
 (their own tests cover them) that record that they ran and write what the report reads.
+The end-to-end test changes the runtime for real: a scratch virtualenv with another
+onnxruntime over the project's packages (``benchmarks/runtime_venv.py``) runs every door
+(``scan-edge reprofile``, ``status``, ``reproduce``, ``reproduce --dvc``) in a copy of the
+project, the expensive stages faked in those processes too (``tests/_fake_stages.py``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
+import _fake_stages
+from benchmarks.runtime_venv import installed_version, make_runtime_venv
 from flows import reprofile
+from flows.reproduce import dvc_upstream
 from nas_core.io import read_parquet, read_provenance, write_json, write_parquet
+from nas_core.latency.lut_change import ChangeRule, compare_luts, drift_floor, median_standard_error
+from nas_core.latency.timing import median_ci
 from nas_core.params import load_params
+from nas_core.search_space import SearchSpace
 from tasks import stages
 from tasks.stages import STAGES, StageInfo
 
@@ -24,20 +41,39 @@ DEVICE = "ort_cpu_fp32"
 BLOCKS = "s1/ffn/w32/unified/k3/*/relu"  # 3 blocks, + the drift reference block
 QUICK = {"warmup_runs": 2, "warmup_ms": 1.0, "min_repeats": 5, "min_total_ms": 2.0, "max_repeats": 50,
          "max_total_ms": 100.0, "stability": 0.2, "check_every": 5}
+DOWNSTREAM = [f"finetune@ours_{DEVICE}@1.0x", "finetune@mobilenetv2_100", "transfer", "detection", "report"]
 
 
-@pytest.fixture
-def setup(tmp_path, monkeypatch):
+def _small_params() -> dict:
     params = load_params(PROJECT_ROOT / "params.yaml", "smoke")
     params["search"]["devices"] = [DEVICE]
     params["search_space"]["resolution"] = 64
     params["lut"].update(blocks=BLOCKS, timing=QUICK, check_every=5)
+    return params
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    params = _small_params()
     params["pipeline"]["params_constrained"] = {}
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump({k: v for k, v in params.items() if k != "profile"}))
     monkeypatch.setenv("SCAN_EDGE_CPU_LOCK", str(tmp_path / "cpu.lock"))
     root = tmp_path / "data"
     return params, params_file, root
+
+
+def _arch(seed: int):
+    return SearchSpace().sample(seed)
+
+
+def _write_search(layout: stages.Layout, run: str, arch, target: float, measured: float | None) -> None:
+    layout.search_dir(run).mkdir(parents=True, exist_ok=True)
+    arch_json = layout.search_dir(run) / "best.arch.json"
+    arch_json.write_text(arch.to_json())
+    write_json(layout.search_summary(run), {"arch_json": str(arch_json), "arch_id": arch.arch_id,
+                                            "compact": arch.compact(), "targets_ms": {DEVICE: target},
+                                            "measured_ms": None if measured is None else {DEVICE: measured}})
 
 
 def _install_fakes(monkeypatch, root: Path, calls: list) -> None:
@@ -57,64 +93,198 @@ def _install_fakes(monkeypatch, root: Path, calls: list) -> None:
     def search(params, devices, target, params_m=None, root=None):
         run = stages.SearchRun(tuple(devices), target, params_m)
         calls.append(f"search@{run.key}")
-        layout.search_dir(run.key).mkdir(parents=True, exist_ok=True)
-        write_json(layout.search_summary(run.key), {"arch_id": "new-arch", "targets_ms": {DEVICE: 2.0},
-                                                    "measured_ms": {DEVICE: 1.97}, "compact": "new"})
+        _write_search(layout, run.key, _arch(2), 2.0, 1.97)
         return {"summary": layout.search_summary(run.key)}
 
-    for name, fake in (("calibration", calibration), ("baselines", baselines), ("search", search)):
+    def finetune(params, name, root=None):
+        calls.append(f"finetune@{name}")
+        write_json(layout.finetune_dir(name) / "metrics.json", {"name": name})
+        return {"metrics": layout.finetune_dir(name) / "metrics.json"}
+
+    def downstream(stage):
+        def run(params, root=None):
+            calls.append(stage)
+            write_json(layout.root / stage / ("README.md" if stage == "report" else "metrics.json"), {})
+            return {}
+        return run
+
+    fakes = {"calibration": calibration, "baselines": baselines, "search": search, "finetune": finetune,
+             **{stage: downstream(stage) for stage in ("transfer", "detection", "report")}}
+    for name, fake in fakes.items():
         info = STAGES[name]
         monkeypatch.setitem(STAGES, name, StageInfo(fake, info.sections, info.code, info.measures_latency))
 
 
-def test_a_runtime_upgrade_reprofiles_the_device_and_reports_what_moved(prefect_harness, setup, tmp_path,
-                                                                        monkeypatch):
+def _old_state(params, root: Path) -> tuple[pd.DataFrame, list[str]]:
+    """A LUT measured now, with two blocks made 50x slower (the old runtime), and an old search."""
+    layout = stages.Layout(root)
+    lut = layout.lut_paths(DEVICE).lut
+    stages.stage_lut(params, DEVICE, root)
+    old = read_parquet(lut)
+    slowed = list(old["block_id"][:2])
+    old.loc[old["block_id"].isin(slowed), ["median_ms", "median_ci_low_ms", "median_ci_high_ms"]] *= 50
+    write_parquet(lut, old, read_provenance(lut))
+    _write_search(layout, f"{DEVICE}@1.0x", _arch(1), 2.1, 2.3)
+    return old, slowed
+
+
+def test_a_runtime_upgrade_reprofiles_the_device_brings_the_pipeline_up_to_date_and_reports(
+        prefect_harness, setup, tmp_path, monkeypatch):
     params, params_file, root = setup
     layout = stages.Layout(root)
     lut = layout.lut_paths(DEVICE).lut
-    stages.stage_lut(params, DEVICE, root)  # the LUT as measured with the old runtime
-    old = read_parquet(lut)
-    measured_first = old.set_index("block_id")["median_ms"].copy()
-    slowed = list(old["block_id"][:2])
-    old.loc[old["block_id"].isin(slowed), "median_ms"] *= 50  # the old runtime was much slower on these
-    write_parquet(lut, old, read_provenance(lut))
-    write_json(layout.search_summary(f"{DEVICE}@1.0x"), {"arch_id": "old-arch", "targets_ms": {DEVICE: 2.1},
-                                                          "measured_ms": {DEVICE: 2.3}, "compact": "old"})
+    old, slowed = _old_state(params, root)
     calls: list[str] = []
     _install_fakes(monkeypatch, root, calls)
+    measured = []
+    monkeypatch.setattr(reprofile, "measure_arch",
+                        lambda params, device, arch: measured.append(arch.arch_id) or 2.05)
     installed = read_provenance(lut)["identity"]["runtime_version"]
 
     monkeypatch.setattr(reprofile, "installed_runtime_version", lambda params, device: installed)
-    unchanged = reprofile.reprofile_flow(str(params_file), None, str(root), None, 0.5, str(tmp_path / "results"))
-    assert unchanged == {DEVICE: {"status": "unchanged", "runtime_version": installed}} and calls == []
+    unchanged = reprofile.reprofile_flow(str(params_file), None, str(root), results=str(tmp_path / "results"))
+    assert unchanged["devices"] == {DEVICE: {"status": "unchanged", "runtime_version": installed}}
+    assert calls == [] and unchanged["downstream"] == {}
 
     monkeypatch.setattr(reprofile, "installed_runtime_version", lambda params, device: "99.0-simulated")
-    outcome = reprofile.reprofile_flow(str(params_file), None, str(root), None, 0.5,
-                                       str(tmp_path / "results"))[DEVICE]
+    flow = reprofile.reprofile_flow(str(params_file), None, str(root), results=str(tmp_path / "results"),
+                                    rule={"z": 3.0, "min_change": 0.5})
+    outcome = flow["devices"][DEVICE]
     assert outcome["status"] == "reprofiled"
-    assert calls == [f"calibration@{DEVICE}", f"baselines@{DEVICE}", f"search@{DEVICE}@1.0x"]
+    assert sorted(calls[:2]) == [f"baselines@{DEVICE}", f"calibration@{DEVICE}"]
+    assert calls[2:] == [f"search@{DEVICE}@1.0x", *DOWNSTREAM]
+    assert list(outcome["steps"]) == [s.id for s in reprofile.device_steps(params, DEVICE, str(root))]
+    assert set(flow["downstream"]) == {f"finetune@{DEVICE}-1.0", "finetune-baseline@mobilenetv2_100", "transfer",
+                                       "detection", "report"}
+    assert flow["recorded_in_dvc"] == [], "a root outside the DVC project is not recorded in dvc.lock"
 
     new = read_parquet(lut).set_index("block_id")["median_ms"]
-    assert set(new.index) == set(measured_first.index)
-    assert (new != measured_first[new.index]).all(), "every block should have been timed again, not resumed"
-    moved = read_parquet(outcome["blocks"])
-    assert set(moved.loc[moved["change"] < -0.9, "block_id"]) == set(slowed)
+    assert set(new.index) == set(old["block_id"])
+    blocks = read_parquet(outcome["blocks"])
+    assert set(blocks.loc[blocks["flagged"], "block_id"]) == set(slowed), "only the 50x moves are beyond the noise"
+    assert (blocks.loc[blocks["flagged"], "change"] < -0.9).all()
+    assert (blocks["change_low"] <= blocks["change"]).all() and (blocks["change"] <= blocks["change_high"]).all()
+
     document = json.loads(Path(outcome["json"]).read_text())
     assert document["old_runtime_version"] == installed and document["new_runtime_version"] == "99.0-simulated"
-    assert document["searches"][0]["old_arch_id"] == "old-arch" and document["searches"][0]["new_arch_id"] == "new-arch"
-    assert document["searches"][0]["new_measured_ms"] == {DEVICE: 1.97}
+    assert document["blocks"]["blocks_flagged"] == 2 and document["blocks"]["blocks_compared"] == len(old)
+    deployed, chosen = document["models"]
+    assert deployed["model"] == "deployed" and deployed["arch_id"] == _arch(1).arch_id
+    assert deployed["measured_old_ms"] == 2.3 and deployed["measured_new_ms"] == 2.05
+    assert deployed["target_old_ms"] == 2.1 and deployed["target_new_ms"] == 2.0 and deployed["meets_target"] is False
+    assert chosen["arch_id"] == _arch(2).arch_id and chosen["measured_new_ms"] == 1.97 and chosen["meets_target"]
+    assert deployed["calibrated_new_ms"] is None, "a partial LUT gives no calibrated estimate"
+    assert measured == [_arch(1).arch_id], "the deployed model is measured on the new runtime"
     text = Path(outcome["markdown"]).read_text()
-    assert "99.0-simulated" in text and slowed[0] in text and "**changed**" in text
+    assert "99.0-simulated" in text and slowed[0] in text and "**misses its target**" in text
+    assert f"The new search chose `{_arch(2).arch_id}`, which **meets its target**" in text
     before = Path(document["sources"]["old LUT"])
     assert read_parquet(before)["median_ms"].max() == pytest.approx(old["median_ms"].max())
     assert (before.parent / "search" / f"{DEVICE}@1.0x.json").exists(), "the old search is kept aside"
 
 
-def test_a_device_without_a_lut_is_skipped(setup, monkeypatch):
+def test_force_reprofiles_an_unchanged_runtime_and_searches_only_leaves_the_rest(
+        prefect_harness, setup, tmp_path, monkeypatch):
+    params, params_file, root = setup
+    _old_state(params, root)
+    calls: list[str] = []
+    _install_fakes(monkeypatch, root, calls)
+    monkeypatch.setattr(reprofile, "measure_arch", lambda params, device, arch: 2.0)
+    flow = reprofile.reprofile_flow(str(params_file), None, str(root), results=str(tmp_path / "results"),
+                                    force=True, searches_only=True)
+    outcome = flow["devices"][DEVICE]
+    assert outcome["status"] == "reprofiled" and flow["downstream"] == {}
+    assert sorted(calls) == [f"baselines@{DEVICE}", f"calibration@{DEVICE}", f"search@{DEVICE}@1.0x"]
+    document = json.loads(Path(outcome["json"]).read_text())
+    assert document["forced"] and document["old_runtime_version"] == document["new_runtime_version"]
+    assert "no version change: a noise baseline" in Path(outcome["markdown"]).read_text()
+
+
+def test_a_device_without_a_lut_is_skipped(setup):
     params, _, root = setup
     assert reprofile.reprofile_device(params, DEVICE, str(root))["status"] == "skipped"
 
 
+def test_dependent_steps_follow_inputs_measured_devices_and_dvcs_graph():
+    params = load_params(PROJECT_ROOT / "params.yaml")
+    plan = stages.pipeline_steps(params, "data")
+    ort = [s.id for s in reprofile.device_steps(params, "ort_cpu_fp32", "data")]
+    assert sorted(ort) == ["baselines@ort_cpu_fp32", "calibration@ort_cpu_fp32", "lut@ort_cpu_fp32",
+                           "runtime@ort_cpu_fp32", "search-params@ort_cpu_fp32-1.0-2.5", "search@ort_cpu_fp32-1.0"]
+    after = [s.id for s in reprofile.dependent_steps(plan, ort, ["ort_cpu_fp32"], params)]
+    # every fine-tune measures on every searched device (its cache key holds their runtimes)
+    assert after == ["finetune@ort_cpu_fp32-1.0", "finetune@openvino_cpu_fp32-1.0",
+                     "finetune-params@ort_cpu_fp32-1.0-2.5", "finetune-baseline@mobilenetv2_100", "transfer",
+                     "detection", "report"]
+    assert after == [s.id for s in reprofile.dependent_steps(plan, ort, ["ort_cpu_fp32"], params, dvc_upstream())]
+    # DVC's graph alone (a device nothing measures on): its searches' fine-tunes, transfer and detection
+    upstream = {"transfer": {"search@x"}, "finetune@x": {"search@x"}}
+    fake_plan = [stages.Step("search", "search@x", outputs=(Path("s.json"),)),
+                 stages.Step("finetune", "finetune@x", (("name", "n"),), (Path("s.json"),), (Path("m.json"),)),
+                 stages.Step("transfer", "transfer"), stages.Step("report", "report")]
+    found = reprofile.dependent_steps(fake_plan, ["search@x"], [], {"search": {"devices": ["d"]},
+                                                                    "finetune": {"devices": []}}, upstream)
+    assert [s.id for s in found] == ["finetune@x", "transfer"]
+
+
+# --------------------------------------------------------------------------- the change rule
+def test_median_ci_brackets_the_median_with_order_statistics():
+    samples = np.arange(1, 101, dtype=float)  # n = 100: ranks 40 and 61
+    assert median_ci(samples) == (40.0, 61.0)
+    low, high = median_ci([5.0, 1.0, 3.0])
+    assert low == 1.0 and high == 5.0
+    assert all(np.isnan(median_ci([])))
+
+
+def _lut(medians: np.ndarray, rng, n: int = 60, spread: float = 0.05) -> pd.DataFrame:
+    """A LUT whose blocks were timed ``n`` times with multiplicative noise ``spread``."""
+    rows = []
+    for index, median in enumerate(medians):
+        samples = median * np.exp(rng.normal(0, spread, n))
+        low, high = median_ci(samples)
+        p10, mid, p90 = np.percentile(samples, [10, 50, 90])
+        rows.append({"block_id": f"b{index}", "kind": "ffn", "median_ms": mid, "median_ci_low_ms": low,
+                     "median_ci_high_ms": high, "p10_ms": p10, "p90_ms": p90, "repeats": n})
+    return pd.DataFrame(rows)
+
+
+def test_moves_within_the_noise_are_not_flagged_and_real_ones_are():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0.05, 2.0, 400)
+    old, same = _lut(truth, rng), _lut(truth, rng)
+    noise = compare_luts(old, same, ChangeRule(z=3.0, min_change=0.0))
+    assert noise.summary()["fraction_flagged"] <= 0.01
+    assert abs(noise.summary()["common_shift"]["median"]) < 0.01
+
+    changed = truth.copy()
+    changed[:20] *= 1.3  # the runtime made 20 blocks 30 % slower
+    result = compare_luts(old, _lut(changed, rng), ChangeRule(z=3.0, min_change=0.05))
+    assert set(result.flagged["block_id"]) >= {f"b{i}" for i in range(20)}
+    assert len(result.flagged) <= 22
+    # the interval of a flagged move excludes 0, and the percentile fallback gives a similar error
+    assert (result.flagged["change_low"] > 0).all()
+    fallback = median_standard_error(old.drop(columns=["median_ci_low_ms", "median_ci_high_ms"]))
+    ratio = fallback / median_standard_error(old)
+    assert 0.5 < ratio.median() < 2.0
+
+
+def test_the_drift_floor_and_session_floor_widen_the_uncertainty():
+    provenance = {"reference": {"baseline_timings_ms": [1.0]},
+                  "reference_checks": [{"median_ms": m} for m in (1.0, 1.1, 0.9, 1.2, 0.8, 1.0)]}
+    assert drift_floor(provenance) == pytest.approx(1.4826 * np.log(1.1), rel=0.05)
+    assert drift_floor({}) == 0.0
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(0.5, 1.0, 50)
+    old, new = _lut(truth, rng), _lut(truth * 1.15, rng)
+    tight = compare_luts(old, new, ChangeRule(min_change=0.0))
+    wide = compare_luts(old, new, ChangeRule(min_change=0.0, session_floor=0.06), provenance, provenance)
+    assert tight.summary()["blocks_flagged"] >= 45 and wide.summary()["blocks_flagged"] == 0
+    assert (wide.frame["uncertainty"] > 0.12).all()
+    with pytest.raises(ValueError, match="unknown keys"):
+        ChangeRule.from_dict({"threshold": 0.1})
+
+
+# --------------------------------------------------------------------------- schedule
 def test_the_schedule_is_a_cron_deployment(setup, capsys):
     _, params_file, root = setup
     deployment = reprofile.reprofile_deployment("15 4 * * 2", params_file=str(params_file), root=str(root))
@@ -124,5 +294,128 @@ def test_the_schedule_is_a_cron_deployment(setup, capsys):
 
     from flows.cli import main
 
-    assert main(["schedule", "reprofile", "--cron", "*/30 * * * *", "--params", str(params_file), "--print-only"]) == 0
-    assert "deployment reprofile/reprofile: cron '*/30 * * * *'" in capsys.readouterr().out
+    assert main(["schedule", "reprofile", "--cron", "*/30 * * * *", "--params", str(params_file), "--print-only",
+                 "--searches-only", "--z", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "deployment reprofile/reprofile: cron '*/30 * * * *'" in out and '"rule": {"z": 4.0}' in out
+
+
+# --------------------------------------------------------------------------- a real runtime upgrade, every door
+def _other_onnxruntime() -> str:
+    import onnxruntime
+
+    return "1.31.1" if onnxruntime.__version__ == "1.32.0" else "1.32.0"
+
+
+def _project_copy(dest: Path) -> None:
+    for name in ("nas_core", "flows", "tasks"):
+        shutil.copytree(PROJECT_ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy2(PROJECT_ROOT / name, dest / name)
+    params = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())  # with its profiles: DVC tracks them
+    params["search"]["devices"] = [DEVICE]
+    params["search_space"]["resolution"] = 64
+    params["lut"].update(blocks=BLOCKS, timing=QUICK, check_every=5)
+    params["baselines"]["models"] = []
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    (dest / ".dvc").mkdir()
+    shutil.copy2(PROJECT_ROOT / ".dvc" / "config", dest / ".dvc" / "config")
+    (dest / ".dvc" / ".gitignore").write_text("/config.local\n/tmp\n/cache\n")
+
+
+class Doors:
+    """The project copy's commands, run as a user would, with one runtime or the other."""
+
+    def __init__(self, project: Path, tmp: Path, pythons: dict[str, Path]):
+        from prefect.settings import PREFECT_API_URL
+
+        self.project, self.log = project, tmp / "ran.log"
+        self.bins = {}
+        for label, python in pythons.items():
+            self.bins[label] = _fake_stages.write_wrapper(tmp / f"bin-{label}", python, project).parent
+        spec = {step: outs for step, outs in _dvc_outs(project).items()}
+        (tmp / "spec.json").write_text(json.dumps(spec))
+        self.env = {**os.environ, "DVC_NO_ANALYTICS": "1", "FAKE_STAGES_SPEC": str(tmp / "spec.json"),
+                    "FAKE_STAGES_LOG": str(self.log), "FAKE_STAGES_REAL": "runtime,lut",
+                    "SCAN_EDGE_CPU_LOCK": str(tmp / "cpu.lock"), "SCAN_EDGE_RESULTS_DIR": str(tmp / "results"),
+                    "PREFECT_API_URL": PREFECT_API_URL.value() or "", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+    def run(self, runtime: str, *argv: str) -> tuple[list[str], str]:
+        """``scan-edge ARGV`` with ``runtime``'s python; returns (fake steps run, output)."""
+        self.log.write_text("")
+        env = {**self.env, "PATH": f"{self.bins[runtime]}{os.pathsep}{os.environ['PATH']}"}
+        done = subprocess.run(["scan-edge", *argv], cwd=self.project, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return self.log.read_text().split(), done.stdout
+
+    def dvc_status(self) -> dict:
+        done = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=self.project, env=self.env,
+                              capture_output=True, text=True, check=True)
+        return json.loads(done.stdout or "{}")
+
+
+def _dvc_outs(project: Path) -> dict[str, list[str]]:
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        return {stage.name: [o.def_path for o in stage.outs] for stage in repo.index.stages}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _runtime_venv(folder: Path) -> tuple[str, Path]:
+    other = _other_onnxruntime()
+    try:
+        return other, make_runtime_venv(folder, {"onnxruntime": other})
+    except (RuntimeError, FileNotFoundError) as err:
+        pytest.skip(f"cannot make a virtualenv with onnxruntime {other}: {err}")
+
+
+def test_a_runtime_venv_runs_the_project_with_another_onnxruntime(tmp_path):
+    other, python = _runtime_venv(tmp_path / "venv")
+    assert installed_version(python, "onnxruntime") == other
+    probe = ("from nas_core.params import load_params; from flows.reprofile import installed_runtime_version; "
+             f"print(installed_runtime_version(load_params({str(PROJECT_ROOT / 'params.yaml')!r}), {DEVICE!r}))")
+    done = subprocess.run([str(python), "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == other, "the project, run by the venv, sees the other runtime"
+
+
+@pytest.mark.slow  # ~3 min on a loaded 2-core machine: seven processes, each importing the project
+def test_a_real_onnxruntime_upgrade_leaves_every_door_in_agreement(prefect_harness, tmp_path):
+    other, new_python = _runtime_venv(tmp_path / "venv-new")
+    project = tmp_path / "project"
+    project.mkdir()
+    _project_copy(project)
+    doors = Doors(project, tmp_path, {"old": Path(sys.executable), "new": new_python})
+    lut = project / "data" / "lut" / f"{DEVICE}.parquet"
+
+    ran, out = doors.run("old", "reproduce")
+    assert lut.exists() and "report" in ran and f"search@{DEVICE}-1.0" in ran  # runtime and LUT are real
+    old_version = read_provenance(lut)["identity"]["runtime_version"]
+    assert old_version != other and set(doors.dvc_status()) == {f"runtime@{DEVICE}"}
+
+    ran, out = doors.run("new", "reprofile")
+    assert read_provenance(lut)["identity"]["runtime_version"] == other
+    assert {f"calibration@{DEVICE}", f"search@{DEVICE}-1.0", f"finetune@{DEVICE}-1.0", "report"} <= set(ran)
+    assert "pairs" not in ran and "supernet" not in ran
+    report = next((project / "data" / "reprofile").glob(f"{DEVICE}-*.json"))
+    document = json.loads(report.read_text())
+    assert (document["old_runtime_version"], document["new_runtime_version"]) == (old_version, other)
+    deployed = [row for row in document["models"] if row["model"] == "deployed"]
+    assert deployed and all(row["measured_new_ms"] > 0 for row in deployed), "measured on the new runtime"
+
+    status = json.loads(doors.run("new", "status", "--json")[1])
+    assert {row["stage"]: row["state"] for row in status if row["state"] != "up to date"} == \
+        {f"runtime@{DEVICE}": "always runs"}
+    assert set(doors.dvc_status()) == {f"runtime@{DEVICE}"}
+    lut_digest = _sha(lut)
+    ran, out = doors.run("new", "reproduce")
+    assert ran == [] and ", 0 ran," in out
+    ran, out = doors.run("new", "reproduce", "--dvc")
+    assert ran == [] and f"Running stage 'runtime@{DEVICE}'" in out and "Running stage 'lut@" not in out
+    assert _sha(lut) == lut_digest, "no door measured the LUT again"
+    assert set(doors.dvc_status()) == {f"runtime@{DEVICE}"}

@@ -154,7 +154,9 @@ def test_finetune_and_detection_stages_hold_no_lock_around_their_job(lock_file, 
     which kept every other stage waiting for minutes."""
     layout = stages.Layout(tmp_path / "data")
     layout.dataset.mkdir(parents=True)
-    (tmp_path / "coco").mkdir()
+    (tmp_path / "coco" / "images").mkdir(parents=True)
+    for split in ("train", "test"):  # the flat layout (the stage hashes both annotation files)
+        (tmp_path / "coco" / f"instances_{split}.json").write_text("{}")
     params = {**smoke_params, "pipeline": {**smoke_params["pipeline"], "detection_models": ["mobilenetv2_100"],
                                            "detection_data": str(tmp_path / "coco")}}
     seen: list = []

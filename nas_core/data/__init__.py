@@ -9,6 +9,8 @@
 """
 from nas_core.data.coco import (
     CocoDetectionDataset,
+    CocoFolder,
+    find_coco_folder,
     build_detection_loader,
     detection_collate,
     load_coco_instances,
@@ -17,7 +19,11 @@ from nas_core.data.coco import (
 )
 from nas_core.data.folders import (
     MANIFEST_COLUMNS,
+    BadImagesError,
     ImageLoadError,
+    checked_manifest,
+    find_unreadable_images,
+    load_checked_manifest,
     ManifestDataset,
     build_loader,
     build_manifest,
@@ -32,7 +38,8 @@ from nas_core.data.folders import (
 from nas_core.data.synthetic import generate_classification, generate_detection
 
 __all__ = [
-    "MANIFEST_COLUMNS", "CocoDetectionDataset", "ImageLoadError", "ManifestDataset",
+    "MANIFEST_COLUMNS", "BadImagesError", "CocoDetectionDataset", "CocoFolder", "ImageLoadError",
+    "checked_manifest", "find_coco_folder", "find_unreadable_images", "load_checked_manifest", "ManifestDataset",
     "build_detection_loader", "build_loader", "build_manifest", "build_transform", "class_names",
     "detection_collate", "generate_classification", "generate_detection", "load_coco_instances",
     "load_manifest", "open_rgb", "to_coco_results", "validate_manifest", "verify_images",

@@ -30,9 +30,24 @@ less are clipped: annotation tools often round a pixel past the border).
 
 Predictions go back to COCO with ``write_coco_results`` (the list ``pycocotools``'
 ``COCO.loadRes`` reads); evaluation itself lives elsewhere.
+
+Folder layouts (:func:`find_coco_folder`)
+-----------------------------------------
+* **standard COCO** (as downloaded from cocodataset.org)::
+
+      ROOT/annotations/instances_train2017.json   ROOT/train2017/*.jpg
+      ROOT/annotations/instances_val2017.json     ROOT/val2017/*.jpg
+
+  (any year or suffix: ``instances_train<S>.json`` pairs with ``instances_val<S>.json`` and
+  the image folders ``train<S>/`` and ``val<S>/``, also accepted under ``ROOT/images/``).
+  COCO's test split has no public labels, so ``val<S>`` is the held-out split that is
+  evaluated, as in every COCO paper;
+* **flat**: ``ROOT/images/`` with ``ROOT/instances_train.json`` and
+  ``ROOT/instances_test.json`` (``synthetic.generate_detection``, ``../shared/datasets/raccoon``).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping
@@ -179,6 +194,60 @@ def _checked_box(bbox: Any, width: int, height: int, tolerance: float, where: st
     return clipped
 
 
+LAYOUT_HELP = ("a detection dataset folder is either standard COCO (annotations/instances_train2017.json + "
+               "train2017/, annotations/instances_val2017.json + val2017/) or flat (images/, instances_train.json, "
+               "instances_test.json)")
+
+
+@dataclass(frozen=True)
+class CocoFolder:
+    """Where a detection folder keeps its training and held-out annotations and images."""
+
+    root: Path
+    layout: str            # "coco" | "flat"
+    train_images: Path
+    train_json: Path
+    test_images: Path
+    test_json: Path
+
+    def describe(self) -> dict[str, str]:
+        return {"root": str(self.root), "layout": self.layout, "train": str(self.train_json),
+                "test": str(self.test_json), "train_images": str(self.train_images),
+                "test_images": str(self.test_images)}
+
+
+def find_coco_folder(root: str | os.PathLike) -> CocoFolder:
+    """The layout of the detection folder ``root`` (module docstring); a FileNotFoundError
+    saying what is expected and what was found otherwise."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such detection dataset folder; {LAYOUT_HELP}")
+    flat = [root / "instances_train.json", root / "instances_test.json"]
+    if any(p.exists() for p in flat):
+        missing = [str(p) for p in flat if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]}: no such file; {LAYOUT_HELP}")
+        return CocoFolder(root, "flat", root / "images", flat[0], root / "images", flat[1])
+    annotations = root / "annotations"
+    for train_json in sorted(annotations.glob("instances_train*.json"), reverse=True):  # newest year first
+        suffix = train_json.name.removeprefix("instances_train").removesuffix(".json")
+        test_json = annotations / f"instances_val{suffix}.json"
+        if not test_json.exists():
+            raise FileNotFoundError(f"{test_json}: no such file (the held-out split paired with {train_json.name}); "
+                                    f"{LAYOUT_HELP}")
+        return CocoFolder(root, "coco", _image_folder(root, f"train{suffix}"), train_json,
+                          _image_folder(root, f"val{suffix}"), test_json)
+    found = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())[:12]) or "nothing"
+    raise FileNotFoundError(f"{root}: not a detection dataset folder ({LAYOUT_HELP}); found: {found}")
+
+
+def _image_folder(root: Path, name: str) -> Path:
+    for candidate in (root / name, root / "images" / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"{root / name}: no such image folder (nor {root / 'images' / name}); {LAYOUT_HELP}")
+
+
 class CocoDetectionDataset(Dataset):
     """``(image, target)`` pairs of a COCO instances file (formats in the module docstring).
 
@@ -195,6 +264,12 @@ class CocoDetectionDataset(Dataset):
     @property
     def records(self) -> tuple[ImageRecord, ...]:
         return self.instances.records
+
+    def without_images(self, paths) -> None:
+        """Leave out the records of these image files (unreadable ones, ``skip_bad_images``)."""
+        dropped = {str(p) for p in paths}
+        self.instances = dataclasses.replace(
+            self.instances, records=tuple(r for r in self.records if str(r.path) not in dropped))
 
     @property
     def num_classes(self) -> int:

@@ -37,6 +37,8 @@ value_ratio          i64    MHSA value ratio (0 for other kinds)
 act                  str    gelu | relu ("" for embed and head)
 median_ms            f64    median latency of one call: the number the estimator sums
 p10_ms, p90_ms       f64    10th / 90th percentile
+median_ci_low_ms,    f64    95 % confidence interval of the median from its own timed calls
+median_ci_high_ms           (``timing.median_ci``; NaN in tables timed before it was recorded)
 mean_ms, min_ms      f64    mean and fastest call
 repeats              i64    timed calls behind the statistics
 stable               bool   the median converged before the timing caps
@@ -73,9 +75,9 @@ import numpy as np
 
 from nas_core.block_catalog import BlockCatalog, BlockSpec
 from nas_core.io import code_version, read_parquet, read_provenance, utc_now, write_parquet
-from nas_core.latency import timing
 from nas_core.latency.devices import DeviceProfile, check_usable
-from nas_core.latency.measure import require_usable, safe_file_stem
+from nas_core.latency.location import DeviceAccess, LocalDevice, TimingJob
+from nas_core.latency.measure import safe_file_stem
 from nas_core.latency.timing import ModelEntry, TimingConfig
 from nas_core.search_space import SearchSpace
 
@@ -282,8 +284,12 @@ def build_lut(profile: DeviceProfile, paths: LutPaths | None = None, *, space: S
               block_filter: BlockFilter = None, limit: int | None = None, reference_id: str | None = None,
               resume: bool = True, seed: int = 0, config: TimingConfig | None = None, check_every: int = 10,
               drift_tolerance: float = 0.10, max_retries: int = 2, drift_pause_s: float = 2.0,
-              progress: bool = True, on_measured: Callable | None = None):
+              progress: bool = True, on_measured: Callable | None = None, access: DeviceAccess | None = None):
     """Time the chosen blocks on ``profile`` and write the LUT to ``paths.lut``; returns it.
+
+    ``access`` is where the blocks are timed (``nas_core.latency.location``; default: this
+    machine). A board's blocks go out as one job (``lut``) and its table comes back; the
+    LUT then records ``source`` = the device's location.
 
     The reference block is always timed (it is the drift yardstick and the calibration's
     link to this run). ``resume`` continues from ``paths.block_timings`` (a table made
@@ -294,24 +300,20 @@ def build_lut(profile: DeviceProfile, paths: LutPaths | None = None, *, space: S
     """
     paths = paths or LutPaths.for_device(profile.name)
     space = space or SearchSpace()
-    usability = require_usable(profile)
+    access = access or LocalDevice(profile)
     catalog = BlockCatalog(space, profile.resolution)
     chosen = select_blocks(catalog, block_filter, limit)
     reference = reference_block(catalog, reference_id, chosen)
     if reference not in chosen:
         chosen = [reference, *chosen]
     key = check_same_code(paths.block_timings, resume)
-    clock = profile_clock(profile)
     entries, open_fn = _block_entries(chosen, profile, paths, space, catalog, seed, progress)
-    rows = timing.profile_models(
-        entries, profile.to_settings(), paths.block_timings, reference_id=reference.block_id, seed=seed,
-        resume=resume, drift_tolerance=drift_tolerance, config=config, check_every=check_every,
-        max_retries=max_retries, drift_pause_s=drift_pause_s, open_fn=open_fn,
-        runtime=(usability.runtime_name, usability.runtime_version), code_version=code_version(),
-        progress=progress, on_measured=on_measured, clock=CLOCKS[clock],
-        extra_provenance={"space": space.version, "export_key": key, "clock": clock},
-    )
-    frame, provenance = assemble_lut(rows, read_provenance(paths.block_timings), catalog, profile, source="host")
+    job = TimingJob("lut", tuple(entries), reference.block_id, config, seed, check_every, drift_tolerance,
+                    max_retries, drift_pause_s, {"space": space.version, "export_key": key})
+    rows = access.time(job, paths.block_timings, resume=resume, progress=progress, open_fn=open_fn,
+                       on_measured=on_measured)
+    source = "host" if access.location == "local" else access.location
+    frame, provenance = assemble_lut(rows, read_provenance(paths.block_timings), catalog, profile, source=source)
     write_parquet(paths.lut, frame, provenance)
     frame.attrs["provenance"] = provenance
     return frame
@@ -330,8 +332,8 @@ def _block_entries(blocks, profile, paths, space, catalog, seed, progress):
 
 _BLOCK_COLUMNS = ["block_id", "kind", "stage", "in_width", "out_width", "in_resolution", "input_shape", "ffn_type",
                   "kernel", "expansion", "value_ratio", "act"]
-_TIMING_COLUMNS = ["median_ms", "p10_ms", "p90_ms", "mean_ms", "min_ms", "repeats", "stable", "attempts",
-                   "drift_flag", "reference_ratio", "load_average"]
+_TIMING_COLUMNS = ["median_ms", "p10_ms", "p90_ms", "median_ci_low_ms", "median_ci_high_ms", "mean_ms", "min_ms",
+                   "repeats", "stable", "attempts", "drift_flag", "reference_ratio", "load_average"]
 _PROVENANCE_COLUMNS = ["device", "backend", "runtime", "runtime_version", "provider", "precision",
                        "precision_actual", "threads", "batch_size", "resolution", "machine_id", "code_version",
                        "timestamp"]
@@ -468,7 +470,7 @@ def expected_runtime_version(profile: DeviceProfile, source: str, runtime_versio
         return str(runtime_version)
     if profile.options.get("runtime_version"):
         return str(profile.options["runtime_version"])
-    if source == "bundle":
+    if source != "host":  # measured on a board: its version is the board's, not what is installed here
         return None
     usability = check_usable(profile)
     if not usability.usable:

@@ -37,6 +37,9 @@ id                 str     model / block id from the manifest
 input_shape        str     e.g. ``1x3x224x224``
 median_ms          f64     median latency of one call (the number a LUT uses)
 p10_ms, p90_ms     f64     10th / 90th percentile (spread; noisy machine -> wide)
+median_ci_low_ms   f64     95 % confidence interval of the median from the timed calls
+median_ci_high_ms  f64     (distribution-free, order statistics; ``median_ci``): how far
+                           this row's median may be off from its own repeats alone
 mean_ms, min_ms    f64     mean and fastest call
 repeats            i64     timed calls behind the statistics (warm-up excluded)
 stable             bool    the median converged before the repeat / time cap
@@ -253,9 +256,15 @@ class TimingResult:
     total_ms: float
     stable: bool
     info: dict = dataclasses.field(default_factory=dict, compare=False)
+    median_ci_low_ms: float = float("nan")  # 95 % CI of the median (``median_ci``)
+    median_ci_high_ms: float = float("nan")
 
     def to_row(self) -> dict:
         return {k: getattr(self, k) for k in ("median_ms", "p10_ms", "p90_ms", "mean_ms", "min_ms", "repeats", "stable")}
+
+    def dispersion_row(self) -> dict:
+        """The repeat dispersion of the median (the ``median_ci_*`` columns of a table)."""
+        return {"median_ci_low_ms": self.median_ci_low_ms, "median_ci_high_ms": self.median_ci_high_ms}
 
 
 Clock = Callable[[], int]
@@ -303,11 +312,32 @@ def _warm_up(run: Callable[[], Any], config: TimingConfig, clock: Clock) -> None
 def _summarise(samples_ns: Sequence[int], stable: bool) -> TimingResult:
     samples_ms = np.asarray(samples_ns, dtype=np.float64) / 1e6
     p10, median, p90 = np.percentile(samples_ms, [10, 50, 90])
+    low, high = median_ci(samples_ms)
     return TimingResult(
         median_ms=float(median), p10_ms=float(p10), p90_ms=float(p90),
         mean_ms=float(samples_ms.mean()), min_ms=float(samples_ms.min()),
         repeats=int(samples_ms.size), total_ms=float(samples_ms.sum()), stable=bool(stable),
+        median_ci_low_ms=low, median_ci_high_ms=high,
     )
+
+
+def median_ci(samples: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median (``z`` = 1.96: 95 %).
+
+    The order statistics of ranks ``n/2 -+ z*sqrt(n)/2`` (1-based, rounded outwards; the
+    normal approximation of the binomial count of samples below the median) bound the
+    population median with that confidence for independent samples, whatever their
+    distribution. Timed calls in a row are not quite independent (a busy moment spans
+    several calls), so the interval is a lower bound on the median's real uncertainty.
+    """
+    ordered = np.sort(np.asarray(samples, dtype=np.float64))
+    n = ordered.size
+    if n == 0:
+        return float("nan"), float("nan")
+    half_width = z * np.sqrt(n) / 2.0
+    low_rank = max(1, int(np.floor(n / 2.0 - half_width)))
+    high_rank = min(n, int(np.ceil(n / 2.0 + 1.0 + half_width)))
+    return float(ordered[low_rank - 1]), float(ordered[high_rank - 1])
 
 
 def settings_clock(settings: Mapping) -> str:
@@ -421,14 +451,46 @@ class OrtSession:
         fp16 = provider_options.get("trt_fp16_enable") in (True, "True", "true", 1, "1")
         self.info = {"provider": active, "precision_actual": "fp16" if fp16 or dtype == np.float16 else "fp32"}
 
+        # GPU providers: the input lives on the device and the outputs stay there, so a timed
+        # call is the model alone, not host<->device copies (options io_binding: false turns it off).
+        self.binding = None
+        if options.get("io_binding", provider in ORT_DEVICE_PROVIDERS):
+            self.binding, self._bound = _bind_on_device(ort, self.session, self.feeds, self.output_names,
+                                                        ORT_DEVICE_PROVIDERS.get(provider, "cpu"),
+                                                        int(provider_options.get("device_id", 0)))
+        self.info["io_binding"] = self.binding is not None
+
     def run(self) -> None:
+        if self.binding is not None:
+            self.session.run_with_iobinding(self.binding)  # the CUDA EP synchronises its stream at the end of Run
+            return
         self._outputs = self.session.run(self.output_names, self.feeds)
 
     def outputs(self) -> list[np.ndarray]:
+        if self.binding is not None:
+            return [np.asarray(o) for o in self.binding.copy_outputs_to_cpu()]
         return list(self._outputs)
 
     def close(self) -> None:
+        self.binding, self._bound = None, []
         self.session = None
+
+
+ORT_DEVICE_PROVIDERS = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
+
+
+def _bind_on_device(ort, session, feeds: Mapping[str, np.ndarray], output_names: Sequence[str], device: str,
+                    device_id: int):
+    """An ORT I/O binding with ``feeds`` copied to ``device`` once and outputs allocated there;
+    returns ``(binding, the bound input values)`` (kept alive as long as the binding)."""
+    binding = session.io_binding()
+    bound = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, device_id)
+             for array in feeds.values()]
+    for name, value in zip(feeds, bound):
+        binding.bind_ortvalue_input(name, value)
+    for name in output_names:
+        binding.bind_output(name, device, device_id)
+    return binding, bound
 
 
 _OV_PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
@@ -657,6 +719,7 @@ ROW_SCHEMA = pa.schema([
     ("id", pa.string()), ("input_shape", pa.string()),
     ("median_ms", pa.float64()), ("p10_ms", pa.float64()), ("p90_ms", pa.float64()),
     ("mean_ms", pa.float64()), ("min_ms", pa.float64()), ("repeats", pa.int64()), ("stable", pa.bool_()),
+    ("median_ci_low_ms", pa.float64()), ("median_ci_high_ms", pa.float64()),
     ("attempts", pa.int64()), ("drift_flag", pa.bool_()), ("reference_ratio", pa.float64()),
     ("timestamp", pa.string()), ("load_average", pa.float64()), ("device", pa.string()), ("backend", pa.string()),
     ("runtime", pa.string()), ("runtime_version", pa.string()), ("provider", pa.string()),
@@ -789,7 +852,8 @@ def profile_models(entries: Iterable, settings: Any, out_path: str | os.PathLike
         if on_measured is not None:
             on_measured(entry.id, result)
         reporter.measured(entry.id, result, attempt)
-        return {**row_base, **result.to_row(), "id": entry.id, "input_shape": entry.shape_text, "attempts": attempt,
+        return {**row_base, **result.to_row(), **result.dispersion_row(), "id": entry.id,
+                "input_shape": entry.shape_text, "attempts": attempt,
                 "drift_flag": False, "reference_ratio": 1.0, "timestamp": utc_now(), "load_average": load_average(),
                 "precision_actual": result.info.get("precision_actual", "unknown"),
                 "provider": result.info.get("provider", settings["provider"])}
@@ -807,8 +871,11 @@ def profile_models(entries: Iterable, settings: Any, out_path: str | os.PathLike
             if reference_id not in state.rows:
                 first = measure(reference, 1, reference_session)
                 state.add_rows([first])
-                state.reference = _reference_baseline(reference_id, first["median_ms"], reference_session, config,
-                                                      clock)
+                # A drift yardstick only matters when other models follow (a one-model job: none).
+                state.reference = (_reference_baseline(reference_id, first["median_ms"], reference_session, config,
+                                                       clock) if todo else
+                                   {"id": reference_id, "baseline_ms": first["median_ms"],
+                                    "baseline_timings_ms": [first["median_ms"]]})
                 state.write(provenance)
             for block in _chunks(todo, max(1, check_every)):
                 rows = _measure_block(block, measure, reference_session, state, config, clock,
@@ -987,8 +1054,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Time every ONNX model of a profiling bundle on this device and write a latency table "
                     "(Parquet). Needs numpy, pyarrow and the bundle's runtime (onnxruntime / openvino / "
                     "tensorrt); not torch. Re-running resumes where an interrupted run stopped.")
-    parser.add_argument("bundle_dir", type=Path, help="folder holding manifest.json and the ONNX files")
-    parser.add_argument("--out", type=Path, required=True, help="output Parquet file (resumed when it exists)")
+    parser.add_argument("bundle_dir", type=Path, nargs="?",
+                        help="folder holding manifest.json and the ONNX files (omit with --runtime-report alone)")
+    parser.add_argument("--out", type=Path, help="output Parquet file (resumed when it exists); needs bundle_dir")
+    parser.add_argument("--runtime-report", type=Path, metavar="JSON",
+                        help="also write what this device runs (runtime and version, Python, host) to JSON; with no "
+                             "bundle_dir, only that (what `scan-edge reprofile` compares for a board)")
+    parser.add_argument("--backend", default=None,
+                        help="with --runtime-report and no bundle: the runtime to report (default onnxruntime)")
     parser.add_argument("--device-name", help="device name recorded in the table (default: the manifest's profile name)")
     parser.add_argument("--threads", type=int, help="override the profile's thread count")
     parser.add_argument("--no-resume", action="store_true", help="start over even if --out exists")
@@ -999,8 +1072,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def runtime_report(backend: str) -> dict:
+    """What this device runs, as the host records it for a board (``--runtime-report``)."""
+    import socket
+
+    name, version = runtime_identity(backend)
+    return {"runtime": name, "runtime_version": version, "backend": backend, "python": sys.executable,
+            "python_version": platform.python_version(), "host": socket.gethostname(),
+            "machine": machine_fingerprint(), "reported_at": utc_now()}
+
+
+def _write_report(path: Path, backend: str) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(runtime_report(backend), indent=2, sort_keys=True))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.bundle_dir is None:
+        if not args.runtime_report:
+            parser.error("give a bundle folder (and --out), or --runtime-report alone")
+        _write_report(args.runtime_report, args.backend or "onnxruntime")
+        return 0
+    if args.out is None:
+        parser.error("--out is required with a bundle folder")
     manifest = load_manifest(args.bundle_dir)
     settings = normalise_settings(manifest["settings"])
     if args.device_name:
@@ -1016,8 +1112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config=TimingConfig.from_dict(manifest.get("timing")),
         check_every=args.check_every or int(manifest.get("check_every", 10)),
         code_version=str(manifest.get("code_version", "unknown")), pin_cpus=not args.no_pin,
-        progress=not args.quiet, extra_provenance={"bundle": str(args.bundle_dir)},
+        progress=not args.quiet, extra_provenance={"bundle": str(args.bundle_dir), "executor": {
+            "python": sys.executable, "pid": os.getpid()}},
     )
+    if args.runtime_report:
+        _write_report(args.runtime_report, settings["backend"])
     flagged = sum(bool(r["drift_flag"]) for r in rows)
     print(f"wrote {len(rows)} rows to {args.out} ({settings['name']}, {rows[0]['runtime']} "
           f"{rows[0]['runtime_version']}, {flagged} drift-flagged)")
