@@ -198,8 +198,6 @@ def run_search(setup: SearchSetup, targets: Mapping[str, float], max_params: flo
 def _search_code_digest() -> str:
     """Hash of the search's code (this module and ``search_algorithm``): a result found by other
     search or refinement code is not up to date, even when every input is the same."""
-    import hashlib
-
     from . import search_algorithm
 
     digest = hashlib.sha256()

@@ -124,18 +124,25 @@ def gpu_tests() -> dict:
     return {"counts": counts, "cases": cases}
 
 
-def lut_subset(device: str, blocks: str, limit: int, out: Path) -> dict:
+def usable_cuda_profile(device: str):
+    """The CUDA device profile and its usability, or Skip with the reason."""
     require_cuda()
     if DEVICE != "cuda":
         raise Skip("GPU_CHECK_DEVICE=cpu: the device profiles are CUDA ones")
     from nas_core.latency.devices import check_usable, get_profile
-    from nas_core.latency.lut import LutPaths, build_lut
-    from nas_core.latency.timing import TimingConfig
 
     profile = get_profile(device)
     usability = check_usable(profile)
     if not usability.usable:
         raise Skip(usability.reason)
+    return profile, usability
+
+
+def lut_subset(device: str, blocks: str, limit: int, out: Path) -> dict:
+    from nas_core.latency.lut import LutPaths, build_lut
+    from nas_core.latency.timing import TimingConfig
+
+    profile, usability = usable_cuda_profile(device)
     config = TimingConfig(warmup_runs=5, warmup_ms=20, min_repeats=20, min_total_ms=50, max_total_ms=500)
     frame = build_lut(profile, LutPaths.for_device(device, out / "lut"), block_filter=blocks, limit=limit,
                       config=config, progress=False)
@@ -144,19 +151,12 @@ def lut_subset(device: str, blocks: str, limit: int, out: Path) -> dict:
 
 
 def small_calibration(device: str, out: Path, subnets: int = 3) -> dict:
-    require_cuda()
-    if DEVICE != "cuda":
-        raise Skip("GPU_CHECK_DEVICE=cpu: the device profiles are CUDA ones")
-    from nas_core.latency.devices import check_usable, get_profile
     from nas_core.latency.measure import measure_module
     from nas_core.latency.timing import TimingConfig
     from nas_core.search_space import SearchSpace
     from nas_core.subnet import SubnetModel
 
-    profile = get_profile(device)
-    usability = check_usable(profile)
-    if not usability.usable:
-        raise Skip(usability.reason)
+    profile, usability = usable_cuda_profile(device)
     space = SearchSpace()
     config = TimingConfig(warmup_runs=5, warmup_ms=20, min_repeats=20, min_total_ms=50, max_total_ms=1000)
     measured = {}
