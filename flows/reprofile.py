@@ -44,13 +44,13 @@ from prefect import flow
 from flows.reproduce import dvc_commit, dvc_tracks, dvc_upstream, run_steps
 from nas_core.efficiency_predictor import LatencyEstimator
 from nas_core.io import read_json, read_parquet, read_provenance, utc_now, write_json, write_parquet, write_text
-from nas_core.latency.devices import check_usable
 from nas_core.latency.lut import LutError
 from nas_core.latency.lut_change import ChangeRule, LutComparison, compare_luts
 from nas_core.reprofile_report import change_report_markdown, searched_model_row
-from nas_core.search_algorithm import Candidate, device_measure_fn
+from nas_core.finetune import measure_latency
 from nas_core.search_space import ArchConfig, SearchSpace
-from tasks import stage_lock, stages
+from nas_core.subnet import SubnetModel
+from tasks import stages
 from tasks.prefect_tasks import measured_devices
 
 DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00: a quiet hour for timing
@@ -175,21 +175,21 @@ def read_arch(path: Path | None) -> ArchConfig | None:
     return None if path is None else SearchSpace().from_json(Path(path).read_text())
 
 
-def measure_arch(params: Mapping[str, Any], device: str, arch: ArchConfig) -> float | None:
-    """``arch`` measured on ``device`` as the search measures candidates (a standalone subnet
-    through ``search_algorithm.device_measure_fn``), holding the CPU lock exclusively; None
-    when the device cannot be measured here."""
+def measure_arch(params: Mapping[str, Any], device: str, arch: ArchConfig, root: Path) -> float | None:
+    """``arch`` as a standalone subnet, timed where ``device`` is (this machine under the
+    exclusive CPU lock, or its board) through the device's access, as the search's check
+    times candidates; None when the device cannot time it (the reason is printed)."""
     profile = stages.device_profile(params, device)
-    usability = check_usable(profile)
-    if not usability.usable:
-        print(f"{device}: cannot measure here ({usability.reason})", flush=True)
-        return None
-    space = SearchSpace()
     num_classes = int(stages.section(params, "search").get("num_classes", 1000))
-    measure = device_measure_fn(space, {device: profile}, num_classes=num_classes, resolution=profile.resolution)
-    candidate = Candidate(tuple(int(g) for g in space.encode(arch)), float("nan"), {f"latency_ms.{device}": 0.0})
-    with stage_lock("exclusive"):
-        return float(measure(candidate)[device])
+    model = SubnetModel(arch, num_classes=num_classes, resolution=profile.resolution).eval()
+    with stages._locked(profile):  # this machine's CPU when the device is here; nothing for a board
+        result = measure_latency(model, profile.input_shape(profile.resolution), [device],
+                                 stages.section(params, "devices"), stages.section(params, "lut").get("timing"),
+                                 access_of=stages._access_of(params, root), job_name=f"reprofile-{arch.arch_id}")
+    if "median_ms" not in result[device]:
+        print(f"{device}: cannot measure {arch.arch_id} ({result[device].get('skipped')})", flush=True)
+        return None
+    return float(result[device]["median_ms"])
 
 
 def _estimate(estimator: LatencyEstimator | None, arch: ArchConfig | None) -> float | None:
@@ -216,11 +216,11 @@ def searched_models(params: Mapping[str, Any], device: str, layout: stages.Layou
                    "target_new_ms": _device_value((new or {}).get("targets_ms"), device)}
         new_measured = _device_value((new or {}).get("measured_ms"), device)
         if new_arch is not None and new_measured is None:
-            new_measured = measure_arch(params, device, new_arch)
+            new_measured = measure_arch(params, device, new_arch, layout.root)
         if old_arch is not None and new_arch is not None and old_arch.arch_id == new_arch.arch_id:
             deployed_now = new_measured
         else:
-            deployed_now = measure_arch(params, device, old_arch) if old_arch is not None else None
+            deployed_now = measure_arch(params, device, old_arch, layout.root) if old_arch is not None else None
         rows.append(searched_model_row(
             run.key, device, "deployed", old, **targets,
             calibrated={"old": _estimate(estimators["old"], old_arch), "new": _estimate(estimators["new"], old_arch)},

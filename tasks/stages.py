@@ -473,14 +473,21 @@ def device_profile(params: Mapping[str, Any], device: str):
     return profile
 
 
-def device_access(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT):
+def device_access(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT,
+                  paired: bool = True):
     """How the pipeline reaches ``device`` (``nas_core.latency.location``): this machine, a
-    board's Prefect worker (``tasks.board_worker``), or bundles under ``<root>/bundles/``."""
+    board's Prefect worker (``tasks.board_worker``), or bundles under ``<root>/bundles/``.
+    With ``paired`` (and the device option ``paired_reference``) its jobs are timed against
+    the yardstick of its LUT (``nas_core.latency.lut.yardstick``); the LUT stage itself sets
+    the scale, so it asks for ``paired=False``."""
     from nas_core.latency.location import device_access as access_of
+    from nas_core.latency.lut import yardstick
     from tasks.board_worker import worker_factory
 
-    return access_of(device_profile(params, device), bundles_dir=Layout(root).root / "bundles",
-                     worker_factory=worker_factory)
+    layout = Layout(root)
+    profile = device_profile(params, device)
+    scale = yardstick(profile, layout.lut_paths(device)) if paired else None
+    return access_of(profile, bundles_dir=layout.root / "bundles", worker_factory=worker_factory, yardstick=scale)
 
 
 def _access_of(params: Mapping[str, Any], root: Path) -> Callable:
@@ -513,7 +520,7 @@ def device_runtime_version(params: Mapping[str, Any], device: str, root: str | o
     key = (device, json.dumps(profile.location_options, sort_keys=True, default=str), str(root))
     cached = _BOARD_VERSIONS.get(key)
     if cached is None or time.monotonic() - cached[0] > BOARD_VERSION_TTL_S:
-        cached = (time.monotonic(), device_access(params, device, root).runtime_version())
+        cached = (time.monotonic(), device_access(params, device, root, paired=False).runtime_version())
         _BOARD_VERSIONS[key] = cached
     return cached[1]
 
@@ -606,7 +613,7 @@ def stage_lut(params: Mapping[str, Any], device: str, root: str | os.PathLike = 
     identity = {"lut": section(params, "lut"), "runtime": runtime_identity(params, device, root)}
     resume = resume_or_restart(layout, f"lut@{device}", identity)
     frame = run_lut(params, profile, paths, resume=resume, progress=sys.stderr.isatty(),
-                    access=device_access(params, device, root))
+                    access=device_access(params, device, root, paired=False))
     _say(f"lut {device}: {len(frame)} blocks, {int(frame['drift_flag'].sum())} drift-flagged -> {paths.lut}")
     return {"lut": paths.lut}
 

@@ -343,3 +343,68 @@ def test_run_bundle_flow_times_a_bundle_and_refuses_a_folder_that_is_not_one(tin
     assert set(frame["device"]) == {"board_cpu"} and (frame["median_ms"] > 0).all()
     with pytest.raises(FileNotFoundError, match="not a profiling bundle"):
         runner_command(tmp_path, tmp_path / "x.parquet")
+
+
+# ----------------------------------------------------------------------------- paired timing
+class _MoodyHost:
+    """A shared host whose speed flips between 1.0x and 1.5x every 7 ms of (fake) time, as
+    this VM's does every second or so: a call costs its own work times the speed now."""
+
+    def __init__(self):
+        self.clock = _FakeClock()
+
+    def speed(self) -> float:
+        return 1.5 if (self.clock.now_ns // 7_000_000) % 2 else 1.0
+
+    def open(self, entry, settings):
+        work_ms = 0.2 if entry.id == "ref" else 0.1 * int(entry.id[1:])
+        return _FakeSession(self.clock, lambda: work_ms * self.speed())
+
+
+def _moody_run(out, paired: bool, yardstick_ms=None):
+    host = _MoodyHost()
+    entries = [ModelEntry("ref", None, (1, 3, 8, 8))] + [ModelEntry(f"m{i}", None, (1, 3, 8, 8)) for i in range(1, 9)]
+    settings = {**ORT.to_settings(), "options": {"paired_reference": paired}}
+    config = TimingConfig(warmup_runs=1, warmup_ms=0, min_repeats=15, min_total_ms=0, max_repeats=15, check_every=15)
+    rows = profile_models(entries, settings, out, reference_id="ref", seed=0, config=config, check_every=3,
+                          drift_pause_s=0, open_fn=host.open, runtime=("fake", "1"), clock=host.clock,
+                          pin_cpus=False, progress=False, yardstick_ms=yardstick_ms)
+    return {r["id"]: r for r in rows}
+
+
+def test_paired_timing_cancels_the_host_speed_and_sets_the_scale(tmp_path):
+    plain = _moody_run(tmp_path / "plain.parquet", paired=False)
+    paired = _moody_run(tmp_path / "paired.parquet", paired=True, yardstick_ms=0.4)
+    true_ms = {f"m{i}": 0.1 * i * 0.4 / 0.2 for i in range(1, 9)}  # work ratio to ref x the 0.4 ms scale
+    paired_error = max(abs(paired[i]["median_ms"] / true_ms[i] - 1) for i in true_ms)
+    plain_ratio = [plain[i]["median_ms"] / (0.1 * int(i[1:])) for i in true_ms]  # 1.0 or 1.5: the host's mood
+    assert paired_error < 0.02, paired_error
+    assert max(plain_ratio) / min(plain_ratio) > 1.3  # unpaired medians inherit the speed of their moment
+    assert paired["ref"]["median_ms"] == pytest.approx(0.4, rel=0.02)
+    assert paired["m4"]["raw_median_ms"] == pytest.approx(0.4, rel=0.6)  # the model's own time, kept for the record
+    assert io.read_provenance(tmp_path / "paired.parquet")["reference"]["yardstick_ms"] == 0.4
+    with pytest.raises(ValueError, match="scale"):  # a resume on another scale would mix two units
+        _moody_run(tmp_path / "paired.parquet", paired=True, yardstick_ms=0.5)
+
+
+def test_paired_access_times_every_job_against_the_yardstick_and_hides_its_row(tmp_path):
+    from nas_core.latency.location import PairedAccess, TimingJob, Yardstick, with_yardstick
+
+    yardstick = Yardstick(ModelEntry("ref", None, (1, 3, 8, 8)), 0.4)
+    job = TimingJob("finetune-x", (ModelEntry("x", None, (1, 3, 8, 8)),), "x")
+    paired, added = with_yardstick(job, yardstick)
+    assert added == "ref" and paired.reference_id == "ref" and paired.yardstick_ms == 0.4
+    assert paired.ids() == ["ref", "x"]
+    own_scale = dataclasses.replace(job, yardstick_ms=1.0)
+    assert with_yardstick(own_scale, yardstick) == (own_scale, None)
+
+    class Recorder:
+        profile, location = ORT, "local"
+
+        def time(self, job, out_path, **kwargs):
+            self.job = job
+            return [{"id": i, "median_ms": 1.0} for i in job.ids()]
+
+    inner = Recorder()
+    rows = PairedAccess(inner, yardstick).time(job, tmp_path / "t.parquet")
+    assert [r["id"] for r in rows] == ["x"] and inner.job.yardstick_ms == 0.4

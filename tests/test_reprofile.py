@@ -138,7 +138,7 @@ def test_a_runtime_upgrade_reprofiles_the_device_brings_the_pipeline_up_to_date_
     _install_fakes(monkeypatch, root, calls)
     measured = []
     monkeypatch.setattr(reprofile, "measure_arch",
-                        lambda params, device, arch: measured.append(arch.arch_id) or 2.05)
+                        lambda params, device, arch, root: measured.append(arch.arch_id) or 2.05)
     installed = read_provenance(lut)["identity"]["runtime_version"]
 
     monkeypatch.setattr(reprofile, "installed_runtime_version", lambda params, device: installed)
@@ -189,7 +189,7 @@ def test_force_reprofiles_an_unchanged_runtime_and_searches_only_leaves_the_rest
     _old_state(params, root)
     calls: list[str] = []
     _install_fakes(monkeypatch, root, calls)
-    monkeypatch.setattr(reprofile, "measure_arch", lambda params, device, arch: 2.0)
+    monkeypatch.setattr(reprofile, "measure_arch", lambda params, device, arch, root: 2.0)
     flow = reprofile.reprofile_flow(str(params_file), None, str(root), results=str(tmp_path / "results"),
                                     force=True, searches_only=True)
     outcome = flow["devices"][DEVICE]

@@ -34,11 +34,12 @@ TIMING_SOURCE = Path(timing.__file__)
 
 def make_bundle(models: Iterable, profile: DeviceProfile, bundle_dir: str | os.PathLike, *,
                 reference_id: str | None = None, seed: int = 0, config: TimingConfig | None = None,
-                drift_tolerance: float = 0.10, check_every: int = 10) -> Path:
+                drift_tolerance: float = 0.10, check_every: int = 10, yardstick_ms: float | None = None) -> Path:
     """Write a bundle timing ``models`` (ModelEntry or dicts with id, path, input_shape).
 
     The ONNX files are copied into ``models/``; the manifest records the profile's
-    settings, the timing configuration and the code version that made the bundle.
+    settings, the timing configuration, the paired-timing scale ``yardstick_ms`` (None: the
+    reference's own baseline) and the code version that made the bundle.
     """
     bundle_dir = Path(bundle_dir)
     (bundle_dir / "models").mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,8 @@ def make_bundle(models: Iterable, profile: DeviceProfile, bundle_dir: str | os.P
         relative = Path("models") / f"{safe_file_stem(entry.id)}.onnx"
         shutil.copyfile(entry.path, bundle_dir / relative)
         listed.append({"id": entry.id, "path": relative.as_posix(), "input_shape": list(entry.input_shape)})
-    return _finish(bundle_dir, listed, profile, reference_id, seed, config, drift_tolerance, check_every)
+    return _finish(bundle_dir, listed, profile, reference_id, seed, config, drift_tolerance, check_every,
+                   yardstick_ms)
 
 
 def export_bundle(named_modules: Mapping[str, object], profile: DeviceProfile, bundle_dir: str | os.PathLike, *,
@@ -69,11 +71,12 @@ def export_bundle(named_modules: Mapping[str, object], profile: DeviceProfile, b
 
 
 def _finish(bundle_dir: Path, listed: list[dict], profile: DeviceProfile, reference_id, seed, config,
-            drift_tolerance, check_every) -> Path:
+            drift_tolerance, check_every, yardstick_ms: float | None = None) -> Path:
     manifest = {
         "format": MANIFEST_FORMAT, "settings": profile.to_settings(), "models": listed,
         "reference_id": reference_id, "seed": seed, "drift_tolerance": drift_tolerance,
         "check_every": check_every, "timing": (config or TimingConfig()).to_dict(), "code_version": code_version(),
+        "yardstick_ms": yardstick_ms,
     }
     write_json(bundle_dir / MANIFEST_NAME, manifest)
     write_text(bundle_dir / RUNNER_NAME, TIMING_SOURCE.read_text())

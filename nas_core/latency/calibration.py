@@ -60,7 +60,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -243,12 +243,13 @@ def measure_subnets(choices: Sequence[SubnetChoice], profile: DeviceProfile, pat
                     config: TimingConfig | None = None, check_every: int = 10, drift_tolerance: float = 0.10,
                     max_retries: int = 2, drift_pause_s: float = 2.0, progress: bool = True,
                     on_measured: Callable | None = None, access: DeviceAccess | None = None,
-                    expected_runtime_version: str | None = None) -> list[dict]:
+                    expected_runtime_version: str | None = None, yardstick_ms: float | None = None) -> list[dict]:
     """Time every subnet end to end, with the LUT's reference block as drift yardstick.
 
     Same machinery as the LUT (``timing.profile_models``, on ``access``: this machine by
     default): shuffled, drift-checked, checkpointed to ``paths.subnet_timings`` and
-    resumable. Returns its rows (the reference's included). The caller holds any
+    resumable. Returns its rows (the reference's included). ``yardstick_ms``: the LUT's
+    paired-timing scale (None: the LUT was not timed in pairs). The caller holds any
     machine-wide CPU lock.
     """
     space = space or SearchSpace()
@@ -259,7 +260,7 @@ def measure_subnets(choices: Sequence[SubnetChoice], profile: DeviceProfile, pat
     entries, open_fn = _subnet_entries(choices, reference, profile, paths, space, seed, progress)
     job = TimingJob("calibration", tuple(entries), reference.block_id, config, seed, check_every, drift_tolerance,
                     max_retries, drift_pause_s, {"space": space.version, "export_key": key},
-                    expected_runtime_version=expected_runtime_version)
+                    expected_runtime_version=expected_runtime_version, yardstick_ms=yardstick_ms)
     return access.time(job, paths.subnet_timings, resume=resume, progress=progress, open_fn=open_fn,
                        on_measured=on_measured)
 
@@ -370,6 +371,8 @@ def quiet_machine_check(lut: LookupTable, subnet_provenance: Mapping, subnet_fra
     * drift: both runs re-timed the same reference block; every timing of either run must
       be within ``tolerance`` of the median of its timings in the LUT run (steadier than
       its first timing, which one noisy moment can spoil);
+    * with paired timing (the device option ``paired_reference``) the drift is recorded, not
+      judged: every timing is a ratio to the reference taken call by call;
     * load: with the wall clock, the median 1-minute load average of either run must stay
       below the machine's core count. The reference block (well under a millisecond)
       mostly runs between two preemptions even on a busy machine, so it can look steady
@@ -389,7 +392,11 @@ def quiet_machine_check(lut: LookupTable, subnet_provenance: Mapping, subnet_fra
     cores = (lut.provenance.get("machine") or {}).get("cores") or os.cpu_count()
     clock = lut.provenance.get("clock", "wall")
     busy = any(load is not None and load >= cores for load in loads.values())
-    reasons = ([f"the reference block moved {worst:.1%} (tolerance {tolerance:.0%})"] if worst > tolerance else [])
+    # Paired timings are ratios to the reference taken call by call: its own moves cancel and
+    # are kept only as a record of how much the host's speed changed.
+    paired = bool(((lut.provenance.get("settings") or {}).get("options") or {}).get("paired_reference"))
+    reasons = ([f"the reference block moved {worst:.1%} (tolerance {tolerance:.0%})"]
+               if worst > tolerance and not paired else [])
     reasons += ([f"load average {max(v for v in loads.values() if v is not None):.1f} on {cores} cores with the "
                  "wall clock"] if busy and clock == "wall" else [])
     return {"reference_id": lut_reference["id"], "lut_reference_ms": yardstick,
@@ -397,7 +404,7 @@ def quiet_machine_check(lut: LookupTable, subnet_provenance: Mapping, subnet_fra
             "ratio": float(np.median(subnet_times)) / yardstick,
             "lut_max_deviation": max(abs(t / yardstick - 1.0) for t in lut_times),
             "subnet_run_max_deviation": max(abs(t / yardstick - 1.0) for t in subnet_times),
-            "tolerance": tolerance, **loads, "cores": cores, "clock": clock,
+            "tolerance": tolerance, **loads, "cores": cores, "clock": clock, "paired": paired,
             "ok": not reasons, "reason": "; ".join(reasons)}
 
 
@@ -453,6 +460,10 @@ class CalibrationSettings:
     band: tuple[float, float] = DEFAULT_BAND   # x the device's MobileNetV2 latency (sampling: band)
     outside: float = DEFAULT_OUTSIDE           # share of calibration subnets outside the band
     models: tuple[str, ...] = (PAPER_MODEL,)   # candidates, simplest first (latency_model.MODELS)
+    # TimingConfig fields for the subnets (None: the LUT's). A subnet's median is one data point
+    # of the fit and of the held-out figures, so its own noise shows up in them undamped; a
+    # block's noise averages out over the ~40 blocks of a subnet's sum.
+    timing: Mapping[str, Any] | None = None
 
     def __post_init__(self):
         if self.sampling not in SAMPLINGS:
@@ -503,12 +514,13 @@ def calibrate(profile: DeviceProfile, paths: LutPaths | None = None, *, space: S
     if lacking:  # fail before minutes of measuring, not after
         raise LutError(f"{paths.lut} lacks {len(lacking)} blocks the subnets use (e.g. {', '.join(lacking[:5])}); "
                        f"complete it first (scan-edge lut build --device {profile.name} --resume)")
-    config = config or TimingConfig.from_dict(lut.provenance.get("timing"))
+    config = config or TimingConfig.from_dict(settings.timing or lut.provenance.get("timing"))
     rows = measure_subnets(subnets, profile, paths, lut.provenance["reference"]["id"], space=space, resume=resume,
                            seed=settings.seed, config=config, check_every=check_every, drift_tolerance=drift_tolerance,
                            max_retries=max_retries, drift_pause_s=drift_pause_s, progress=progress, access=access,
                            expected_runtime_version=None if access.location == "local"
-                           else lut.identity.get("runtime_version"))
+                           else lut.identity.get("runtime_version"),
+                           yardstick_ms=(lut.provenance.get("reference") or {}).get("yardstick_ms"))
     frame = calibration_frame(subnets, rows, lut_ms, catalog, profile.name)
     described = {"n_calibration": _count(subnets, "calibration"), "n_validation": _count(subnets, "validation"),
                  "seed": settings.seed, "sampling": "given" if given else settings.sampling,

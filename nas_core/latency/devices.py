@@ -71,7 +71,9 @@ class DeviceProfile:
     ``nas_core.latency.timing``): ``provider_options``, ``ort_session_config``,
     ``openvino_config``, ``workspace_mb``, ``pin_cpus`` (default True), ``clock`` (``wall``
     by default; ``cpu`` = process CPU time, for single-thread CPU profiles timed on a
-    machine others use, see ``timing.CLOCKS``).
+    machine others use, see ``timing.CLOCKS``), ``paired_reference`` (default False: time
+    every call next to a call of the job's reference and keep the ratio, on one scale for
+    every job of the device: ``timing.time_paired``, ``location.Yardstick``).
 
     ``location`` (``LOCATIONS``) says where the runtime is; ``location_options`` how to
     reach it: ``work_pool``, ``deployment``, ``shared_dir``, ``timeout_s`` for a ``worker``;

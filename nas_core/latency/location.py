@@ -78,6 +78,9 @@ class TimingJob:
     # The runtime version the results must have been measured with (e.g. the LUT's, for the
     # calibration and the search): a board upgraded since the LUT gives numbers that do not belong.
     expected_runtime_version: str | None = None
+    # Paired timing (TimingConfig.paired_reference): the scale every job of the device shares,
+    # the LUT reference's (``lut.yardstick``); None: this job's reference sets its own.
+    yardstick_ms: float | None = None
 
     def ids(self) -> list[str]:
         return [e.id for e in self.entries]
@@ -138,6 +141,7 @@ class LocalDevice:
             resume=resume, drift_tolerance=job.drift_tolerance, config=job.config, check_every=job.check_every,
             max_retries=job.max_retries, drift_pause_s=job.drift_pause_s, open_fn=open_fn, runtime=(usability.runtime_name, usability.runtime_version),
             code_version=code_version(), progress=progress, on_measured=on_measured, clock=timing.CLOCKS[clock],
+            yardstick_ms=job.yardstick_ms,
             extra_provenance={**job.extra_provenance, "clock": clock, "location": "local",
                               "executor": executor_identity()})
 
@@ -159,7 +163,7 @@ def write_job_bundle(job: TimingJob, profile: DeviceProfile, folder: Path) -> Pa
     if folder.exists():  # another job's models under this name: never mix their results
         shutil.rmtree(folder)
     make_bundle(job.entries, profile, folder, reference_id=job.reference_id, seed=job.seed, config=job.config,
-                drift_tolerance=job.drift_tolerance, check_every=job.check_every)
+                drift_tolerance=job.drift_tolerance, check_every=job.check_every, yardstick_ms=job.yardstick_ms)
     write_json(existing, sidecar)
     return folder
 
@@ -279,11 +283,67 @@ def import_results(results: str | os.PathLike, bundles_dir: str | os.PathLike, d
     return matching[0]
 
 
+# --------------------------------------------------------------------------- paired timing
+@dataclasses.dataclass(frozen=True)
+class Yardstick:
+    """The scale of a device's paired timings (``timing.time_paired``): the model every call
+    is paired with (the LUT's reference block) and the milliseconds it stands for (its
+    baseline when the LUT was timed). Every job after the LUT (calibration, baselines,
+    search, fine-tuned models) is timed against it, so their numbers share the LUT's scale
+    whatever the host's speed at the time."""
+
+    entry: ModelEntry
+    ms: float
+
+
+def with_yardstick(job: TimingJob, yardstick: Yardstick | None) -> tuple[TimingJob, str | None]:
+    """``job`` timed against ``yardstick`` (its entry becomes the job's reference), and the id
+    of the entry added for it (None: already there, or the job left as it is: no yardstick,
+    or the job brings its own scale)."""
+    if yardstick is None or job.yardstick_ms is not None:
+        return job, None
+    ids = job.ids()
+    added = None if yardstick.entry.id in ids else yardstick.entry.id
+    entries = job.entries if added is None else (yardstick.entry, *job.entries)
+    return dataclasses.replace(job, entries=entries, reference_id=yardstick.entry.id, yardstick_ms=yardstick.ms), added
+
+
+class PairedAccess:
+    """A device access whose jobs are all timed against the device's ``Yardstick``; the
+    yardstick's own row is dropped from jobs that did not ask for it."""
+
+    def __init__(self, inner: DeviceAccess, yardstick: Yardstick):
+        self.inner = inner
+        self.yardstick = yardstick
+        self.profile = inner.profile
+
+    @property
+    def location(self) -> str:
+        return self.inner.location
+
+    def runtime_version(self) -> str | None:
+        return self.inner.runtime_version()
+
+    def time(self, job: TimingJob, out_path, **kwargs) -> list[dict]:
+        paired, added = with_yardstick(job, self.yardstick)
+        rows = self.inner.time(paired, out_path, **kwargs)
+        return [row for row in rows if row["id"] != added]
+
+
 def device_access(profile: DeviceProfile, *, bundles_dir: str | os.PathLike | None = None,
-                  worker_factory: Callable[[DeviceProfile], DeviceAccess] | None = None) -> DeviceAccess:
+                  worker_factory: Callable[[DeviceProfile], DeviceAccess] | None = None,
+                  yardstick: Yardstick | None = None) -> DeviceAccess:
     """The access of ``profile``'s location. ``worker`` needs ``worker_factory`` (the caller's
     Prefect side, ``tasks.board_worker``); ``bundle`` uses ``location_options.bundles_dir``
-    or ``bundles_dir``."""
+    or ``bundles_dir``. With a ``yardstick`` and the device option ``paired_reference``,
+    every job is timed against it (``PairedAccess``)."""
+    access = _access_at_location(profile, bundles_dir, worker_factory)
+    if yardstick is not None and timing.paired_timing(profile.to_settings()):
+        return PairedAccess(access, yardstick)
+    return access
+
+
+def _access_at_location(profile: DeviceProfile, bundles_dir, worker_factory) -> DeviceAccess:
     if profile.location == "local":
         return LocalDevice(profile)
     if profile.location == "bundle":

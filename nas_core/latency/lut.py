@@ -76,7 +76,7 @@ import numpy as np
 from nas_core.block_catalog import BlockCatalog, BlockSpec
 from nas_core.io import code_version, read_parquet, read_provenance, utc_now, write_parquet
 from nas_core.latency.devices import DeviceProfile, check_usable
-from nas_core.latency.location import DeviceAccess, LocalDevice, TimingJob
+from nas_core.latency.location import DeviceAccess, LocalDevice, TimingJob, Yardstick
 from nas_core.latency.measure import safe_file_stem
 from nas_core.latency.timing import ModelEntry, TimingConfig
 from nas_core.search_space import SearchSpace
@@ -317,6 +317,23 @@ def build_lut(profile: DeviceProfile, paths: LutPaths | None = None, *, space: S
     write_parquet(paths.lut, frame, provenance)
     frame.attrs["provenance"] = provenance
     return frame
+
+
+def yardstick(profile: DeviceProfile, paths: LutPaths, space: SearchSpace | None = None) -> Yardstick | None:
+    """The scale of ``profile``'s paired timings: its LUT's reference block and the ms it
+    stood for (None: no LUT, a LUT timed without pairs, or a torch profile, which has no
+    ONNX file to pair with). The block's ONNX file is exported again if it is missing."""
+    if profile.backend == "torch" or not paths.lut.exists():
+        return None
+    reference = read_provenance(paths.lut).get("reference") or {}
+    if reference.get("yardstick_ms") is None:
+        return None
+    space = space or SearchSpace()
+    block = reference_block(BlockCatalog(space, profile.resolution), reference["id"], [])
+    folder = export_folder(paths.exports, profile.resolution, profile.batch_size) / "blocks"
+    onnx = export_blocks([block], folder, space, profile.batch_size, progress=False)
+    entry = ModelEntry(block.block_id, onnx[block.block_id], block_input_shape(block, profile.batch_size))
+    return Yardstick(entry, float(reference["yardstick_ms"]))
 
 
 def _block_entries(blocks, profile, paths, space, catalog, seed, progress):

@@ -60,6 +60,7 @@ batch_size         i64     batch size of the input
 resolution         i64     profile resolution (the input shape is authoritative)
 machine_id         str     short hash of the machine fingerprint (CPU, cores, OS)
 code_version       str     git describe of the code that made the bundle / run
+raw_median_ms      f64     paired timing only: the model's own median, before the ratio
 =================  ======  =====================================================
 
 The metadata (``nas_core.io.read_provenance``) holds the full settings, the machine
@@ -297,6 +298,62 @@ def time_callable(run: Callable[[], Any], config: TimingConfig | None = None,
         previous_median = median
         next_check = count + max(config.check_every, count // 4)
     return _summarise(samples_ns, stable)
+
+
+# --------------------------------------------------------------------------------------
+# Paired timing. On a shared virtual machine the host's speed moves by +-30 % within
+# seconds, whatever this guest does (measured here: MobileNetV2 7.3-11 ms in successive
+# half-second windows, on an idle guest). A model's median is then a sample of the host's
+# mood, and a LUT summed from such medians misses subnets timed minutes later. Timing each
+# call right next to a call of a fixed reference model and keeping the ratio cancels what
+# both calls share (the ratio's spread over windows was 1.5 % where the raw times' was
+# 5-6 %). A paired result is ``median(model / reference) * yardstick_ms``: milliseconds of
+# a machine whose reference takes ``yardstick_ms``, the same scale for every job of a
+# device when they share the reference and ``yardstick_ms`` (the LUT's; see
+# ``nas_core.latency.lut.yardstick``).
+# --------------------------------------------------------------------------------------
+def paired_timing(settings: Mapping) -> bool:
+    """Whether a device is timed in pairs with its reference (``options["paired_reference"]``)."""
+    return bool((settings.get("options") or {}).get("paired_reference", False))
+
+
+def time_paired(run: Callable[[], Any], reference_run: Callable[[], Any], yardstick_ms: float,
+                config: TimingConfig | None = None, clock: Clock = time.perf_counter_ns) -> TimingResult:
+    """Time ``run()`` paired with ``reference_run()``; statistics are of the per-pair ratio
+    times ``yardstick_ms``. Stops as ``time_callable`` does, counting ``run``'s time only;
+    ``info["raw_median_ms"]`` is the model's own median, for the record."""
+    config = config or TimingConfig()
+    _warm_up(run, config, clock)
+    _warm_up(reference_run, dataclasses.replace(config, warmup_ms=0.0), clock)
+    ratios: list[float] = []
+    raw_ns: list[int] = []
+    total_ns = 0
+    previous_median = None
+    stable = False
+    next_check = config.min_repeats
+    while True:
+        start = clock()
+        run()
+        model_ns = clock() - start
+        start = clock()
+        reference_run()
+        reference_ns = clock() - start
+        raw_ns.append(model_ns)
+        ratios.append(model_ns / max(reference_ns, 1))
+        total_ns += model_ns
+        count = len(ratios)
+        capped = count >= config.max_repeats or total_ns >= config.max_total_ms * 1e6
+        if not capped and (count < next_check or total_ns < config.min_total_ms * 1e6):
+            continue
+        median = statistics.median(ratios)
+        stable = previous_median is not None and abs(median - previous_median) <= config.stability * previous_median
+        if stable or capped:
+            break
+        previous_median = median
+        next_check = count + max(config.check_every, count // 4)
+    result = _summarise([r * yardstick_ms * 1e6 for r in ratios], stable)
+    return dataclasses.replace(result, info={"raw_median_ms": float(statistics.median(raw_ns)) / 1e6,
+                                             "yardstick_ms": float(yardstick_ms)})
 
 
 def _warm_up(run: Callable[[], Any], config: TimingConfig, clock: Clock) -> None:
@@ -725,7 +782,7 @@ ROW_SCHEMA = pa.schema([
     ("runtime", pa.string()), ("runtime_version", pa.string()), ("provider", pa.string()),
     ("precision", pa.string()), ("precision_actual", pa.string()), ("threads", pa.int64()),
     ("batch_size", pa.int64()), ("resolution", pa.int64()), ("machine_id", pa.string()),
-    ("code_version", pa.string()),
+    ("code_version", pa.string()), ("raw_median_ms", pa.float64()),
 ])
 
 # What must be equal for a resumed run to append to an existing table. ``timing`` (the
@@ -795,7 +852,7 @@ def profile_models(entries: Iterable, settings: Any, out_path: str | os.PathLike
                    drift_pause_s: float = 2.0, open_fn: Opener | None = None, runtime: tuple[str, str] | None = None,
                    code_version: str = "unknown", clock: Clock | None = None, pin_cpus: bool = True,
                    on_measured: Callable[[str, TimingResult], None] | None = None, progress: bool = True,
-                   extra_provenance: Mapping | None = None) -> list[dict]:
+                   extra_provenance: Mapping | None = None, yardstick_ms: float | None = None) -> list[dict]:
     """Time every entry under ``settings``; write (and return) one row per model to ``out_path``.
 
     * Order: the reference model first, then the others shuffled with ``seed`` (so slow
@@ -818,9 +875,14 @@ def profile_models(entries: Iterable, settings: Any, out_path: str | os.PathLike
     ``runtime`` overrides (name, version) when ``open_fn`` brings its own runtime.
     ``on_measured(id, result)`` is called after each timing (tests use it to interrupt).
     ``clock`` defaults to the settings' clock (``settings_clock``); tests pass a fake one.
+    * Paired timing (the device option ``paired_reference``): every model is timed call by call next to
+      the reference (``time_paired``) and expressed on the scale ``yardstick_ms`` (default:
+      the reference's own baseline, recorded as ``reference["yardstick_ms"]``); drift
+      re-timing is then off (the pairing already cancels it) and the checks are a record.
     """
     settings = normalise_settings(settings)
     config = config or TimingConfig()
+    paired = paired_timing(settings)
     clock_name = settings_clock(settings) if clock is None else "custom"
     clock = clock or CLOCKS[clock_name]
     out_path = Path(out_path)
@@ -845,7 +907,12 @@ def profile_models(entries: Iterable, settings: Any, out_path: str | os.PathLike
         own_session = session is None
         session = session or open_fn(entry, settings)
         try:
-            result = time_session(session, config, clock)
+            if paired:
+                result = time_paired(session.run, reference_session.run, state.reference["yardstick_ms"], config,
+                                     clock)
+                result = dataclasses.replace(result, info={**getattr(session, "info", {}), **result.info})
+            else:
+                result = time_session(session, config, clock)
         finally:
             if own_session:
                 session.close()
@@ -856,7 +923,8 @@ def profile_models(entries: Iterable, settings: Any, out_path: str | os.PathLike
                 "input_shape": entry.shape_text, "attempts": attempt,
                 "drift_flag": False, "reference_ratio": 1.0, "timestamp": utc_now(), "load_average": load_average(),
                 "precision_actual": result.info.get("precision_actual", "unknown"),
-                "provider": result.info.get("provider", settings["provider"])}
+                "provider": result.info.get("provider", settings["provider"]),
+                **({"raw_median_ms": result.info["raw_median_ms"]} if paired else {})}
 
     provenance = {
         "kind": "latency_table", "settings": settings, "identity": identity, "machine": fingerprint,
@@ -869,17 +937,28 @@ def profile_models(entries: Iterable, settings: Any, out_path: str | os.PathLike
         reference_session = open_fn(reference, settings)
         try:
             if reference_id not in state.rows:
-                first = measure(reference, 1, reference_session)
+                if paired:
+                    state.reference = _reference_baseline(reference_id, time_session(reference_session, config, clock)
+                                                          .median_ms, reference_session, config, clock)
+                    state.reference["yardstick_ms"] = float(yardstick_ms or state.reference["baseline_ms"])
+                    first = measure(reference, 1, reference_session)
+                else:
+                    first = measure(reference, 1, reference_session)
+                    # A drift yardstick only matters when other models follow (a one-model job: none).
+                    state.reference = (_reference_baseline(reference_id, first["median_ms"], reference_session,
+                                                           config, clock) if todo else
+                                       {"id": reference_id, "baseline_ms": first["median_ms"],
+                                        "baseline_timings_ms": [first["median_ms"]]})
                 state.add_rows([first])
-                # A drift yardstick only matters when other models follow (a one-model job: none).
-                state.reference = (_reference_baseline(reference_id, first["median_ms"], reference_session, config,
-                                                       clock) if todo else
-                                   {"id": reference_id, "baseline_ms": first["median_ms"],
-                                    "baseline_timings_ms": [first["median_ms"]]})
                 state.write(provenance)
+            elif paired and yardstick_ms is not None \
+                    and abs(state.reference.get("yardstick_ms", yardstick_ms) - yardstick_ms) > 1e-9 * yardstick_ms:
+                raise ValueError(f"{out_path}: timed on the scale of a {state.reference['yardstick_ms']} ms reference, "
+                                 f"now {yardstick_ms} ms; start over (resume=False)")
+            tolerance = float("inf") if paired else drift_tolerance
             for block in _chunks(todo, max(1, check_every)):
                 rows = _measure_block(block, measure, reference_session, state, config, clock,
-                                      drift_tolerance, max_retries, drift_pause_s, reporter)
+                                      tolerance, max_retries, drift_pause_s, reporter)
                 state.add_rows(rows)
                 state.write(provenance)
         finally:
@@ -1112,7 +1191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config=TimingConfig.from_dict(manifest.get("timing")),
         check_every=args.check_every or int(manifest.get("check_every", 10)),
         code_version=str(manifest.get("code_version", "unknown")), pin_cpus=not args.no_pin,
-        progress=not args.quiet, extra_provenance={"bundle": str(args.bundle_dir), "executor": {
+        progress=not args.quiet, yardstick_ms=manifest.get("yardstick_ms"), extra_provenance={"bundle": str(args.bundle_dir), "executor": {
             "python": sys.executable, "pid": os.getpid()}},
     )
     if args.runtime_report:
