@@ -23,7 +23,8 @@ Artifacts (``root`` = ``data/``)::
     detection/{dataset/,runs/,metrics.json}  SSDLite (Table 6)
     report/                                README.md, tables (Parquet), figures (PNG)
     bundles/<device>/                      jobs for a ``bundle`` device (offline profiling)
-    reprofile/                             re-profiling change reports and set-aside results
+    reprofile/<device>-<time>.{md,json,blocks.parquet}   re-profiling change reports
+    reprofile/<device>/<time>/before/      the old LUT, fit and searches (search/) set aside
     .resume/                               resume stamps of interrupted stages (not tracked)
 
 ``<run>`` names a search: ``<device>[+<device>]@<target>[_<M>M]`` where ``<target>`` is
@@ -191,6 +192,14 @@ class Layout:
     def reprofile(self) -> Path:
         return self.root / "reprofile"
 
+    def reprofile_before(self, device: str, stamp: str) -> Path:
+        """Where a re-profiling sets the device's old LUT, fit and searches aside."""
+        return self.reprofile / device / stamp / "before"
+
+    def reprofile_report(self, device: str, stamp: str) -> Path:
+        """The change report's stem (``.md``, ``.json``, ``.blocks.parquet`` are added)."""
+        return self.reprofile / f"{device}-{stamp}"
+
     # ------------------------------------------------------------------ search
     @property
     def search_root(self) -> Path:
@@ -260,6 +269,10 @@ class Layout:
     @property
     def resume_stamps(self) -> Path:
         return self.root / ".resume"
+
+    def resume_stamp(self, stage_id: str) -> Path:
+        """What the last run of ``stage_id`` (``lut@<device>``, ``finetune@<name>``, ...) depended on."""
+        return self.resume_stamps / f"{stage_id.replace('/', '_')}.json"
 
 
 DATA = Layout()  # the pipeline's own data root (relative to the project): CLI defaults read it

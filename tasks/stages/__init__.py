@@ -40,36 +40,50 @@ function (:func:`run_supernet`, :func:`run_predictor`, :func:`run_lut`,
 ``lut build``, ...) call the same ones: params sections, configs and locks are handled
 here once, and a command only turns its flags into params overrides and paths.
 
-Everything is re-exported here (``from tasks import stages; stages.stage_search(...)``).
-A test that replaces a helper must patch the module that looks it up (e.g.
+Everything is re-exported here (``from tasks import stages; stages.stage_search(...)``),
+lazily (PEP 562, as ``nas_core`` does): ``scan-edge status`` and the CLI's argument parsing
+import the planner without the stage modules' libraries (torch, timm, Prefect, Dask). A
+test that replaces a helper must patch the module that looks it up (e.g.
 ``tasks.stages.training._torchrun``), not this package.
 """
 from __future__ import annotations
 
-from tasks.stages.common import (DATA_ROOT, OURS, Layout, Paths, SearchRun, _require, _say, finetune_baselines,
-                                 input_digest, parse_target, pipeline_section, resolve_model, resume_or_restart,
-                                 search_devices, search_runs, section)
-from tasks.stages.data import DATASET_PATH_KEYS, stage_dataset
-from tasks.stages.downstream import (detection_dataset, run_detection, run_finetune, run_transfer, stage_detection,
-                                     stage_finetune, stage_transfer)
-from tasks.stages.latency import (_BOARD_VERSIONS, BOARD_VERSION_TTL_S, _access_of, _measurable, device_access,
-                                  device_profile, device_runtime_version, run_calibration, run_lut, runtime_identity,
-                                  stage_baselines, stage_calibration, stage_lut, stage_runtime)
-from tasks.stages.planner import Step, find_step, pipeline_steps
-from tasks.stages.registry import STAGES, StageInfo, _step_devices, params_for
-from tasks.stages.report import stage_report
-from tasks.stages.search import search_setup, searched_arch, stage_search, target_latencies
-from tasks.stages.training import (_launch_ranks, _torchrun, run_predictor, run_supernet, stage_pairs,
-                                   stage_predictor, stage_supernet, torchrun_command)
+import importlib
 
-__all__ = [
-    "BOARD_VERSION_TTL_S", "DATASET_PATH_KEYS", "DATA_ROOT", "OURS", "STAGES", "Layout", "Paths", "SearchRun",
-    "StageInfo", "Step", "_BOARD_VERSIONS", "_access_of", "_launch_ranks", "_measurable", "_require", "_say",
-    "_step_devices", "_torchrun", "detection_dataset", "device_access", "device_profile", "device_runtime_version",
-    "find_step", "finetune_baselines", "input_digest", "params_for", "parse_target", "pipeline_section",
-    "pipeline_steps", "resolve_model", "resume_or_restart", "run_calibration", "run_detection", "run_finetune",
-    "run_lut", "run_predictor", "run_supernet", "run_transfer", "runtime_identity", "search_devices", "search_runs",
-    "search_setup", "searched_arch", "section", "stage_baselines", "stage_calibration", "stage_dataset",
-    "stage_detection", "stage_finetune", "stage_lut", "stage_pairs", "stage_predictor", "stage_report",
-    "stage_runtime", "stage_search", "stage_supernet", "stage_transfer", "target_latencies", "torchrun_command",
-]
+# name -> the module that defines it
+_EXPORTS = {
+    "DATA_ROOT": "common", "OURS": "common", "Layout": "common", "Paths": "common", "SearchRun": "common",
+    "_require": "common", "_say": "common", "finetune_baselines": "common", "input_digest": "common",
+    "parse_target": "common", "pipeline_section": "common", "resolve_model": "common",
+    "resume_or_restart": "common", "search_devices": "common", "search_runs": "common", "section": "common",
+    "DATASET_PATH_KEYS": "data", "stage_dataset": "data",
+    "detection_dataset": "downstream", "run_detection": "downstream", "run_finetune": "downstream",
+    "run_transfer": "downstream", "stage_detection": "downstream", "stage_finetune": "downstream",
+    "stage_transfer": "downstream",
+    "_BOARD_VERSIONS": "latency", "BOARD_VERSION_TTL_S": "latency", "_access_of": "latency",
+    "_measurable": "latency", "device_access": "latency", "device_profile": "latency",
+    "device_runtime_version": "latency", "run_calibration": "latency", "run_lut": "latency",
+    "runtime_identity": "latency", "stage_baselines": "latency", "stage_calibration": "latency",
+    "stage_lut": "latency", "stage_runtime": "latency",
+    "STAGE_NAMES": "planner", "Step": "planner", "find_step": "planner", "pipeline_steps": "planner",
+    "STAGES": "registry", "StageInfo": "registry", "_step_devices": "registry", "params_for": "registry",
+    "stage_report": "report",
+    "search_setup": "search", "searched_arch": "search", "stage_search": "search", "target_latencies": "search",
+    "_launch_ranks": "training", "_torchrun": "training", "run_predictor": "training", "run_supernet": "training",
+    "stage_pairs": "training", "stage_predictor": "training", "stage_supernet": "training",
+    "torchrun_command": "training",
+}
+SUBMODULES = ("common", "data", "training", "latency", "search", "downstream", "report", "registry", "planner")
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"tasks.stages.{_EXPORTS[name]}"), name)
+    if name in SUBMODULES:
+        return importlib.import_module(f"tasks.stages.{name}")
+    raise AttributeError(f"module 'tasks.stages' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS, *SUBMODULES})

@@ -151,7 +151,7 @@ def resume_or_restart(layout: Layout, stage_id: str, identity: Mapping[str, Any]
     ``identity`` is what the work depends on (params sections, input digests, runtime);
     the stamp is ``<root>/.resume/<stage_id>.json``.
     """
-    stamp = layout.resume_stamps / f"{stage_id.replace('/', '_')}.json"
+    stamp = layout.resume_stamp(stage_id)
     wanted = json.loads(json.dumps(identity, sort_keys=True, default=str))
     try:
         same = json.loads(stamp.read_text()) == wanted

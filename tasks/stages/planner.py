@@ -10,6 +10,11 @@ from nas_core.layout import METRICS
 from tasks.stages.common import (DATA_ROOT, Layout, finetune_baselines, pipeline_section, resolve_model,
                                  search_devices, search_runs)
 
+# Every stage, in the registry's order (tasks.stages.registry.STAGES; a test keeps the two equal):
+# what `scan-edge stage` offers without importing the stage modules' libraries.
+STAGE_NAMES = ("dataset", "supernet", "pairs", "predictor", "runtime", "lut", "calibration", "baselines", "search",
+               "finetune", "transfer", "detection", "report")
+
 
 @dataclasses.dataclass(frozen=True)
 class Step:
