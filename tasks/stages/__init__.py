@@ -50,9 +50,10 @@ from __future__ import annotations
 
 import importlib
 
-# name -> the module that defines it
+# name -> the module that defines it (a stage module of this package, or a full module name)
 _EXPORTS = {
-    "DATA_ROOT": "common", "OURS": "common", "Layout": "common", "Paths": "common", "SearchRun": "common",
+    "DATA_ROOT": "nas_core.layout", "Layout": "nas_core.layout",
+    "OURS": "common", "Paths": "common", "SearchRun": "common",
     "_require": "common", "_say": "common", "finetune_baselines": "common", "input_digest": "common",
     "parse_target": "common", "pipeline_section": "common", "resolve_model": "common",
     "resume_or_restart": "common", "search_devices": "common", "search_runs": "common", "section": "common",
@@ -79,7 +80,8 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f"tasks.stages.{_EXPORTS[name]}"), name)
+        module = _EXPORTS[name]
+        return getattr(importlib.import_module(module if "." in module else f"tasks.stages.{module}"), name)
     if name in SUBMODULES:
         return importlib.import_module(f"tasks.stages.{name}")
     raise AttributeError(f"module 'tasks.stages' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """What every stage shares: params sections, the pipeline's searches, resuming, messages.
 
-Artifact paths come from :class:`nas_core.layout.Layout` (re-exported here as the stages'
-``Layout``); nothing in ``tasks.stages`` spells a path of its own.
+Artifact paths come from :class:`nas_core.layout.Layout`: nothing in ``tasks.stages`` spells
+a path of its own.
 """
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from nas_core.io import file_sha256, write_json
-from nas_core.layout import DATA_ROOT, Layout
-
-__all__ = ["DATA_ROOT", "Layout"]  # re-exported: every stage module and door takes them from here
+from nas_core.layout import Layout
 
 OURS = "ours"  # in pipeline.transfer_models / detection_models: the first search's fine-tuned model
 

@@ -7,8 +7,9 @@ from typing import Any, Mapping
 
 from nas_core.data.folders import build_manifest, write_manifest
 from nas_core.data.synthetic import generate_classification
+from nas_core.layout import DATA_ROOT, Layout
 from tasks import stage_lock
-from tasks.stages.common import DATA_ROOT, Layout, Paths, _require, _say, section
+from tasks.stages.common import Paths, _require, _say, section
 
 DATASET_PATH_KEYS = ("path", "val_fraction", "test_fraction", "seed")
 

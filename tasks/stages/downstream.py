@@ -11,10 +11,11 @@ from nas_core import finetune as finetuning
 from nas_core.data.coco import find_coco_folder
 from nas_core.data.synthetic import generate_classification
 from nas_core.io import read_json, write_json
+from nas_core.layout import DATA_ROOT, Layout
 from nas_core.transfer import TransferConfig, transfer
 from tasks import stage_lock
-from tasks.stages.common import (DATA_ROOT, Layout, Paths, _require, finetune_baselines, input_digest,
-                                 pipeline_section, resolve_model, resume_or_restart, section)
+from tasks.stages.common import (Paths, _require, finetune_baselines, input_digest, pipeline_section, resolve_model,
+                                 resume_or_restart, section)
 from tasks.stages.latency import _access_of
 from tasks.stages.search import searched_arch
 from tasks.stages.training import _launch_ranks, _restart_flag, _torchrun_nproc

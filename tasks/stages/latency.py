@@ -23,10 +23,11 @@ from nas_core.latency.location import device_access as access_of
 from nas_core.latency.location import host_lock_mode
 from nas_core.latency.lut import build_lut
 from nas_core.latency.timing import TimingConfig
+from nas_core.layout import DATA_ROOT, Layout
 from nas_core.search_run import REFERENCE_MODEL, reference_latency_ms
 from tasks import stage_lock
 from tasks.board_worker import worker_factory
-from tasks.stages.common import DATA_ROOT, Layout, Paths, _require, _say, input_digest, resume_or_restart, section
+from tasks.stages.common import Paths, _require, _say, input_digest, resume_or_restart, section
 
 
 def device_profile(params: Mapping[str, Any], device: str):

@@ -6,9 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from nas_core.layout import METRICS
-from tasks.stages.common import (DATA_ROOT, Layout, finetune_baselines, pipeline_section, resolve_model,
-                                 search_devices, search_runs)
+from nas_core.layout import DATA_ROOT, METRICS, Layout
+from tasks.stages.common import finetune_baselines, pipeline_section, resolve_model, search_devices, search_runs
 
 # Every stage, in the registry's order (tasks.stages.registry.STAGES; a test keeps the two equal):
 # what `scan-edge stage` offers without importing the stage modules' libraries.

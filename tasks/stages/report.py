@@ -4,9 +4,10 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
+from nas_core.layout import DATA_ROOT, Layout
 from nas_core.report import build_report
 from tasks import stage_lock
-from tasks.stages.common import DATA_ROOT, Layout, Paths, _say, finetune_baselines, search_devices, search_runs
+from tasks.stages.common import Paths, _say, finetune_baselines, search_devices, search_runs
 
 
 def stage_report(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT) -> Paths:

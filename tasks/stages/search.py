@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from nas_core.io import read_json, write_json
+from nas_core.layout import DATA_ROOT, Layout
 from nas_core.search_algorithm import run_name
 from nas_core.search_report import first_round_fidelity, measured_latency
 from nas_core.search_run import REFERENCE_MODEL, load_setup, reference_latency_ms, run_search
 from tasks import stage_lock
-from tasks.stages.common import DATA_ROOT, Layout, Paths, SearchRun, _require, _say, parse_target
+from tasks.stages.common import Paths, SearchRun, _require, _say, parse_target
 from tasks.stages.latency import _measurable, device_access, device_profile
 
 

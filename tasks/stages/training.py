@@ -16,12 +16,12 @@ import yaml
 
 from nas_core import accuracy_predictor
 from nas_core.io import read_provenance, write_text
+from nas_core.layout import DATA_ROOT, Layout
 from nas_core.pairs import PairsConfig, plan_identity
 from nas_core.train import SupernetTrainConfig, train_supernet
 from tasks import stage_lock
 from tasks.pairs import collect_pairs, default_shards_dir
-from tasks.stages.common import (DATA_ROOT, Layout, Paths, _require, _say, input_digest, pipeline_section,
-                                 resume_or_restart, section)
+from tasks.stages.common import Paths, _require, _say, input_digest, pipeline_section, resume_or_restart, section
 
 
 def stage_supernet(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT, device: str | None = None) -> Paths:
