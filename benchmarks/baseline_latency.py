@@ -18,10 +18,12 @@ import sys
 from pathlib import Path
 
 from nas_core.io import write_json
-from nas_core.latency.baselines import BASELINE_MODELS, DEFAULT_OUT, measure_baselines
+from nas_core.latency.baselines import BASELINE_MODELS, measure_baselines
 from nas_core.latency.devices import get_profile, load_profiles
 from nas_core.latency.timing import TimingConfig, load_average
 
+# Not the pipeline's baselines/<device>.parquet (the baselines stage writes those, one per device).
+DEFAULT_OUT = Path("benchmarks/results/baseline_latency.parquet")
 QUICK_TIMING = TimingConfig(warmup_runs=3, warmup_ms=20, min_repeats=10, min_total_ms=100, max_total_ms=2000)
 
 
@@ -32,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--models", default=",".join(BASELINE_MODELS),
                         help="comma-separated timm names (resolution from BASELINE_MODELS, else 224)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file with a devices: section")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output .parquet or .json")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output .parquet or .json (default {DEFAULT_OUT})")
     parser.add_argument("--clock", choices=("wall", "cpu"),
                         help="override the profiles' clock (cpu: process CPU time, for single-thread CPU "
                              "profiles on a machine others use; see nas_core.latency.timing.CLOCKS)")

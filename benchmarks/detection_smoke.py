@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nas_core.detection import DetectionConfig, compare_table, ensure_synthetic_detection, run_detection  # noqa: E402
 from nas_core.io import write_json  # noqa: E402
+from nas_core.layout import DATA  # noqa: E402
 from nas_core.params import load_params  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--profile")
     parser.add_argument("--epochs", type=int, help="override the params' epochs")
-    parser.add_argument("--work", default="data/detection", help="where the detectors are written")
+    parser.add_argument("--work", default=str(DATA.detection_runs), help="where the detectors are written")
     parser.add_argument("--out", default="benchmarks/results/detection_smoke.json")
     args = parser.parse_args(argv)
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None:
         section["epochs"] = args.epochs
     config = DetectionConfig.from_params(section)
-    data = Path(args.data) if args.data else ensure_synthetic_detection("data/detection_dataset", config)
+    data = Path(args.data) if args.data else ensure_synthetic_detection(DATA.detection_dataset, config)
     results, seconds = [], {}
     for model in (args.ours, args.baseline):
         started = time.perf_counter()

@@ -25,6 +25,7 @@ from nas_core.block_catalog import BlockCatalog
 from nas_core.efficiency_predictor import LatencyEstimator
 from nas_core.io import code_version, machine_fingerprint, utc_now, write_json
 from nas_core.latency.lut import LutError, LutPaths
+from nas_core.layout import DATA
 from nas_core.search_space import SearchSpace
 from search_sampling import device_profile  # a sibling script: the profile as the pipeline sees it
 
@@ -34,7 +35,7 @@ TARGET_PER_S = 100_000
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="ort_cpu_fp32", help="device whose LUT to use when it exists")
-    parser.add_argument("--root", default="data/lut", help="folder of the LUT files")
+    parser.add_argument("--root", default=str(DATA.lut_dir), help="folder of the LUT files")
     parser.add_argument("--clock", choices=("wall", "cpu"), help="the clock the LUT was measured with")
     parser.add_argument("--batch", type=int, default=100_000, help="genomes per call")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls (the best counts)")

@@ -29,6 +29,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from nas_core.io import read_json, write_json  # noqa: E402
 from nas_core.latency.calibration import TARGETS  # noqa: E402
+from nas_core.layout import Layout  # noqa: E402
 from nas_core.params import load_params  # noqa: E402
 from tasks import stages  # noqa: E402
 
@@ -37,7 +38,7 @@ FIGURES = ("n", "mape_pct", "rmspe_pct", "max_ape_pct", "spearman", "within_5_pc
 
 
 def heldout(root: Path, device: str) -> dict:
-    fit = read_json(root / "lut" / f"{device}.fit.json")
+    fit = read_json(Layout(root).lut_paths(device).fit)
     validation = fit["metrics"]["validation"]
     return {"model": fit["model"]["name"], "sampling": fit.get("sampling"), "band": fit.get("band"),
             "n_calibration": fit.get("n_calibration"),
@@ -63,9 +64,10 @@ def remeasured_root(root: Path, work: Path, params: dict, devices: list[str]) ->
     machine was doing when the pipeline ran."""
     if work.exists():
         shutil.rmtree(work)
-    shutil.copytree(root / "predictor", work / "predictor")
-    if (root / "lut" / "_work" / "onnx").exists():
-        shutil.copytree(root / "lut" / "_work" / "onnx", work / "lut" / "_work" / "onnx")
+    source, scratch = Layout(root), Layout(work)
+    shutil.copytree(source.predictor_dir, scratch.predictor_dir)
+    if source.lut_exports.exists():
+        shutil.copytree(source.lut_exports, scratch.lut_exports)
     for device in devices:
         for stage in ("runtime", "lut", "baselines", "calibration"):
             started = time.perf_counter()

@@ -33,13 +33,14 @@ from nas_core.latency.calibration import TARGETS, calibrate, plot_calibration
 from nas_core.latency.devices import get_profile, load_profiles
 from nas_core.latency.lut import LutPaths, build_lut
 from nas_core.latency.timing import TimingConfig
+from nas_core.layout import DATA
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", default="ort_cpu_fp32,openvino_cpu_fp32", help="comma-separated profile names")
-    parser.add_argument("--root", default="data/lut", help="folder of the LUT files")
-    parser.add_argument("--exports", default="data/lut/_work/onnx", help="ONNX export cache (shared by every root)")
+    parser.add_argument("--root", default=str(DATA.lut_dir), help="folder of the LUT files")
+    parser.add_argument("--exports", default=str(DATA.lut_exports), help="ONNX export cache (shared by every root)")
     parser.add_argument("--clock", choices=("wall", "cpu"),
                         help="override the profiles' clock (cpu: process CPU time, for a machine others use)")
     parser.add_argument("--n-calibration", type=int, default=10)
@@ -51,8 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(the calibration times subnets with the LUT's configuration)")
     parser.add_argument("--skip-build", action="store_true", help="use the existing LUTs")
     parser.add_argument("--resume", action="store_true", help="continue interrupted LUT / subnet timings")
-    parser.add_argument("--out", type=Path, default=Path("data/lut/accuracy.json"))
-    parser.add_argument("--figure", type=Path, default=Path("data/lut/calibration.png"))
+    parser.add_argument("--out", type=Path, default=DATA.lut_dir / "accuracy.json")
+    parser.add_argument("--figure", type=Path, default=DATA.lut_dir / "calibration.png")
     return parser.parse_args(argv)
 
 

@@ -33,6 +33,7 @@ from flows.reprofile import recorded_runtime_version  # noqa: E402
 from nas_core.finetune import measure_latency  # noqa: E402
 from nas_core.io import read_json, write_json  # noqa: E402
 from nas_core.latency import timing  # noqa: E402
+from nas_core.layout import Layout  # noqa: E402
 from nas_core.params import load_params  # noqa: E402
 from tasks import stages  # noqa: E402
 from tasks._server import prefect_server  # noqa: E402
@@ -50,10 +51,10 @@ def board_params(base: dict, board: SimulatedBoard) -> dict:
 
 def prepare_root(source: Path, work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source / "predictor", work / "predictor", dirs_exist_ok=True)
-    exports = source / "lut" / "_work" / "onnx"
+    shutil.copytree(Layout(source).predictor_dir, Layout(work).predictor_dir, dirs_exist_ok=True)
+    exports = Layout(source).lut_exports
     if exports.exists():
-        shutil.copytree(exports, work / "lut" / "_work" / "onnx", dirs_exist_ok=True)
+        shutil.copytree(exports, Layout(work).lut_exports, dirs_exist_ok=True)
 
 
 def host_measurements(work: Path, board_python: str) -> tuple[int, int, list[str]]:
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
                 stages.STAGES[stage].function(params, device=DEVICE, root=root)
                 result["stages"][stage] = round(time.perf_counter() - tick, 1)
                 print(f"{stage}: {result['stages'][stage]} s", flush=True)
-            fit = read_json(root / "lut" / f"{DEVICE}.fit.json")
+            fit = read_json(Layout(root).lut_paths(DEVICE).fit)
             result["heldout"] = {k: fit["metrics"]["validation"]["calibrated"][k]
                                  for k in ("n", "mape_pct", "max_ape_pct", "spearman", "within_5_pct")}
             result["heldout_mape_pct"] = result["heldout"]["mape_pct"]
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
             board.install_runtime(args.upgrade_to)
             stages._BOARD_VERSIONS.clear()
             now = stages.runtime_identity(params, DEVICE, root)["runtime_version"]
-            recorded = recorded_runtime_version(root / "lut" / f"{DEVICE}.parquet")
+            recorded = recorded_runtime_version(Layout(root).lut_paths(DEVICE).lut)
             result["upgrade"] = {"recorded": recorded, "board_now": now, "detected": now != recorded}
         finally:
             board.stop_worker()

@@ -34,6 +34,7 @@ import numpy as np
 
 from nas_core.block_catalog import BlockCatalog, block_macs
 from nas_core.io import code_version, machine_fingerprint, utc_now, write_json
+from nas_core.layout import DATA
 from nas_core.search_algorithm import (BlockTableEstimator, Constraints, EvolutionConfig, LatencyConstraint,
                                        SamplingBudgetError, SamplingDistribution, search)
 from nas_core.search_space import SearchSpace
@@ -158,9 +159,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="ort_cpu_fp32")
     p.add_argument("--resolution", type=int, default=224)
-    p.add_argument("--lut-dir", type=Path, default=Path("data/lut"))
+    p.add_argument("--lut-dir", type=Path, default=DATA.lut_dir)
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="devices: overrides of the profiles")
-    p.add_argument("--predictor", type=Path, default=Path("data/predictor/predictor.pt"))
+    p.add_argument("--predictor", type=Path, default=DATA.predictor)
     p.add_argument("--targets", type=int, default=8, help="number of latency targets (geometric spacing)")
     p.add_argument("--tightest", type=float, default=1.08, help="tightest target = this x the fastest subnet")
     p.add_argument("--uniform-budget", type=int, default=2_000_000, help="max uniform draws per target")
@@ -169,7 +170,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--population", type=int, default=100)
     p.add_argument("--alpha", type=float, default=EvolutionConfig.alpha)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("data/search/sampling.json"))
+    p.add_argument("--out", type=Path, default=DATA.search_root / "sampling.json")
     return p.parse_args(argv)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from nas_core.block_catalog import BlockCatalog
 from nas_core.io import code_version, machine_fingerprint, utc_now, write_json
+from nas_core.layout import DATA, Layout
 from nas_core.search_algorithm import Constraints, EvolutionConfig, LatencyConstraint, search
 from nas_core.search_space import SearchSpace
 
@@ -69,12 +70,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--population", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads for the predictor")
-    p.add_argument("--lut-dir", type=Path, default=Path("data/lut"))
-    p.add_argument("--predictor", type=Path, default=Path("data/predictor/predictor.pt"))
+    p.add_argument("--lut-dir", type=Path, default=DATA.lut_dir)
+    p.add_argument("--predictor", type=Path, default=DATA.predictor)
     p.add_argument("--baselines", type=Path, default=None, help="default data/baselines/<device>.parquet")
     p.add_argument("--params", type=Path, default=Path("params.yaml"), help="devices: overrides of the profiles")
     p.add_argument("--budget-s", type=float, default=10.0, help="required wall time per search")
-    p.add_argument("--out", type=Path, default=Path("data/search/speed.json"))
+    p.add_argument("--out", type=Path, default=DATA.search_root / "speed.json")
     return p.parse_args(argv)
 
 
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
     catalog = BlockCatalog(space, 224)
     predictor, predictor_desc = load_predictor(args.predictor)
     latency, latency_desc = load_latency(args.device, args.lut_dir, catalog, args.params)
-    baselines = args.baselines or Path(f"data/baselines/{args.device}.parquet")
+    baselines = args.baselines or Layout(args.lut_dir.parent).baselines(args.device)
     target, target_desc = (args.target_ms, "given") if args.target_ms else default_target(args.device, baselines)
     constraints = Constraints(catalog, [LatencyConstraint(args.device, target, latency)])
     print(f"predictor: {predictor_desc}\nlatency: {latency_desc}\ntarget: {target:.3f} ms ({target_desc})")

@@ -52,6 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nas_core.io import code_version, utc_now, write_json  # noqa: E402
+from nas_core.layout import DATA  # noqa: E402
 
 
 def load_eval_data(manifest, root: Path, resolution: int, val_images: int | None, batch_size: int,
@@ -207,8 +208,8 @@ def print_summary(result: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="JSON file for the results")
-    parser.add_argument("--supernet", default="data/supernet/supernet.pt")
-    parser.add_argument("--data", default="data/dataset", help="dataset folder (with manifest.parquet)")
+    parser.add_argument("--supernet", default=str(DATA.supernet))
+    parser.add_argument("--data", default=str(DATA.dataset), help="dataset folder (with manifest.parquet)")
     parser.add_argument("--num-subnets", type=int, default=50)
     parser.add_argument("--val-images", type=int, help="seeded subset of the val split (default: all)")
     parser.add_argument("--batch-size", type=int, default=200)

@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from nas_core.io import code_version, read_json, utc_now, write_json  # noqa: E402
+from nas_core.layout import DATA  # noqa: E402
 
 # The supernet recipe's fields that a standalone run of one subnet takes over unchanged.
 RECIPE_FIELDS = ("resolution", "epochs", "steps_per_epoch", "batch_size", "lr", "min_lr", "warmup_lr",
@@ -212,8 +213,8 @@ def print_summary(result: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="JSON results (also the resume state)")
-    parser.add_argument("--supernet", default="data/supernet/supernet.pt")
-    parser.add_argument("--data", default="data/dataset", help="dataset folder (with manifest.parquet)")
+    parser.add_argument("--supernet", default=str(DATA.supernet))
+    parser.add_argument("--data", default=str(DATA.dataset), help="dataset folder (with manifest.parquet)")
     parser.add_argument("--num-subnets", type=int, default=24, help="random subnets, besides the 4 extremes")
     parser.add_argument("--seed", type=int, default=0, help="subnet sampling")
     parser.add_argument("--train-seeds", type=int, nargs="+",

@@ -12,6 +12,9 @@ import os
 import sys
 from pathlib import Path
 
+# The CLI boundary: each command imports the libraries it runs inside its function, so that
+# `scan-edge --help` and every other command start without loading torch.
+
 EPILOG = """Architectures are named presets (see `scan-edge arch list`) or JSON files written
 by `scan-edge arch sample --out FILE` / the search stage."""
 

@@ -18,6 +18,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nas_core.layout import DATA_ROOT
+
+# The CLI boundary: each command imports what it runs inside its function, so that parsing the
+# command line loads no torch or Prefect.
+
 FLOWS_DIR = Path(__file__).resolve().parent
 ENTRYPOINT = "device_profiling.py:run_bundle_flow"
 
@@ -82,7 +87,7 @@ def register(sub) -> None:
         p.add_argument("--device", required=True, help="a device profile with location: worker")
         p.add_argument("--params", default="params.yaml")
         p.add_argument("--profile", help="params profile (default: the file's)")
-        p.add_argument("--root", default="data", help="artifact folder (bundle devices: <root>/bundles)")
+        p.add_argument("--root", default=str(DATA_ROOT), help="artifact folder (bundle devices: <root>/bundles)")
         if name == "deploy":
             p.add_argument("--pool", help="work pool (default: location_options.work_pool)")
             p.add_argument("--source", help="the folder holding device_profiling.py as the board sees it")

@@ -22,7 +22,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEFAULT_DETECTION_DATA = Path("data/detection_dataset")
+from nas_core.layout import DATA
+
+# The CLI boundary: each command imports the libraries it runs inside its function, so that
+# `scan-edge --help` and the other commands do not load torch.
+
+# Defaults are where the pipeline's stages keep the same things (nas_core.layout).
+DEFAULT_DETECTION_DATA = DATA.detection_dataset
 
 
 def _params(args, stage: str) -> dict:
@@ -134,18 +140,19 @@ def register(sub) -> None:
                                    "latency on each device (paper §6.2, Suppl. S6). Baselines (mobilenetv2_100, "
                                    "presets with --init scratch) are trained with the same recipe and data.")
     p.add_argument("arch", metavar="ARCH", help="a search's .arch.json, a preset name, or mobilenetv2_100")
-    p.add_argument("--supernet", default="data/supernet/supernet.pt", help="supernet to inherit from")
+    p.add_argument("--supernet", default=str(DATA.supernet), help=f"supernet to inherit from (default {DATA.supernet})")
     p.add_argument("--init", choices=("supernet", "scratch"),
                    help="inherit from the supernet (default for the search space) or train from scratch")
-    p.add_argument("--data", default="data/dataset", help="classification dataset (default data/dataset)")
+    p.add_argument("--data", default=str(DATA.dataset), help=f"classification dataset (default {DATA.dataset})")
     p.add_argument("--predicted", type=float, help="predicted accuracy to record (default: the .arch.json's)")
-    _add_common(p, "data/finetune")
+    _add_common(p, str(DATA.finetune_root))
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("finetune-table", help="ours vs the baselines: accuracy, params, MACs, measured latency",
-                       description="One row per data/finetune/*/metrics.json, latency also relative to "
+                       description=f"One row per {DATA.finetune_metrics('*')}, latency also relative to "
                                    "mobilenetv2_100 (Table 3, measured here).")
-    p.add_argument("--out", default="data/finetune", help="fine-tune output folder")
+    p.add_argument("--out", default=str(DATA.finetune_root),
+                   help=f"fine-tune output folder (default {DATA.finetune_root})")
     p.add_argument("--device", help="only this device's latency")
     p.add_argument("--remeasure", action="store_true",
                    help="time every model.onnx again, interleaved (comparable figures on a shared machine)")
@@ -157,7 +164,7 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="fine-tune output (folder or name), preset, .json or mobilenetv2_100")
     p.add_argument("--data", required=True, help="image-folder dataset (ImageNet layout or one folder per class)")
     p.add_argument("--supernet", help="inherit a preset / .json model's weights from this supernet")
-    _add_common(p, "data/transfer")
+    _add_common(p, str(DATA.transfer_runs))
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("detect", help="SSDLite with MODEL as backbone: train, COCO mAP, export, latency (Table 6)",
@@ -169,5 +176,5 @@ def register(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="fine-tune output (folder or name), preset, .json or mobilenetv2_100")
     p.add_argument("--data", help="COCO detection folder (standard COCO2017 layout or flat)")
     p.add_argument("--supernet", help="inherit a preset / .json backbone's weights from this supernet")
-    _add_common(p, "data/detection")
+    _add_common(p, str(DATA.detection_runs))
     p.set_defaults(func=cmd_detect)

@@ -23,9 +23,13 @@ import json
 from pathlib import Path
 
 from flows.cli import EPILOG, resolve_arch
+from nas_core.layout import DATA, Layout
 
-DEFAULT_ROOT = "data/lut"
-DEFAULT_EXPORTS = "data/lut/_work/onnx"  # one ONNX cache for every --root: exports cost minutes
+# The CLI boundary: each command imports the libraries it runs inside its function, so that
+# `scan-edge --help` and the other commands do not load torch.
+
+DEFAULT_ROOT = str(DATA.lut_dir)
+DEFAULT_EXPORTS = str(DATA.lut_exports)  # one ONNX cache for every --root: exports cost minutes
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -180,8 +184,8 @@ def cmd_lut_calibrate(args) -> int:
     params = _with_flags(args, "calibration", **_calibration_flags(args), sampling=args.sampling)
     reference_ms = args.reference_ms
     if reference_ms is None and (params.get("calibration") or {}).get("sampling") == "band":
-        reference_ms = reference_latency_ms(Path(args.baselines or paths.root.parent / "baselines" /
-                                                 f"{profile.name}.parquet"), profile.name)
+        baselines = args.baselines or Layout(paths.root.parent).baselines(profile.name)  # the LUT's data root
+        reference_ms = reference_latency_ms(Path(baselines), profile.name)
     report = run_calibration(params, profile, paths, resume=resume, progress=not args.quiet,
                              runtime_version=args.runtime_version, reference_ms=reference_ms)
     print(report.summary())

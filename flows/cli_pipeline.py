@@ -9,7 +9,7 @@
     scan-edge reprofile [--device D] [--force] [--searches-only] re-profile devices whose runtime changed
     scan-edge schedule reprofile --cron "0 3 * * 1"            serve reprofile on a cron schedule
 
-Every command calls the stage functions of ``tasks/stages.py`` (directly, or through their
+Every command calls the stage functions of ``tasks/stages/`` (directly, or through their
 cached Prefect tasks); params come from ``--params`` (default params.yaml) and ``--profile``
 (default: the file's ``profile`` key).
 """
@@ -22,6 +22,13 @@ import sys
 import time
 from pathlib import Path
 
+from nas_core.layout import DATA, DATA_ROOT
+from tasks.stages.planner import STAGE_NAMES  # light: the stage modules load only when a stage runs
+
+# The CLI boundary: each command imports what it runs inside its function, so that parsing the
+# command line loads no torch, Prefect or Dask.
+
+
 def _params(args) -> dict:
     from nas_core.params import load_params
 
@@ -31,7 +38,8 @@ def _params(args) -> dict:
 def _add_params(p) -> None:
     p.add_argument("--profile", help="params profile (default: params.yaml's `profile`)")
     p.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
-    p.add_argument("--root", default="data", help="artifact folder (default data; DVC and status use data)")
+    p.add_argument("--root", default=str(DATA_ROOT),
+                   help=f"artifact folder (default {DATA_ROOT}; DVC and status use {DATA_ROOT})")
 
 
 # --------------------------------------------------------------------------- reproduce
@@ -121,7 +129,7 @@ def cmd_status(args) -> int:
     if done.returncode != 0:
         raise ValueError(f"dvc status failed: {done.stderr.strip()[-800:]}")
     status = json.loads(done.stdout or "{}")
-    rows = explain_dvc_status(status, [step.id for step in pipeline_steps(_params(args), "data")])
+    rows = explain_dvc_status(status, [step.id for step in pipeline_steps(_params(args), DATA_ROOT)])
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -262,12 +270,10 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("stage", help="run one stage (the entry point dvc.yaml calls)",
-                       description="Run one stage function of tasks/stages.py. Per-device stages take --device; "
+                       description="Run one stage function of tasks/stages/. Per-device stages take --device; "
                                    "search takes --device (repeat for a joint search) and --target (<k>x: k times "
                                    "MobileNetV2's measured latency; or <ms>ms); finetune takes --name.")
-    from tasks.stages import STAGES  # light: the stage functions import their libraries when called
-
-    p.add_argument("stage", choices=list(STAGES))
+    p.add_argument("stage", choices=list(STAGE_NAMES))
     _add_params(p)
     p.add_argument("--device", action="append", help="device profile (repeat for a joint search)")
     p.add_argument("--target", help="search target: <k>x or <ms>ms")
@@ -281,7 +287,7 @@ def register(sub) -> None:
     _add_params(p)
     p.set_defaults(func=cmd_dataset)
 
-    p = sub.add_parser("report", help="write data/report/ (Tables 3-6, Figs. 3-5) from the artifacts")
+    p = sub.add_parser("report", help=f"write {DATA.report}/ (Tables 3-6, Figs. 3-5) from the artifacts")
     _add_params(p)
     p.set_defaults(func=cmd_report)
 

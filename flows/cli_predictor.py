@@ -17,9 +17,14 @@ import json
 import sys
 from pathlib import Path
 
-DEFAULT_PAIRS = "data/pairs/accuracy_pairs.parquet"
-DEFAULT_PREDICTOR_DIR = "data/predictor"
-DEFAULT_SUPERNET, DEFAULT_DATA = "data/supernet/supernet.pt", "data/dataset"
+from nas_core.layout import DATA
+
+# The CLI boundary: each command imports the libraries it runs inside its function, so that
+# `scan-edge --help` and the other commands do not load torch.
+
+DEFAULT_PAIRS = str(DATA.pairs)
+DEFAULT_PREDICTOR_DIR = str(DATA.predictor_dir)
+DEFAULT_SUPERNET, DEFAULT_DATA = str(DATA.supernet), str(DATA.dataset)
 
 
 def cmd_collect_pairs(args) -> int:
@@ -133,6 +138,6 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("predict", help="predicted accuracy of architectures",
                               description="Print the accuracy predictor's top-1 for each architecture.")
     p.add_argument("arch", nargs="+", help="preset name or architecture JSON file")
-    p.add_argument("--predictor", default=f"{DEFAULT_PREDICTOR_DIR}/predictor.pt")
+    p.add_argument("--predictor", default=str(DATA.predictor))
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)

@@ -7,10 +7,11 @@
     scan-edge search ... --measure        # then meet the target on the device itself
     scan-edge search-sweep --device ort_cpu_fp32 --measure   # targets x MobileNetV2 latency (Fig. 5)
 
-Inputs (defaults under data/, each with the command that makes it): the accuracy predictor
-``data/predictor/predictor.pt`` and, per device, the latency LUT ``data/lut/<device>.parquet``
-with its calibration ``data/lut/<device>.fit.json``; the sweep also reads MobileNetV2's measured
-latency from ``data/baselines/latency.parquet``. Outputs: ``data/search/`` (schemas in
+Inputs (defaults under data/, where the pipeline's stages put them: ``nas_core.layout``): the
+accuracy predictor ``data/predictor/predictor.pt`` and, per device, the latency LUT
+``data/lut/<device>.parquet`` with its calibration ``data/lut/<device>.fit.json``; the sweep also
+reads MobileNetV2's measured latency from the device's baselines table
+``data/baselines/<device>.parquet`` (beside the LUT folder). Outputs: ``data/search/`` (schemas in
 ``nas_core/search_report.py``). A search whose outputs exist and were made from the same
 inputs is not run again (``--force`` runs it anyway); device measurements are cached.
 
@@ -23,10 +24,14 @@ import argparse
 from pathlib import Path
 from typing import Any, Mapping
 
-DEFAULT_PREDICTOR = Path("data/predictor/predictor.pt")
-DEFAULT_LUT_DIR = Path("data/lut")
-DEFAULT_OUT_DIR = Path("data/search")
-DEFAULT_BASELINES = Path("data/baselines/latency.parquet")
+from nas_core.layout import DATA, Layout
+
+# The CLI boundary: each command imports the libraries it runs inside its function, so that
+# `scan-edge --help` and the other commands do not load torch.
+
+DEFAULT_PREDICTOR = DATA.predictor
+DEFAULT_LUT_DIR = DATA.lut_dir
+DEFAULT_OUT_DIR = DATA.search_root
 
 
 # --------------------------------------------------------------------------- flags -> params and paths
@@ -77,7 +82,7 @@ def cmd_search(args) -> int:
     params = _with_overrides(load_params(args.params, args.profile), args)
     if args.import_measurements:
         for device in targets:
-            folder = import_results(args.import_measurements, root / "bundles", device, "search-")
+            folder = import_results(args.import_measurements, Layout(root).bundles, device, "search-")
             print(f"{device}: imported {args.import_measurements} into {folder}")
     accesses = {d: device_access(params, d, root) for d in targets} if args.measure else None
     try:
@@ -97,7 +102,8 @@ def cmd_search_sweep(args) -> int:
     setup = _setup(args, list(args.device))
     all_ok = True
     for device in args.device:
-        front, path, ok = run_sweep(setup, device, args.latency_ms, baselines=args.baselines,
+        baselines = args.baselines or Layout(Path(args.lut_dir).parent).baselines(device)  # the LUT's data root
+        front, path, ok = run_sweep(setup, device, args.latency_ms, baselines=baselines,
                                     max_params=_millions(args.params_m), measure=args.measure, force=args.force,
                                     lock=stage_lock)
         all_ok &= ok
@@ -146,6 +152,7 @@ def register(sub) -> None:
     p.add_argument("--device", action="append", required=True, help="device profile (repeat for several)")
     p.add_argument("--multiples", type=float, nargs="+", help="targets as multiples of MobileNetV2's latency")
     p.add_argument("--latency-ms", type=float, nargs="+", help="explicit targets (ms) instead of multiples")
-    p.add_argument("--baselines", default=str(DEFAULT_BASELINES), help="measured baseline latencies")
+    p.add_argument("--baselines", help="measured baseline latencies (default: the device's table, "
+                                       "<lut dir>/../baselines/<device>.parquet)")
     _add_common(p)
     p.set_defaults(func=cmd_search_sweep)

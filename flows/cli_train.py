@@ -21,7 +21,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-DEFAULT_DATA, DEFAULT_OUT = "data/dataset", "data/supernet"
+from nas_core.layout import DATA
+
+# The CLI boundary: each command imports the libraries it runs inside its function, so that
+# `scan-edge --help` and the other commands do not load torch.
+
+DEFAULT_DATA, DEFAULT_OUT = str(DATA.dataset), str(DATA.supernet_dir)
 
 
 def cmd_train_supernet(args) -> int:

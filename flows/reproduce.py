@@ -33,7 +33,9 @@ from typing import Any, Mapping, Sequence
 from prefect import flow
 
 from tasks import stages
+from tasks._runners import runner_needs_server
 from tasks._server import prefect_server, require_flow_result
+from tasks.pairs import runner_params
 from tasks.prefect_tasks import step_arguments, step_task
 
 
@@ -96,9 +98,6 @@ def stage_flow(stage: str, params: dict, options: dict | None = None, root: str 
 
 def needs_server(params: Mapping[str, Any]) -> bool:
     """Whether a step's task runner runs tasks in other processes (the pairs stage on Dask)."""
-    from tasks._runners import runner_needs_server
-    from tasks.pairs import runner_params
-
     return runner_needs_server(runner_params(params))
 
 

@@ -39,18 +39,20 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from prefect import flow
+from prefect import flow, serve
 
 from flows.reproduce import dvc_commit, dvc_tracks, dvc_upstream, run_steps
 from nas_core.efficiency_predictor import LatencyEstimator
 from nas_core.io import read_json, read_parquet, read_provenance, utc_now, write_json, write_parquet, write_text
 from nas_core.latency.lut import LutError
 from nas_core.latency.lut_change import ChangeRule, LutComparison, compare_luts
+from nas_core.params import load_params
 from nas_core.reprofile_report import change_report_markdown, searched_model_row
 from nas_core.finetune import measure_latency
 from nas_core.search_space import ArchConfig, SearchSpace
 from nas_core.subnet import SubnetModel
 from tasks import stages
+from tasks._server import prefect_server
 from tasks.prefect_tasks import measured_devices
 
 DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00: a quiet hour for timing
@@ -121,7 +123,7 @@ class Before:
         summary = self.summaries.get(run)
         if not summary or not summary.get("arch_json"):
             return None
-        path = self.folder / "search" / run / Path(summary["arch_json"]).name
+        path = stages.Layout(self.folder).search_dir(run) / Path(summary["arch_json"]).name
         return path if path.exists() else None
 
 
@@ -133,7 +135,7 @@ def _summaries(layout: stages.Layout, runs: Sequence[stages.SearchRun]) -> dict[
 def forget_resume_stamps(layout: stages.Layout, device: str) -> None:
     """Forget the LUT's and calibration's resume stamps, so they start over instead of resuming."""
     for stage_id in (f"lut@{device}", f"calibration@{device}"):
-        (layout.resume_stamps / f"{stage_id}.json").unlink(missing_ok=True)
+        layout.resume_stamp(stage_id).unlink(missing_ok=True)
 
 
 def set_aside(layout: stages.Layout, device: str, runs: Sequence[stages.SearchRun], folder: Path) -> Before:
@@ -145,11 +147,12 @@ def set_aside(layout: stages.Layout, device: str, runs: Sequence[stages.SearchRu
     for path in (paths.lut, paths.fit):
         if path.exists():
             shutil.copy2(path, folder / path.name)
-    (folder / "search").mkdir(exist_ok=True)
+    searches = stages.Layout(folder).search_root  # the searches keep their layout inside the folder
+    searches.mkdir(exist_ok=True)
     for run in runs:  # moved, not copied: their device-measurement caches belong to the old runtime
         for path in (layout.search_dir(run.key), layout.search_summary(run.key)):
             if path.exists():
-                shutil.move(str(path), str(folder / "search" / path.name))
+                shutil.move(str(path), str(searches / path.name))
     forget_resume_stamps(layout, device)
     fit = folder / paths.fit.name
     return Before(folder, folder / paths.lut.name, fit if fit.exists() else None, summaries)
@@ -252,7 +255,7 @@ def reprofile_device(params: Mapping[str, Any], device: str, root: str = str(sta
     print(f"{device}: {why}: re-profiling", flush=True)
     stamp = utc_now().replace(":", "").replace("+0000", "Z")
     runs = _device_runs(params, device)
-    before = set_aside(layout, device, runs, layout.root / "reprofile" / device / stamp / "before")
+    before = set_aside(layout, device, runs, layout.reprofile_before(device, stamp))
     planned = device_steps(params, device, root)
     finished = finished if finished is not None else {}
     run_steps(planned, params, root, results, refresh=True, finished=finished)
@@ -262,7 +265,7 @@ def reprofile_device(params: Mapping[str, Any], device: str, root: str = str(sta
     models = searched_models(params, device, layout, before, runs, estimators)
     comparison = compare_luts(read_parquet(before.lut), read_parquet(paths.lut), rule,
                               read_provenance(before.lut), read_provenance(paths.lut))
-    report = write_change_report(layout.root / "reprofile" / f"{device}-{stamp}", device, recorded, installed,
+    report = write_change_report(layout.reprofile_report(device, stamp), device, recorded, installed,
                                  force, comparison, models, before, paths)
     flagged = comparison.summary()
     return {"status": "reprofiled", **report, "blocks_flagged": flagged["blocks_flagged"],
@@ -338,8 +341,6 @@ def reprofile_flow(params_file: str = "params.yaml", profile: str | None = None,
     min_change, session_floor). The params are read when the flow runs, so a scheduled
     deployment follows edits of params.yaml. Returns ``{"devices": {device: outcome},
     "downstream": {step id: status}, "recorded_in_dvc": [step ids]}``."""
-    from nas_core.params import load_params
-
     params = load_params(params_file, profile)
     chosen = devices or stages.search_devices(params)
     checked = change_rule(params, rule)
@@ -373,15 +374,11 @@ def reprofile_deployment(cron: str = DEFAULT_CRON, *, params_file: str = "params
     return reprofile_flow.to_deployment(name=name, cron=cron, parameters=parameters,
                                         description="Re-profile devices whose runtime version changed, bring the "
                                                     "pipeline up to date; write a change report under "
-                                                    "data/reprofile/.")
+                                                    f"{stages.Layout(root).reprofile}/.")
 
 
 def serve_reprofile(cron: str = DEFAULT_CRON, **kwargs: Any) -> None:
     """Serve the scheduled deployment until interrupted (a local server is started if none is configured)."""
-    from prefect import serve
-
-    from tasks._server import prefect_server
-
     with prefect_server(required=True):
         serve(reprofile_deployment(cron, **kwargs))
 

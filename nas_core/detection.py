@@ -60,6 +60,7 @@ import torch
 from torch import nn
 
 from .io import code_version, machine_fingerprint, read_json, torch_save, utc_now, write_json
+from .layout import DATA
 from .locks import Lock, no_lock
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -475,7 +476,7 @@ class SSDLiteExport(nn.Module):
 
 
 # --------------------------------------------------------------------------- the stage
-def run_detection(model_ref: str, data_dir: str | os.PathLike, out_root: str | os.PathLike = "data/detection",
+def run_detection(model_ref: str, data_dir: str | os.PathLike, out_root: str | os.PathLike = DATA.detection_runs,
                   name: str | None = None, config: DetectionConfig | None = None, supernet: str | None = None,
                   devices_section: Mapping | None = None, resume: bool = True, overwrite: bool = False,
                   progress: bool = True, lock: Lock = no_lock, access_of: Callable | None = None) -> dict:

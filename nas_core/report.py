@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .io import code_version, machine_fingerprint, read_json, read_parquet, utc_now, write_parquet, write_text
+from .layout import Layout
 
 REFERENCE_MODEL = "mobilenetv2_100"
 CNN_MODELS = ("mobilenetv2", "mobilenetv3", "gernet", "resnet", "regnet")
@@ -69,13 +70,13 @@ class Sources:
 
 
 # --------------------------------------------------------------------------- tables
-def table3_models(root: Path, names: Sequence[str], devices: Sequence[str], src: Sources):
+def table3_models(layout: Layout, names: Sequence[str], devices: Sequence[str], src: Sources):
     """Ours and the trained baselines (``finetune/<name>/metrics.json``)."""
     import pandas as pd
 
     rows = []
     for name in names:
-        path = root / "finetune" / name / "metrics.json"
+        path = layout.finetune_metrics(name)
         m = src.json(path)
         if m is None:
             continue
@@ -89,13 +90,13 @@ def table3_models(root: Path, names: Sequence[str], devices: Sequence[str], src:
     return _with_ratios(pd.DataFrame(rows), devices)
 
 
-def table3_latency(root: Path, devices: Sequence[str], src: Sources):
+def table3_latency(layout: Layout, devices: Sequence[str], src: Sources):
     """The compared architectures' latency (``baselines/<device>.parquet``)."""
     import pandas as pd
 
     by_model: dict[str, dict] = {}
     for device in devices:
-        path = root / "baselines" / f"{device}.parquet"
+        path = layout.baselines(device)
         frame = src.parquet(path)
         if frame is None:
             continue
@@ -122,13 +123,13 @@ def _with_ratios(frame, devices: Sequence[str]):
     return frame
 
 
-def table4_searches(root: Path, runs: Sequence[str], src: Sources):
+def table4_searches(layout: Layout, runs: Sequence[str], src: Sources):
     """One row per search run (``search/<run>.json`` + the fine-tuned ``ours_<run>``)."""
     import pandas as pd
 
     rows = []
     for run in runs:
-        path = root / "search" / f"{run}.json"
+        path = layout.search_summary(run)
         s = src.json(path)
         if s is None:
             continue
@@ -140,26 +141,26 @@ def table4_searches(root: Path, runs: Sequence[str], src: Sources):
             row[f"target_ms.{device}"] = ms
             row[f"estimated_ms.{device}"] = (s.get("latency_ms") or {}).get(device)
             row[f"measured_ms.{device}"] = (s.get("measured_ms") or {}).get(device)
-        finetuned = root / "finetune" / f"ours_{run}" / "metrics.json"
+        finetuned = layout.finetune_metrics(f"ours_{run}")
         row["finetuned_top1"] = read_json(finetuned)["finetuned"]["top1"] if finetuned.exists() else None
         rows.append({**row, "source": str(path) + (f", {finetuned}" if finetuned.exists() else "")})
     return pd.DataFrame(rows)
 
 
-def table5_transfer(root: Path, src: Sources):
+def table5_transfer(layout: Layout, src: Sources):
     import pandas as pd
 
-    summary = src.json(root / "transfer" / "metrics.json") or {}
+    summary = src.json(layout.transfer_metrics) or {}
     rows = [{"model": label, "dataset": r.get("dataset"), "top1": r.get("top1"), "top5": r.get("top5"),
              "params": r.get("params"), "epochs": r.get("epochs"), "source": r.get("source")}
             for label, r in summary.items()]
     return pd.DataFrame(rows)
 
 
-def table6_detection(root: Path, devices: Sequence[str], src: Sources):
+def table6_detection(layout: Layout, devices: Sequence[str], src: Sources):
     import pandas as pd
 
-    summary = src.json(root / "detection" / "metrics.json") or {}
+    summary = src.json(layout.detection_metrics) or {}
     rows = []
     for label, r in summary.items():
         row = {"model": label, "mAP": r.get("mAP"), "mAP50": r.get("mAP50"), "params": r.get("params"),
@@ -170,13 +171,13 @@ def table6_detection(root: Path, devices: Sequence[str], src: Sources):
     return pd.DataFrame(rows)
 
 
-def latency_predictor_table(root: Path, devices: Sequence[str], src: Sources):
+def latency_predictor_table(layout: Layout, devices: Sequence[str], src: Sources):
     """Fig. 3 / Suppl. S4 in numbers: the held-out validation subnets, per estimator."""
     import pandas as pd
 
     rows = []
     for device in devices:
-        path = root / "lut" / f"{device}.fit.json"
+        path = layout.lut_paths(device).fit
         fit = src.json(path)
         if fit is None:
             continue
@@ -194,10 +195,10 @@ def latency_predictor_table(root: Path, devices: Sequence[str], src: Sources):
     return pd.DataFrame(rows)
 
 
-def accuracy_predictor_table(root: Path, src: Sources):
+def accuracy_predictor_table(layout: Layout, src: Sources):
     import pandas as pd
 
-    path = root / "predictor" / "metrics.json"
+    path = layout.predictor_metrics
     metrics = src.json(path)
     if metrics is None:
         return pd.DataFrame()
@@ -215,30 +216,30 @@ def accuracy_predictor_table(root: Path, src: Sources):
 
 
 # --------------------------------------------------------------------------- figures
-def figure3(root: Path, devices: Sequence[str], out: Path) -> Path | None:
+def figure3(layout: Layout, devices: Sequence[str], out: Path) -> Path | None:
     """Fig. 3: estimated vs measured latency, raw and calibrated, one panel per device."""
     from .latency.calibration import plot_calibration
 
-    frames = {d: read_parquet(p) for d in devices if (p := root / "lut" / f"{d}.calibration.parquet").exists()}
+    frames = {d: read_parquet(p) for d in devices if (p := layout.lut_paths(d).calibration).exists()}
     return plot_calibration(frames, out) if frames else None
 
 
-def figure4(root: Path, run: str, out: Path) -> Path | None:
+def figure4(layout: Layout, run: str, out: Path) -> Path | None:
     """Fig. 4-like: the search's Q, the valid rate of fresh draws from P and P's entropy per generation."""
     from .search_report import plot_history
 
-    summary = root / "search" / f"{run}.json"
+    summary = layout.search_summary(run)
     if not summary.exists():
         return None
     arch_name = Path(read_json(summary)["arch_json"]).name  # <name>.arch.json beside <name>.parquet
-    history = root / "search" / run / (arch_name.removesuffix(".arch.json") + ".parquet")
+    history = layout.search_dir(run) / (arch_name.removesuffix(".arch.json") + ".parquet")
     if not history.exists():
         return None
     frame = read_parquet(history)
     return plot_history({run: frame[frame["round"] == 1]}, out)
 
 
-def figure5(root: Path, device: str, runs: Sequence[str], out: Path) -> Path | None:
+def figure5(layout: Layout, device: str, runs: Sequence[str], out: Path) -> Path | None:
     """Fig. 5: the accuracy-latency front on one device over its latency-only searches."""
     import pandas as pd
 
@@ -246,7 +247,7 @@ def figure5(root: Path, device: str, runs: Sequence[str], out: Path) -> Path | N
 
     rows = []
     for run in runs:
-        path = root / "search" / f"{run}.json"
+        path = layout.search_summary(run)
         if not path.exists():
             continue
         s = read_json(path)
@@ -258,7 +259,7 @@ def figure5(root: Path, device: str, runs: Sequence[str], out: Path) -> Path | N
         return None
     front = pd.DataFrame(rows)
     front["measured_ms"] = pd.to_numeric(front["measured_ms"])
-    baselines = root / "baselines" / f"{device}.parquet"
+    baselines = layout.baselines(device)
     reference = None
     if baselines.exists():
         frame = read_parquet(baselines)
@@ -307,27 +308,28 @@ def build_report(root: str | Path, out_dir: str | Path, *, devices: Sequence[str
     Returns ``{name: path}`` of everything written (``readme`` included).
     """
     root, out_dir = Path(root), Path(out_dir)
+    layout = Layout(root)
     src = Sources(root)
     models = [f"ours_{run}" for run in searches] + list(baselines)
     tables = {
-        "table3_models": table3_models(root, models, devices, src),
-        "table3_latency": table3_latency(root, devices, src),
-        "table4_searches": table4_searches(root, searches, src),
-        "table5_transfer": table5_transfer(root, src),
-        "table6_detection": table6_detection(root, devices, src),
-        "latency_predictor": latency_predictor_table(root, devices, src),
-        "accuracy_predictor": accuracy_predictor_table(root, src),
+        "table3_models": table3_models(layout, models, devices, src),
+        "table3_latency": table3_latency(layout, devices, src),
+        "table4_searches": table4_searches(layout, searches, src),
+        "table5_transfer": table5_transfer(layout, src),
+        "table6_detection": table6_detection(layout, devices, src),
+        "latency_predictor": latency_predictor_table(layout, devices, src),
+        "accuracy_predictor": accuracy_predictor_table(layout, src),
     }
     provenance = {"kind": "report", "root": str(root), "code_version": code_version(), "created": utc_now()}
     written: dict[str, Path] = {}
     for name, frame in tables.items():
         written[name] = write_parquet(out_dir / f"{name}.parquet", frame, provenance)
-    figures = {"fig3_calibration": figure3(root, devices, out_dir / "fig3_calibration.png")}
+    figures = {"fig3_calibration": figure3(layout, devices, out_dir / "fig3_calibration.png")}
     for run in searches:
-        figures[f"fig4_search_{run}"] = figure4(root, run, out_dir / f"fig4_search_{run}.png")
+        figures[f"fig4_search_{run}"] = figure4(layout, run, out_dir / f"fig4_search_{run}.png")
     for device in devices:
-        figures[f"fig5_front_{device}"] = figure5(root, device, searches, out_dir / f"fig5_front_{device}.png")
-    predictor_png = root / "predictor" / "predicted_vs_measured.png"
+        figures[f"fig5_front_{device}"] = figure5(layout, device, searches, out_dir / f"fig5_front_{device}.png")
+    predictor_png = layout.predictor_figure
     if predictor_png.exists():
         shutil.copyfile(predictor_png, out_dir / "s4_predictor.png")
         figures["s4_predictor"] = out_dir / "s4_predictor.png"

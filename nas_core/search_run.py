@@ -2,8 +2,9 @@
 
     from nas_core.search_run import load_setup, run_search
 
-    setup = load_setup(params, profiles, predictor="data/predictor/predictor.pt", lut_dir="data/lut",
-                       out_dir="data/search")
+    layout = Layout("data")  # nas_core.layout: where the pipeline keeps its artifacts
+    setup = load_setup(params, profiles, predictor=layout.predictor, lut_dir=layout.lut_dir,
+                       out_dir=layout.search_root)
     record, within = run_search(setup, {"ort_cpu_fp32": 7.6}, measure=True)
 
 :func:`load_setup` loads what every search of a set-up shares: the accuracy predictor, the

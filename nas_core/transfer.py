@@ -37,8 +37,9 @@ from typing import Any, Mapping
 import torch
 
 from .io import code_version, machine_fingerprint, utc_now, write_json
+from .layout import DATA
 
-DEFAULT_OUT = Path("data/transfer")
+DEFAULT_OUT = DATA.transfer_runs  # where the transfer stage keeps its runs
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect_dask import DaskTaskRunner
+
 RUNNERS = ("thread", "dask")
 _KNOWN_KEYS = {"runner", "max_workers", "dask_address", "n_workers", "threads_per_worker"}
 
@@ -51,8 +54,6 @@ def dask_task_runner(params: Mapping[str, Any]):
     The LocalCluster uses worker processes with one thread each: tasks here are
     CPU-bound Python/torch, so threads would fight over the GIL and the cores.
     """
-    from prefect_dask import DaskTaskRunner
-
     address = params.get("dask_address")
     if address:
         return DaskTaskRunner(address=address)
@@ -75,8 +76,6 @@ def task_runner_from_params(params: Mapping[str, Any] | None = None):
     params = params or {}
     if _runner_name(params) == "dask":
         return dask_task_runner(params)
-    from prefect.task_runners import ThreadPoolTaskRunner
-
     max_workers = params.get("max_workers")
     if max_workers is None:
         return ThreadPoolTaskRunner()

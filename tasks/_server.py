@@ -10,6 +10,7 @@ process/Dask task runners: Dask workers cannot reach it, and the flow can then r
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import signal
 import socket
@@ -20,6 +21,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
+
+from prefect.events.worker import EventsWorker
+from prefect.exceptions import MissingResult
+from prefect.logging.handlers import APILogWorker
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+from prefect.states import State
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SERVER_HOME = PROJECT_ROOT / ".prefect" / "server"
@@ -32,8 +40,6 @@ class PrefectServerError(RuntimeError):
 
 def configured_api_url() -> str | None:
     """The API URL this process would use: env var, Prefect profile or settings context."""
-    from prefect.settings import get_current_settings
-
     return os.environ.get("PREFECT_API_URL") or get_current_settings().api.url
 
 
@@ -138,12 +144,6 @@ def _drain_log_and_event_workers() -> None:
     run's events there (and fail to find this run). Also done before a server stops, as
     Prefect's test harness does, or the flush at exit prints "Error logging to API".
     """
-    import inspect
-
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
     async def drain() -> None:
         for worker in (APILogWorker, EventsWorker):
             pending = worker.drain_all()
@@ -159,8 +159,6 @@ def _drain_log_and_event_workers() -> None:
 @contextlib.contextmanager
 def using_api_url(api_url: str) -> Iterator[None]:
     """Point this process and the processes it starts (Dask workers) at ``api_url``."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     previous = os.environ.get("PREFECT_API_URL")
     _drain_log_and_event_workers()  # they were bound to the previous API
     os.environ["PREFECT_API_URL"] = api_url  # inherited by child processes
@@ -209,9 +207,6 @@ def require_flow_result(state_or_result: Any, what: str = "flow") -> Any:
     pipeline's flows always return something (paths, metrics) and ``None`` is the known
     symptom of Dask workers that could not reach the Prefect API.
     """
-    from prefect.exceptions import MissingResult
-    from prefect.states import State
-
     result = state_or_result
     if isinstance(state_or_result, State):
         if not state_or_result.is_completed():

@@ -30,7 +30,11 @@ import copy
 from pathlib import Path
 from typing import Any, Mapping
 
+import timm
+
+from nas_core.latency.devices import check_usable, get_profile, load_profiles
 from nas_core.params import deep_merge
+from nas_core.search_run import REFERENCE_MODEL
 
 STAND_IN_TEACHER = "test_resnet"  # timm's 0.4 M-parameter test network
 TINY_TIMING = {"warmup_runs": 1, "warmup_ms": 0.0, "min_repeats": 2, "min_total_ms": 0.0, "max_repeats": 3,
@@ -106,10 +110,6 @@ def dry_run_params(params: Mapping[str, Any], data: str | Path) -> tuple[dict[st
 
 def _check_baselines(params: dict[str, Any]) -> str:
     """Time only the reference baseline; the other names must still be timm models."""
-    import timm
-
-    from nas_core.search_run import REFERENCE_MODEL
-
     models = list((params.get("baselines") or {}).get("models") or [])
     unknown = [m for m in models if not timm.is_model(m)]
     if unknown:
@@ -120,8 +120,6 @@ def _check_baselines(params: dict[str, Any]) -> str:
 
 def _keep_usable_devices(params: dict[str, Any]) -> list[str]:
     """Drop the devices this machine cannot run from every device list; returns why, per device."""
-    from nas_core.latency.devices import check_usable, get_profile, load_profiles
-
     profiles = load_profiles(params.get("devices") or {})
     named = {d for path in DEVICE_LISTS for d in (_get(params, path) or [])}
     unusable = {}

@@ -34,17 +34,19 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import torch
+from distributed import get_worker
 from prefect import flow, task, unmapped
 
+from nas_core.io import read_provenance
+from nas_core.layout import DATA
 from nas_core.pairs import (EvaluatorFactory, PairsConfig, ShardSpec, assemble_pairs, evaluate_shard,
                             prepare_pairs)
 from tasks import cpu_lock
 from tasks._runners import runner_needs_server, task_runner_from_params
 from tasks._server import prefect_server, require_flow_result
 
-DEFAULT_SUPERNET = Path("data/supernet/supernet.pt")
-DEFAULT_DATA = Path("data/dataset")
-DEFAULT_OUT = Path("data/pairs/accuracy_pairs.parquet")
+DEFAULT_SUPERNET, DEFAULT_DATA, DEFAULT_OUT = DATA.supernet, DATA.dataset, DATA.pairs
 
 
 # --------------------------------------------------------------------------- the tasks
@@ -52,8 +54,6 @@ DEFAULT_OUT = Path("data/pairs/accuracy_pairs.parquet")
       task_run_name="pairs-shard-{spec.shard}")
 def evaluate_pairs_shard(spec: ShardSpec, evaluator_factory: EvaluatorFactory | None = None) -> str:
     """Evaluate one shard's subnets (inherited weights, BN recalibrated); return its Parquet path."""
-    from nas_core.io import read_provenance
-
     requested = (read_provenance(spec.plan_path).get("full_config") or {}).get("device")
     with cpu_lock("shared"):  # CPU-heavy: keep latency measurement (exclusive) off the machine meanwhile
         return str(evaluate_shard(spec, evaluator_factory, device=worker_device(requested)))
@@ -63,15 +63,11 @@ def worker_device(requested: str | None) -> str | None:
     """This worker's own GPU when several are visible and ``pairs.device`` names no index:
     ``cuda:<i mod GPUs>`` for Dask worker ``i`` (a LocalCluster names its workers 0..n-1),
     ``cuda:0`` elsewhere. None (``pairs.device`` as it is) on one GPU or none."""
-    import torch
-
     if requested not in (None, "cuda") or not torch.cuda.is_available() or torch.cuda.device_count() < 2:
         return None
     try:
-        from distributed import get_worker
-
         name = str(get_worker().name)
-    except (ImportError, ValueError):  # not inside a Dask worker
+    except ValueError:  # not inside a Dask worker
         name = "0"
     index = int(name) if name.isdigit() else zlib.crc32(name.encode())
     return f"cuda:{index % torch.cuda.device_count()}"

@@ -25,6 +25,8 @@ from typing import Any, Mapping
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
+from nas_core.detection import DetectionConfig
+from nas_core.finetune import FinetuneConfig
 from tasks import stages
 from tasks._cache import artifact_cache, cached_task_options
 
@@ -50,9 +52,6 @@ def measured_devices(stage: str, params: Mapping[str, Any], options: Mapping[str
         return [options["device"]]
     if "devices" in options:
         return list(options["devices"])
-    from nas_core.detection import DetectionConfig
-    from nas_core.finetune import FinetuneConfig
-
     config = {"finetune": FinetuneConfig, "detection": DetectionConfig}[stage].from_params(params.get(stage))
     searched = stages.search_devices(params) if stage == "finetune" else []
     return list(dict.fromkeys([*searched, *config.devices]))

@@ -97,7 +97,7 @@ def test_launch_commands_restart_runs_of_other_inputs(tmp_path, distributed_para
     """What each stage hands to torchrun: the stage's command, its paths, and --overwrite
     unless the last run had the same inputs (which it then resumes)."""
     launched = []
-    monkeypatch.setattr(stages, "_torchrun", lambda nproc, command, sections, layout: launched.append(
+    monkeypatch.setattr(stages.training, "_torchrun", lambda nproc, command, sections, layout: launched.append(
         (nproc, list(command), sections)))
     from nas_core.data.synthetic import generate_classification
 

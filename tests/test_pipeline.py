@@ -56,6 +56,11 @@ def test_plan_lists_every_stage_in_dependency_order(smoke_params, tmp_path):
                             smoke_params, tmp_path) == search
 
 
+def test_the_stage_names_the_command_line_offers_are_the_registry_s():
+    """`scan-edge stage` takes its choices from the planner so that parsing loads no stage module."""
+    assert stages.STAGE_NAMES == tuple(STAGES)
+
+
 def test_search_runs_and_targets(smoke_params, tmp_path):
     assert [r.key for r in stages.search_runs(smoke_params)] == [
         "ort_cpu_fp32@1.0x", "openvino_cpu_fp32@1.0x", "ort_cpu_fp32@1.0x_2.5M"]

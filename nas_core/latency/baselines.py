@@ -7,7 +7,8 @@ the torch profiles time the eager module. A model that fails to build, export or
 on a runtime gets a row with the error text (the paper notes that several of these
 fail on the NCS2) instead of stopping the run.
 
-Table (``data/baselines/latency.parquet`` by default), one row per (model, device):
+Table (written to ``out_path``; the pipeline's baselines stage keeps one per device,
+``baselines/<device>.parquet``: ``nas_core.layout``), one row per (model, device):
 
 ================  =====  ======================================================
 column            type   meaning
@@ -59,7 +60,6 @@ BASELINE_MODELS: dict[str, int] = {
     "efficientvit_m4": 224,
 }
 REFERENCE_MODEL = "mobilenetv2_100"  # the paper's latency target
-DEFAULT_OUT = Path("data/baselines/latency.parquet")
 
 
 def split_usable(profiles: Iterable[DeviceProfile]) -> tuple[list[DeviceProfile], dict[str, str]]:
@@ -81,7 +81,7 @@ def build_model(name: str):
 
 
 def measure_baselines(profiles: Iterable[DeviceProfile], models: Mapping[str, int] | None = None,
-                      out_path: str | os.PathLike | None = DEFAULT_OUT, workdir: str | os.PathLike | None = None,
+                      out_path: str | os.PathLike | None = None, workdir: str | os.PathLike | None = None,
                       config: TimingConfig | None = None, progress: bool = True):
     """Time ``models`` (name -> resolution; default ``BASELINE_MODELS``) on every usable profile.
 

@@ -11,7 +11,7 @@ wall time by default; process CPU time for single-thread profiles on a shared ma
 Summing a subnet's block latencies estimates its latency; the calibration
 (``nas_core.latency.calibration``) corrects that sum with a linear fit.
 
-Files (``LutPaths``; default root ``data/lut``)::
+Files (``nas_core.layout.LutPaths``; default root ``data/lut``)::
 
     <device>.parquet                 the LUT (schema below)
     _work/<device>/timings.parquet   raw, resumable timing table (``timing``'s schema)
@@ -79,10 +79,11 @@ from nas_core.latency.devices import DeviceProfile, check_usable
 from nas_core.latency.location import DeviceAccess, LocalDevice, TimingJob, Yardstick
 from nas_core.latency.measure import safe_file_stem
 from nas_core.latency.timing import ModelEntry, TimingConfig
+from nas_core.layout import DATA, LutPaths
 from nas_core.search_space import SearchSpace
 
 LUT_KIND = "latency_lut"
-DEFAULT_ROOT = Path("data/lut")
+DEFAULT_ROOT = DATA.lut_dir
 # A mid-sized stage-2 FFN (~0.5-1 ms on a CPU core): long enough for a steady median, short
 # enough that re-timing it every ten blocks costs little. Any catalog block works.
 DEFAULT_REFERENCE_BLOCK = "s2/ffn/w48/unified/k3/e3/relu"
@@ -104,55 +105,6 @@ BlockFilter = Callable[[BlockSpec], bool] | str | Iterable[str] | None
 
 class LutError(ValueError):
     """A LUT, calibration or profiling result that cannot be used for the requested device."""
-
-
-# --------------------------------------------------------------------------- file layout
-@dataclasses.dataclass(frozen=True)
-class LutPaths:
-    """Where one device's LUT, calibration and work files live (see the module docstring)."""
-
-    root: Path
-    device: str
-    export_root: Path | None = None  # None: ``root/_work/onnx``
-
-    @classmethod
-    def for_device(cls, device: str, root: str | os.PathLike = DEFAULT_ROOT,
-                   export_root: str | os.PathLike | None = None) -> "LutPaths":
-        return cls(Path(root), device, Path(export_root) if export_root is not None else None)
-
-    @property
-    def lut(self) -> Path:
-        return self.root / f"{self.device}.parquet"
-
-    @property
-    def calibration(self) -> Path:
-        return self.root / f"{self.device}.calibration.parquet"
-
-    @property
-    def fit(self) -> Path:
-        return self.root / f"{self.device}.fit.json"
-
-    @property
-    def figure(self) -> Path:
-        return self.root / f"{self.device}.calibration.png"
-
-    @property
-    def work(self) -> Path:
-        """Resumable raw timing tables of this device."""
-        return self.root / "_work" / self.device
-
-    @property
-    def block_timings(self) -> Path:
-        return self.work / "timings.parquet"
-
-    @property
-    def subnet_timings(self) -> Path:
-        return self.work / "subnet_timings.parquet"
-
-    @property
-    def exports(self) -> Path:
-        """ONNX exports, shared by every device (keyed by resolution, batch and code)."""
-        return self.export_root if self.export_root is not None else self.root / "_work" / "onnx"
 
 
 def export_key() -> str:

@@ -1,0 +1,169 @@
+"""What every stage shares: params sections, the pipeline's searches, resuming, messages.
+
+Artifact paths come from :class:`nas_core.layout.Layout`: nothing in ``tasks.stages`` spells
+a path of its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from nas_core.io import file_sha256, write_json
+from nas_core.layout import Layout
+
+OURS = "ours"  # in pipeline.transfer_models / detection_models: the first search's fine-tuned model
+
+Paths = dict[str, Path]
+
+
+def section(params: Mapping[str, Any], name: str) -> dict:
+    """A params section as a dict (``{}`` when absent or null)."""
+    return dict(params.get(name) or {})
+
+
+def pipeline_section(params: Mapping[str, Any]) -> dict:
+    """``pipeline:``, the DAG's shape, with its documented keys checked."""
+    known = {"finetune_baselines", "params_constrained", "transfer_models", "transfer_data", "transfer_synthetic",
+             "detection_models", "detection_data", "torchrun"}
+    values = section(params, "pipeline")
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"params pipeline: unknown keys {unknown}; known keys: {sorted(known)}")
+    return values
+
+
+def search_devices(params: Mapping[str, Any]) -> list[str]:
+    """The devices the pipeline profiles and searches for (``search.devices``)."""
+    devices = list(section(params, "search").get("devices") or [])
+    if not devices:
+        raise ValueError("params search.devices is empty: name the device profiles to search for "
+                         "(see `scan-edge devices`)")
+    return devices
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchRun:
+    """One search of the pipeline: devices, a latency target and an optional params bound.
+
+    ``target`` is ``"<k>x"`` (k times MobileNetV2's latency measured on each device, the
+    paper's targets) or ``"<ms>ms"`` (absolute, the same for every device).
+    """
+
+    devices: tuple[str, ...]
+    target: str
+    params_m: float | None = None
+
+    def __post_init__(self):
+        parse_target(self.target)  # fail on a malformed target before anything runs
+
+    @property
+    def key(self) -> str:
+        """``<device>[+<device>]@<target>[_<M>M]``: folder and DVC stage names."""
+        suffix = "" if self.params_m is None else f"_{self.params_m}M"
+        return f"{'+'.join(self.devices)}@{self.target}{suffix}"
+
+    @property
+    def model_name(self) -> str:
+        """The fine-tuned model's name (``finetune/<name>/``)."""
+        return f"ours_{self.key}"
+
+
+def parse_target(target: str) -> tuple[str, float]:
+    """``"1.0x"`` -> ``("x", 1.0)``; ``"7.6ms"`` -> ``("ms", 7.6)``."""
+    text = str(target).strip()
+    for unit in ("ms", "x"):
+        if text.endswith(unit):
+            try:
+                value = float(text[: -len(unit)])
+            except ValueError:
+                break
+            if value > 0:
+                return unit, value
+    raise ValueError(f"search target {target!r}: write '<k>x' (k times MobileNetV2's measured latency, "
+                     "e.g. 1.0x) or '<ms>ms' (e.g. 7.6ms)")
+
+
+def search_runs(params: Mapping[str, Any]) -> list[SearchRun]:
+    """Every search of the pipeline, in order: each ``search.devices`` x
+    ``search.targets_vs_mobilenetv2`` (latency only, Table 3 / Fig. 5), then
+    ``pipeline.params_constrained`` (latency and parameters, Table 4)."""
+    multiples = section(params, "search").get("targets_vs_mobilenetv2") or [1.0]
+    runs = [SearchRun((device,), f"{k}x") for device in search_devices(params) for k in multiples]
+    constrained = dict(pipeline_section(params).get("params_constrained") or {})
+    for device in constrained.get("devices") or []:
+        for k in constrained.get("targets_vs_mobilenetv2") or [1.0]:
+            for params_m in constrained.get("params_m") or []:
+                runs.append(SearchRun((device,), f"{k}x", params_m))
+    return runs
+
+
+def finetune_baselines(params: Mapping[str, Any]) -> dict[str, str]:
+    """``pipeline.finetune_baselines``: model -> init (``scratch`` | ``supernet``)."""
+    baselines = {str(k): str(v) for k, v in (pipeline_section(params).get("finetune_baselines") or {}).items()}
+    for name, init in baselines.items():
+        if init not in ("scratch", "supernet"):
+            raise ValueError(f"params pipeline.finetune_baselines.{name}: init must be scratch or supernet, not {init!r}")
+    return baselines
+
+
+def resolve_model(name: str, params: Mapping[str, Any], layout: Layout, check: bool = True) -> Path | str:
+    """A model named in ``pipeline.transfer_models`` / ``detection_models``: ``ours`` (the
+    fine-tuned model of the first search: first device, first target), a fine-tune name,
+    or anything ``nas_core.finetune.load_classifier`` takes (a preset, ``mobilenetv2_100``)."""
+    if name == OURS:
+        first = (section(params, "search").get("targets_vs_mobilenetv2") or [1.0])[0]
+        name = SearchRun((search_devices(params)[0],), f"{first}x").model_name
+    folder = layout.finetune_dir(name)
+    if folder.exists() or name.startswith("ours_") or name in finetune_baselines(params):
+        if check:
+            _require(layout.finetune_model(name), f"the fine-tune stage (scan-edge stage finetune --name {name})")
+        return folder
+    return name
+
+
+def input_digest(paths: Iterable[Path]) -> dict[str, str]:
+    """sha256 of each input file (a folder counts by its ``manifest.parquet``, else its file list)."""
+    digests = {}
+    for path in paths:
+        path = Path(path)
+        if path.is_file():
+            digests[str(path)] = file_sha256(path)
+        elif (path / "manifest.parquet").is_file():
+            digests[str(path)] = file_sha256(path / "manifest.parquet")
+        elif path.is_dir():
+            listing = sorted((str(p.relative_to(path)), p.stat().st_size) for p in path.rglob("*") if p.is_file())
+            digests[str(path)] = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+        else:
+            digests[str(path)] = "missing"
+    return digests
+
+
+def resume_or_restart(layout: Layout, stage_id: str, identity: Mapping[str, Any]) -> bool:
+    """True when the last run of ``stage_id`` had these inputs (continue it, it may have been
+    interrupted); otherwise record them and return False (start over: stale partial work
+    of other inputs must not be continued).
+
+    ``identity`` is what the work depends on (params sections, input digests, runtime);
+    the stamp is ``<root>/.resume/<stage_id>.json``.
+    """
+    stamp = layout.resume_stamp(stage_id)
+    wanted = json.loads(json.dumps(identity, sort_keys=True, default=str))
+    try:
+        same = json.loads(stamp.read_text()) == wanted
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        write_json(stamp, wanted)
+    return same
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _require(path: Path, what: str) -> None:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: missing; it is made by {what}")
