@@ -33,6 +33,7 @@ status``) compares.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
@@ -157,16 +158,23 @@ def _imports_in(tree: ast.AST, module: str, root: Path) -> set[str]:
     return found
 
 
-def module_imports(module: str, root: Path = PROJECT_ROOT) -> frozenset[str]:
-    """Every project module ``module`` imports, anywhere in its file."""
-    stat = module_file(module, root).stat()
-    return _module_imports(module, root, stat.st_size, stat.st_mtime_ns)
+def module_imports(module: str, root: Path = PROJECT_ROOT) -> set[str]:
+    """Every project module ``module`` imports, anywhere in its file. Only the statements are
+    memoised: what ``from package import name`` resolves to depends on the package's file too."""
+    found: set[str] = set()
+    for node in _import_statements(module_file(module, root)):
+        found |= resolve(node, module, root)
+    return found
+
+
+def _import_statements(path: Path) -> list[ast.Import | ast.ImportFrom]:
+    stat = path.stat()
+    return _statements(path, stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=None)
-def _module_imports(module: str, root: Path, size: int, mtime_ns: int) -> frozenset[str]:
-    """Memoised per version of the file (and, through ``parse``, of the files it re-exports from)."""
-    return frozenset(_imports_in(parse(module_file(module, root)), module, root))
+def _statements(path: Path, size: int, mtime_ns: int) -> list[ast.Import | ast.ImportFrom]:
+    return [node for node in ast.walk(parse(path)) if isinstance(node, (ast.Import, ast.ImportFrom))]
 
 
 def import_closure(modules: Iterable[str], root: Path = PROJECT_ROOT) -> set[str]:
@@ -206,12 +214,29 @@ def _top_level(tree: ast.Module) -> tuple[dict[str, ast.AST], dict[str, list[ast
     return defs, imports
 
 
-def _entry_node(tree: ast.Module, function: Callable) -> ast.AST | None:
-    """The ``def`` of ``function`` in its module's tree (by line: nested functions too)."""
-    line = function.__code__.co_firstlineno
+@dataclasses.dataclass(frozen=True)
+class EntryPoint:
+    """Where a stage's function is defined: its file, module, name and first line (None: the
+    first ``def`` of that name). :func:`entry_point` makes one from a function."""
+
+    file: Path
+    module: str
+    name: str
+    line: int | None = None
+
+
+def entry_point(function: Callable | EntryPoint) -> EntryPoint:
+    if isinstance(function, EntryPoint):
+        return function
+    return EntryPoint(Path(inspect.getsourcefile(function)).resolve(), function.__module__, function.__name__,
+                      function.__code__.co_firstlineno)
+
+
+def _entry_node(tree: ast.Module, entry: EntryPoint) -> ast.AST | None:
+    """The ``def`` of the entry point in its module's tree (by line: nested functions too)."""
     for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == function.__name__ \
-                and line in (node.lineno, *(d.lineno for d in node.decorator_list)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry.name \
+                and (entry.line is None or entry.line in (node.lineno, *(d.lineno for d in node.decorator_list))):
             return node
     return None
 
@@ -236,14 +261,14 @@ def _named(method: ast.AST, attributes: set[str]) -> bool:
     return (name.startswith("__") and name.endswith("__")) or name in attributes
 
 
-def entry_imports(function: Callable, root: Path = PROJECT_ROOT) -> tuple[Path, set[str]]:
+def entry_imports(function: Callable | EntryPoint, root: Path = PROJECT_ROOT) -> tuple[Path, set[str]]:
     """The file defining ``function`` and the project modules the function reaches from it:
     its own imports and those of the definitions of that file it names (functions,
     classes, constants; a method when its name is used as an attribute), transitively."""
-    path = Path(inspect.getsourcefile(function)).resolve()
-    module = function.__module__
+    where = entry_point(function)
+    path, module = where.file, where.module
     tree = parse(path)
-    entry = _entry_node(tree, function)
+    entry = _entry_node(tree, where)
     if entry is None:  # not found (generated code): the whole file counts
         return path, _imports_in(tree, module, root)
     defs, imports = _top_level(tree)
@@ -272,7 +297,7 @@ def entry_imports(function: Callable, root: Path = PROJECT_ROOT) -> tuple[Path, 
 
 
 # --------------------------------------------------------------------------- a stage's code
-def code_files(function: Callable, extra_modules: Iterable[str] = (), root: Path = PROJECT_ROOT) -> list[Path]:
+def code_files(function: Callable | EntryPoint, extra_modules: Iterable[str] = (), root: Path = PROJECT_ROOT) -> list[Path]:
     """Every project file ``function``'s result depends on: its own file, the closure of
     the modules it reaches, the ``extra_modules`` (and theirs), and their packages' ``__init__.py``."""
     entry_file, reached = entry_imports(function, root)
@@ -296,7 +321,7 @@ def files_digest(files: Iterable[Path], root: Path = PROJECT_ROOT) -> str:
     return digest_of([(name, file_sha256(named[name])) for name in sorted(named)])
 
 
-def code_digest(function: Callable, extra_modules: Iterable[str] = (), sections: Iterable[str] = (),
+def code_digest(function: Callable | EntryPoint, extra_modules: Iterable[str] = (), sections: Iterable[str] = (),
                 root: Path = PROJECT_ROOT) -> str:
     """A stage's code identity: the content of its code files and the params sections it reads."""
     return digest_of({"files": files_digest(code_files(function, extra_modules, root), root),
