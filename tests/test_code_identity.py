@@ -253,3 +253,23 @@ def test_a_step_is_done_while_its_run_key_is_the_one_recorded(tmp_path):
     assert step_stamps.first_stale_step(changed, tmp_path, [step]) == step
     other = {**params, "lut": {"changed": True}}  # a section the dataset stage does not read
     assert step_stamps.is_done(step, other, tmp_path)
+
+
+def test_lut_commands_resume_by_their_run_records_not_by_file_times(tmp_path, capsys):
+    from flows.cli_latency import _resume, _stamp
+    from tasks.run_identity import finish_run
+
+    work, out = tmp_path / "work", tmp_path / "lut.parquet"
+    raw = work / "timings.parquet"
+    raw.parent.mkdir(parents=True)
+    raw.write_text("partial timings of a run nothing recorded")
+    with pytest.raises(SystemExit, match="unfinished LUT build"):  # no record, no output: refuse to guess
+        _resume(None, work, raw, out, "LUT build", "run-1")
+    assert _resume(False, work, raw, out, "LUT build", "run-1") is False  # --no-resume: start over
+    assert _resume(None, work, raw, out, "LUT build", "run-1") is True  # interrupted, same run: continue
+    with pytest.raises(SystemExit, match="other settings"):
+        _resume(None, work, raw, out, "LUT build", "run-2")
+    finish_run(work, _stamp("LUT build"), "run-1")
+    out.write_text("lut")
+    raw.write_text("newer than the output, but the run finished")
+    assert _resume(None, work, raw, out, "LUT build", "run-2") is False  # a finished run: start afresh
