@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks import stages
-from tasks.run_identity import digest_of, read_stamp, write_stamp
+from tasks.run_identity import default_cache_file, digest_of, read_stamp, write_stamp
 
 
 def stamps_folder(root: str | os.PathLike) -> Path:
@@ -40,7 +40,20 @@ def measured_devices(stage: str, params: Mapping[str, Any], options: Mapping[str
         return [options["device"]]
     if "devices" in options:
         return list(options["devices"])
-    from nas_core.detection import DetectionConfig  # only for these two stages: torch-heavy imports
+    # Fine-tune and detection: from their config, whose module imports torch (seconds). The
+    # answer is memoised on disk by all it depends on: the stage's code and these params.
+    memo = default_cache_file().parent / "measured-devices.json"
+    key = digest_of({"stage": stage, "code": stages.STAGES[stage].code_digest(), "section": params.get(stage),
+                     "searched": (params.get("search") or {}).get("devices")})
+    known = read_stamp(memo.parent, memo.stem) or {}
+    if key not in known:
+        known[key] = _configured_devices(stage, params)
+        write_stamp(memo.parent, memo.stem, known)
+    return list(known[key])
+
+
+def _configured_devices(stage: str, params: Mapping[str, Any]) -> list[str]:
+    from nas_core.detection import DetectionConfig  # torch-heavy: only when not memoised
     from nas_core.finetune import FinetuneConfig
 
     config = {"finetune": FinetuneConfig, "detection": DetectionConfig}[stage].from_params(params.get(stage))
