@@ -126,8 +126,8 @@ def test_rewriting_puts_computed_code_deps_after_the_artifact_deps():
               - nas_core/gone.py
     """)
     rewritten = rewrite_dvc_yaml(text, {"lut": ["nas_core/a.py", "tasks/stages.py"], "search": ["nas_core/s.py"]})
-    assert rewritten == text.replace("            - nas_core/old_module.py\n",
-                                     "            - nas_core/a.py\n            - tasks/stages.py\n") \
+    assert rewritten == text.replace("        - nas_core/old_module.py\n",
+                                     "        - nas_core/a.py\n        - tasks/stages.py\n") \
                             .replace("      - nas_core/gone.py\n", "      - nas_core/s.py\n")
 
 
