@@ -75,19 +75,44 @@ def _require_usable(profile) -> None:
         raise SystemExit(f"error: device {profile.name!r} cannot be measured here: {usability.reason}")
 
 
-def _resume(flag: bool | None, raw: Path, output: Path, what: str) -> bool:
-    """--resume / --no-resume as given; without either, refuse to discard an interrupted run.
+def _run_identity(params: dict, section: str, profile) -> str:
+    """The run identity of ``lut build`` / ``lut calibrate``: the stage's code, its params
+    section as the flags left it, the profile and the runtime it runs on."""
+    from nas_core.latency.devices import check_usable
+    from tasks.run_identity import run_identity
+    from tasks.stages import STAGES
 
-    A finished run writes its output after its last raw checkpoint, so raw timings newer
-    than the output (or without one) are an unfinished run.
+    return run_identity(STAGES[section].code_digest(), {section: params.get(section), "profile": profile.to_settings(),
+                                                        "runtime": check_usable(profile).runtime_version})
+
+
+def _stamp(what: str) -> str:
+    """The run record's name in the work folder (``run-lut-build.json``)."""
+    return "run-" + what.lower().replace(" ", "-")
+
+
+def _resume(flag: bool | None, work: Path, raw: Path, output: Path, what: str, identity: str) -> bool:
+    """--resume / --no-resume as given; without either, continue an unfinished run of the same
+    run identity, and refuse to discard an unfinished run of another one.
+
+    Each run is recorded in ``work`` when it starts and when it finishes
+    (``tasks.run_identity.start_run``); raw timings without a record (an older checkout, a
+    run of the stage) count as unfinished when there is no output.
     """
-    if flag is not None:
-        return flag
-    unfinished = raw.exists() and (not output.exists() or raw.stat().st_mtime > output.stat().st_mtime)
-    if unfinished:
-        raise SystemExit(f"error: {raw} holds the timings of an unfinished {what}; pass --resume to continue it "
-                         "or --no-resume to start over")
-    return False
+    from tasks.run_identity import read_stamp, start_run, unfinished_run
+
+    if flag is None:
+        unfinished = unfinished_run(work, _stamp(what))
+        if unfinished is None and read_stamp(work, _stamp(what)) is None and raw.exists() and not output.exists():
+            unfinished = "unknown"
+        if unfinished is not None and unfinished != identity:
+            raise SystemExit(f"error: {raw} holds the timings of an unfinished {what} of other settings; pass "
+                             "--resume to continue it or --no-resume to start over")
+        flag = unfinished == identity
+        if flag:
+            print(f"continuing the unfinished {what} of the same settings in {raw}", flush=True)
+    start_run(work, _stamp(what), identity)
+    return flag
 
 
 def _add_common(parser, device_required: bool = True) -> None:
@@ -157,15 +182,18 @@ def _lut_status(root: str, device: str) -> dict:
 def cmd_lut_build(args) -> int:
     import time
 
+    from tasks.run_identity import finish_run
     from tasks.stages import run_lut
 
     profile = _profile(args)
     paths = _paths(args, profile)
     _require_usable(profile)
-    resume = _resume(args.resume, paths.block_timings, paths.lut, "LUT build")
-    started = time.monotonic()
     params = _with_flags(args, "lut", blocks=args.blocks, limit=args.limit)
+    identity = _run_identity(params, "lut", profile)
+    resume = _resume(args.resume, paths.work, paths.block_timings, paths.lut, "LUT build", identity)
+    started = time.monotonic()
     frame = run_lut(params, profile, paths, resume=resume, progress=not args.quiet)
+    finish_run(paths.work, _stamp("LUT build"), identity)
     provenance = frame.attrs["provenance"]
     flagged = int(frame["drift_flag"].sum())
     print(f"wrote {paths.lut}: {provenance['measured_blocks']}/{provenance['catalog_blocks']} blocks, "
@@ -175,19 +203,22 @@ def cmd_lut_build(args) -> int:
 
 def cmd_lut_calibrate(args) -> int:
     from nas_core.search_run import reference_latency_ms
+    from tasks.run_identity import finish_run
     from tasks.stages import run_calibration
 
     profile = _profile(args)
     paths = _paths(args, profile)
     _require_usable(profile)
-    resume = _resume(args.resume, paths.subnet_timings, paths.fit, "calibration")
     params = _with_flags(args, "calibration", **_calibration_flags(args), sampling=args.sampling)
+    identity = _run_identity(params, "calibration", profile)
+    resume = _resume(args.resume, paths.work, paths.subnet_timings, paths.fit, "calibration", identity)
     reference_ms = args.reference_ms
     if reference_ms is None and (params.get("calibration") or {}).get("sampling") == "band":
         baselines = args.baselines or Layout(paths.root.parent).baselines(profile.name)  # the LUT's data root
         reference_ms = reference_latency_ms(Path(baselines), profile.name)
     report = run_calibration(params, profile, paths, resume=resume, progress=not args.quiet,
                              runtime_version=args.runtime_version, reference_ms=reference_ms)
+    finish_run(paths.work, _stamp("calibration"), identity)
     print(report.summary())
     print(f"wrote {paths.calibration}, {paths.fit}, {paths.figure}")
     return 0

@@ -49,11 +49,14 @@ def cmd_reproduce(args) -> int:
             raise ValueError("--dvc runs dvc.yaml as it is: choose the profile with params.yaml's `profile:` "
                              "(or `dvc exp run -S profile=NAME`) and stages with `dvc repro STAGE`")
         return _dvc(["repro"])
+    started = time.monotonic()
+    params = _params(args)
+    if not (args.dry_run or args.only) and _nothing_to_do(params, args.root, args.no_dvc_commit, started):
+        return 0
     from flows.reproduce import reproduce
 
     # The temporary Prefect server inherits this: without internet its telemetry only logs errors.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    params = _params(args)
     if args.dry_run:
         from tasks.dry_run import dry_run_params
 
@@ -64,7 +67,6 @@ def cmd_reproduce(args) -> int:
             print(f"dry run: {note}", flush=True)
     elif args.data:
         raise ValueError("--data goes with --dry-run; a full run reads params dataset.path")
-    started = time.monotonic()
     print(f"reproduce: profile {params['profile']}, artifacts in {args.root}/", flush=True)
     outcome = reproduce(params, root=args.root, only=args.only, record_in_dvc=not args.no_dvc_commit)
     ran = [step for step, o in outcome.items() if o["status"] == "ran" and not step.startswith("runtime@")]
@@ -72,6 +74,24 @@ def cmd_reproduce(args) -> int:
     print(f"reproduce: {len(outcome)} steps, {len(ran)} ran, {cached} cached (the runtime checks always run), "
           f"{time.monotonic() - started:.0f} s; report: {Path(args.root) / 'report' / 'README.md'}")
     return 0
+
+
+def _nothing_to_do(params: dict, root: str, no_dvc_commit: bool, started: float) -> bool:
+    """Every step done with the run key it has now (``tasks.step_stamps``): say so and stop,
+    without starting Prefect. Not when dvc.lock is still to be written for ``data/``."""
+    from tasks.stages import pipeline_steps
+    from tasks.step_stamps import first_stale_step
+
+    if not no_dvc_commit and Path(root).resolve() == DATA_ROOT.resolve() and Path("dvc.yaml").exists() \
+            and not Path("dvc.lock").exists():
+        return False
+    steps = pipeline_steps(params, root)
+    if first_stale_step(params, root, steps) is not None:
+        return False
+    print(f"reproduce: profile {params['profile']}, artifacts in {root}/: {len(steps)} steps, 0 ran, "
+          f"{len(steps)} up to date (nothing changed since each completed), {time.monotonic() - started:.1f} s; "
+          f"report: {Path(root) / 'report' / 'README.md'}")
+    return True
 
 
 def _dvc(argv: list[str], capture: bool = False) -> int | subprocess.CompletedProcess:
@@ -173,9 +193,13 @@ def cmd_stage(args) -> int:
             outcome = stage_flow(args.stage, params, options, args.root, refresh=args.force)
         outputs = next(iter(outcome.values()))["outputs"]
     else:
-        from tasks.stages import STAGES
+        from tasks.stages import STAGES, find_step
+        from tasks.step_stamps import record_done, step_key
 
+        step = find_step(args.stage, options, params, args.root)
+        key = step_key(step, params, args.root)
         outputs = STAGES[args.stage].function(params, **options, root=args.root)
+        record_done(step, key, args.root)  # so `scan-edge reproduce` knows it is done, whichever door ran it
     for name, path in outputs.items():
         print(f"  {name}: {path}")
     return 0

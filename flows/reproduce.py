@@ -8,8 +8,8 @@
 ``tasks.stages.pipeline_steps`` lists the steps in dependency order; the flow runs them one
 after the other (each stage already uses the machine: parallel stages would only fight
 over its cores, and latency measurement must run alone anyway), printing one progress
-line per step. A step whose cache key is unchanged (its params sections, the content of
-what it reads, its code, the runtimes it measures with) is not executed: a second
+line per step. A step whose cache key is unchanged (its run key: its params sections, the content
+of what it reads, the code it imports, the runtimes it measures with) is not executed: a second
 ``reproduce`` with nothing changed runs no stage (only the runtime checks, which are never
 cached and cost a fraction of a second), and changing one parameter re-runs that stage
 and, through the content of its outputs, what depends on it.
@@ -37,6 +37,7 @@ from tasks._runners import runner_needs_server
 from tasks._server import prefect_server, require_flow_result
 from tasks.pairs import runner_params
 from tasks.prefect_tasks import step_arguments, step_task
+from tasks.step_stamps import record_done, step_key
 
 
 def select_steps(steps: Sequence[stages.Step], only: Sequence[str] | None) -> list[stages.Step]:
@@ -60,7 +61,8 @@ def run_steps(steps: Sequence[stages.Step], params: Mapping[str, Any], root: str
     outcome: dict[str, dict] = finished if finished is not None else {}
     for index, step in enumerate(steps, 1):
         started, cpu_started = time.monotonic(), _cpu_seconds()
-        task = step_task(step, params, results)
+        key = step_key(step, params, root)  # what its cache key is, recorded once it completed
+        task = step_task(step, params, results, root)
         if refresh:
             task = task.with_options(refresh_cache=True)
         state = task(**step_arguments(step, params, root), return_state=True)
@@ -68,6 +70,7 @@ def run_steps(steps: Sequence[stages.Step], params: Mapping[str, Any], root: str
         status = "cached" if state.name == "Cached" else ("ran" if state.is_completed() else state.name.lower())
         print(f"[{index}/{len(steps)}] {step.id}: {status} ({seconds:.1f} s, {cpu:.1f} s CPU)", flush=True)
         paths = state.result()  # raises the stage's error for a failed step
+        record_done(step, key, root)
         outcome[step.id] = {"status": status, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
                             "outputs": paths}
     return outcome

@@ -4,6 +4,10 @@ Shared plumbing for task modules:
 
 * ``tasks._cache`` — content-addressed cache policies and the result store
   (``artifact_cache``, ``cached_task_options``, ``runtime_fingerprint``);
+* ``tasks.run_identity`` — "is this the same run?": the run identity (code, params,
+  inputs' content, runtimes), stat-cached file digests, stamps; ``tasks.code_identity``
+  — a stage's code from the import graph of its entry point; ``tasks.step_stamps`` —
+  the run key each pipeline step last completed with (the fast no-op of ``reproduce``);
 * ``tasks._runners`` — Prefect task runners from params (threads or Dask);
 * ``tasks._server`` — a real Prefect API for the runs that need one (Dask workers,
   schedules) and ``require_flow_result``;

@@ -20,7 +20,8 @@ import pytest
 
 from nas_core.params import load_params
 from tasks import stages
-from tasks._cache import module_files
+from tasks.code_identity import relative_name
+from tasks.dvc_code_deps import rewrite_dvc_yaml, stage_code_deps
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 FILE_SUFFIXES = {".json", ".parquet", ".pt", ".onnx", ".png"}
@@ -74,8 +75,10 @@ def test_dvc_stages_are_the_planned_steps_with_the_same_code_params_and_outputs(
     assert sorted(declared) == sorted(s.id for s in steps)
     for step in steps:
         dvc = declared[step.id]
-        expected_code = {str(p.relative_to(PROJECT_ROOT)) for m in stages.STAGES[step.stage].code
-                         for p in module_files(m)}
+        expected_code = {relative_name(p) for p in stages.STAGES[step.stage].code_files()}
+        missing = expected_code - _code_files(dvc["deps"])
+        assert not missing, (f"{step.id}: dvc.yaml misses modules its entry point imports: {sorted(missing)}; "
+                             "run `python -m tasks.dvc_code_deps --write`")
         assert _code_files(dvc["deps"]) == expected_code, step.id
         for name in stages.STAGES[step.stage].sections:
             assert _dvc_param(step, name) in dvc["params"], (step.id, name)
@@ -87,7 +90,8 @@ def test_dvc_stages_are_the_planned_steps_with_the_same_code_params_and_outputs(
         for path in step.inputs:  # what the flow hashes for its key is a DVC dependency too
             assert any(str(path) == d or str(path).startswith(d + "/") for d in dvc["deps"]), (step.id, path)
     assert declared["runtime@ort_cpu_fp32"]["always_changed"]
-    assert not any("tasks/stages.py" in d for s in declared.values() for d in s["deps"])
+    # The file defining the stages is code they run: editing it must make them stale.
+    assert all("tasks/stages/common.py" in s["deps"] for s in declared.values())
 
 
 def test_lut_stages_depend_only_on_the_code_that_builds_and_times_blocks(declared):
@@ -96,6 +100,35 @@ def test_lut_stages_depend_only_on_the_code_that_builds_and_times_blocks(declare
     for unrelated in ("nas_core/train.py", "nas_core/supernet.py", "nas_core/search_algorithm.py",
                       "nas_core/latency/calibration.py", "nas_core/report.py"):
         assert unrelated not in code
+
+
+def test_dvc_yaml_code_deps_are_the_computed_ones():
+    """`python -m tasks.dvc_code_deps --write` would not change dvc.yaml (and keeps artifact deps)."""
+    text = (PROJECT_ROOT / "dvc.yaml").read_text()
+    assert rewrite_dvc_yaml(text, stage_code_deps()) == text
+
+
+def test_rewriting_puts_computed_code_deps_after_the_artifact_deps():
+    text = textwrap.dedent("""\
+        stages:
+          lut:
+            foreach: [a]
+            do:
+              cmd: scan-edge stage lut --device ${item}
+              deps:
+                - data/runtime/${item}.json
+                - nas_core/old_module.py
+              params:
+                - lut
+          search-params:
+            cmd: x
+            deps:
+              - nas_core/gone.py
+    """)
+    rewritten = rewrite_dvc_yaml(text, {"lut": ["nas_core/a.py", "tasks/stages.py"], "search": ["nas_core/s.py"]})
+    assert rewritten == text.replace("        - nas_core/old_module.py\n",
+                                     "        - nas_core/a.py\n        - tasks/stages.py\n") \
+                            .replace("      - nas_core/gone.py\n", "      - nas_core/s.py\n")
 
 
 def test_dvc_config_keeps_everything_in_the_project():

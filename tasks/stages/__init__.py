@@ -68,6 +68,7 @@ _EXPORTS = {
     "stage_lut": "latency", "stage_runtime": "latency",
     "STAGE_NAMES": "planner", "Step": "planner", "find_step": "planner", "pipeline_steps": "planner",
     "STAGES": "registry", "StageInfo": "registry", "_step_devices": "registry", "params_for": "registry",
+    "stage_identity": "registry",
     "stage_report": "report",
     "search_setup": "search", "searched_arch": "search", "stage_search": "search", "target_latencies": "search",
     "_launch_ranks": "training", "_torchrun": "training", "run_predictor": "training", "run_supernet": "training",

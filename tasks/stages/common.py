@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from nas_core.io import file_sha256, write_json
 from nas_core.layout import Layout
+from tasks import code_identity
+from tasks.run_identity import file_sha256, run_identity
+from tasks.run_identity import resume_or_restart as resume_stamp
 
 OURS = "ours"  # in pipeline.transfer_models / detection_models: the first search's fine-tuned model
 
@@ -125,7 +127,8 @@ def resolve_model(name: str, params: Mapping[str, Any], layout: Layout, check: b
 
 
 def input_digest(paths: Iterable[Path]) -> dict[str, str]:
-    """sha256 of each input file (a folder counts by its ``manifest.parquet``, else its file list)."""
+    """sha256 of each input file (a folder counts by its ``manifest.parquet``, else its file
+    list), through the stat cache of ``tasks.run_identity`` (an unchanged file is not read again)."""
     digests = {}
     for path in paths:
         path = Path(path)
@@ -142,22 +145,16 @@ def input_digest(paths: Iterable[Path]) -> dict[str, str]:
 
 
 def resume_or_restart(layout: Layout, stage_id: str, identity: Mapping[str, Any]) -> bool:
-    """True when the last run of ``stage_id`` had these inputs (continue it, it may have been
-    interrupted); otherwise record them and return False (start over: stale partial work
-    of other inputs must not be continued).
+    """True when the last run of ``stage_id`` was the same run (continue it, it may have been
+    interrupted); otherwise record this one and return False (start over: stale partial
+    work of another run must not be continued).
 
-    ``identity`` is what the work depends on (params sections, input digests, runtime);
-    the stamp is ``<root>/.resume/<stage_id>.json``.
+    ``identity`` is what the work depends on (params sections, input digests, runtime); with
+    the stage's code it makes the run identity (``tasks.run_identity``) that the stamp
+    ``<root>/.resume/<stage_id>.json`` records.
     """
-    stamp = layout.resume_stamp(stage_id)
-    wanted = json.loads(json.dumps(identity, sort_keys=True, default=str))
-    try:
-        same = json.loads(stamp.read_text()) == wanted
-    except (OSError, ValueError):
-        same = False
-    if not same:
-        write_json(stamp, wanted)
-    return same
+    code = code_identity.stage_code_digest(stage_id.partition("@")[0])
+    return resume_stamp(layout.resume_stamps, stage_id, run_identity(code, identity))
 
 
 def _say(text: str) -> None:

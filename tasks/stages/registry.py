@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+import os
+from typing import Any, Callable, Iterable, Mapping
 
+from tasks import code_identity
+from tasks.run_identity import run_identity
 from tasks.stages.common import Paths
 from tasks.stages.data import stage_dataset
 from tasks.stages.downstream import stage_detection, stage_finetune, stage_transfer
@@ -15,64 +18,58 @@ from tasks.stages.training import stage_pairs, stage_predictor, stage_supernet
 
 @dataclasses.dataclass(frozen=True)
 class StageInfo:
-    """A stage: its function, the params sections it reads, the code modules its result
-    depends on (Prefect cache keys; DVC deps), and whether it measures latency."""
+    """A stage: its function, the params sections it reads, extra code modules, and whether
+    it measures latency.
+
+    The code its result depends on is computed from the import graph of its function
+    (``tasks.code_identity``: Prefect cache key, DVC deps, resume stamps); ``code`` names
+    only what that graph cannot see (a module run by name, imported with ``importlib``).
+    """
 
     function: Callable[..., Paths]
     sections: tuple[str, ...]
-    code: tuple[str, ...]
+    code: tuple[str, ...] = ()
     measures_latency: bool = False
 
+    def code_files(self) -> list[Path]:
+        return code_identity.code_files(self.function, self.code)
 
-_LATENCY_CODE = ("nas_core.latency.devices", "nas_core.latency.timing", "nas_core.latency.measure",
-                 "nas_core.latency.export", "nas_core.latency.location", "nas_core.latency.bundle",
-                 "tasks.board_worker")
-_LATENCY_MODEL_CODE = ("nas_core.latency.calibration", "nas_core.latency.latency_model",
-                       "nas_core.latency.subnet_sampling")
-_BLOCK_CODE = ("nas_core.search_space", "nas_core.subnet", "nas_core.blocks", "nas_core.block_catalog")
-_TRAIN_CODE = ("nas_core.search_space", "nas_core.supernet", "nas_core.subnet", "nas_core.train", "nas_core.recipe",
-               "nas_core.evaluate", "nas_core.data")
+    def code_digest(self) -> str:
+        return code_identity.code_digest(self.function, self.code, self.sections)
+
 
 # What `ours` and baseline names in transfer / detection resolve to (resolve_model).
 _MODEL_CHOICE = ("pipeline.finetune_baselines", "search.devices", "search.targets_vs_mobilenetv2")
 
-# Code lists are what the stage's result depends on, deliberately no more: a LUT is only
-# re-timed when the code that builds, exports or times its blocks changes. The glue in this
-# package only routes params and paths, and nas_core.io only writes files: neither is listed.
 STAGES: dict[str, StageInfo] = {
-    "dataset": StageInfo(stage_dataset, ("dataset",), ("nas_core.data",)),
-    "supernet": StageInfo(stage_supernet, ("supernet", "pipeline.torchrun"), _TRAIN_CODE),
-    "pairs": StageInfo(stage_pairs, ("pairs", "runners"), ("nas_core.pairs", "tasks.pairs", *_TRAIN_CODE)),
-    "predictor": StageInfo(stage_predictor, ("predictor",),
-                           ("nas_core.accuracy_predictor", "nas_core.encoding", "nas_core.pairs",
-                            "nas_core.search_space", "nas_core.block_catalog")),
-    "runtime": StageInfo(stage_runtime, ("devices", "search_space"),
-                         ("nas_core.latency.devices", "nas_core.latency.location", "tasks.board_worker"), True),
-    "lut": StageInfo(stage_lut, ("devices", "search_space", "lut"),
-                     ("nas_core.latency.lut", *_BLOCK_CODE, *_LATENCY_CODE), True),
-    "calibration": StageInfo(stage_calibration, ("devices", "search_space", "calibration"),
-                             (*_LATENCY_MODEL_CODE, "nas_core.latency.lut", *_BLOCK_CODE, *_LATENCY_CODE), True),
-    "baselines": StageInfo(stage_baselines, ("devices", "search_space", "baselines"),
-                           ("nas_core.latency.baselines", *_LATENCY_CODE), True),
+    "dataset": StageInfo(stage_dataset, ("dataset",)),
+    "supernet": StageInfo(stage_supernet, ("supernet", "pipeline.torchrun")),
+    "pairs": StageInfo(stage_pairs, ("pairs", "runners")),
+    "predictor": StageInfo(stage_predictor, ("predictor",)),
+    "runtime": StageInfo(stage_runtime, ("devices", "search_space"), measures_latency=True),
+    "lut": StageInfo(stage_lut, ("devices", "search_space", "lut"), measures_latency=True),
+    "calibration": StageInfo(stage_calibration, ("devices", "search_space", "calibration"), measures_latency=True),
+    "baselines": StageInfo(stage_baselines, ("devices", "search_space", "baselines"), measures_latency=True),
     "search": StageInfo(stage_search, ("devices", "search_space", "search.evolution", "search.refine",
-                                       "search.num_classes"),
-                        ("nas_core.search_run", "nas_core.search_algorithm", "nas_core.search_report",
-                         "nas_core.efficiency_predictor", "nas_core.accuracy_predictor", "nas_core.encoding",
-                         *_LATENCY_MODEL_CODE, "nas_core.latency.lut", *_BLOCK_CODE, *_LATENCY_CODE), True),
+                                       "search.num_classes"), measures_latency=True),
     "finetune": StageInfo(stage_finetune, ("devices", "finetune", "pipeline.finetune_baselines"),
-                          ("nas_core.finetune", "nas_core.complexity", *_TRAIN_CODE, "nas_core.blocks",
-                           *_LATENCY_CODE), True),
+                          measures_latency=True),
     "transfer": StageInfo(stage_transfer, ("transfer", "pipeline.transfer_models", "pipeline.transfer_data",
-                                           "pipeline.transfer_synthetic", *_MODEL_CHOICE),
-                          ("nas_core.transfer", "nas_core.finetune", "nas_core.complexity", *_TRAIN_CODE)),
+                                           "pipeline.transfer_synthetic", *_MODEL_CHOICE)),
     "detection": StageInfo(stage_detection, ("detection", "devices", "pipeline.detection_models",
-                                             "pipeline.detection_data", *_MODEL_CHOICE),
-                           ("nas_core.detection", "nas_core.finetune", "nas_core.complexity", *_TRAIN_CODE,
-                            *_LATENCY_CODE), True),
+                                             "pipeline.detection_data", *_MODEL_CHOICE), measures_latency=True),
     "report": StageInfo(stage_report, ("search.devices", "search.targets_vs_mobilenetv2",
-                                       "pipeline.params_constrained", "pipeline.finetune_baselines"),
-                        ("nas_core.report", "nas_core.search_report", *_LATENCY_MODEL_CODE)),
+                                       "pipeline.params_constrained", "pipeline.finetune_baselines")),
 }
+
+code_identity.register_stages(STAGES)
+
+
+def stage_identity(stage: str, params: Mapping[str, Any], options: Mapping[str, Any] | None = None,
+                   inputs: Iterable[str | os.PathLike] = (), runtimes: Mapping[str, Any] | None = None) -> str:
+    """The run identity (``tasks.run_identity``) of ``stage`` with these params, options,
+    inputs and runtimes: what its Prefect cache key and its completion stamp are made of."""
+    return run_identity(STAGES[stage].code_digest(), params_for(stage, params, options), options, inputs, runtimes)
 
 
 def params_for(stage: str, params: Mapping[str, Any], options: Mapping[str, Any] | None = None) -> dict[str, Any]:
