@@ -38,6 +38,7 @@ class SectionConfig:
 
         Unknown keys are one error listing them and the valid ones. YAML lists become the
         tuples the dataclasses use (they must stay hashable and comparable with defaults).
+        ``from_dict`` is the same constructor, under the name the latency configs' callers use.
         """
         values = dict(mapping or {})
         valid = cls.valid_keys()
@@ -48,6 +49,10 @@ class SectionConfig:
         config = cls(**values)
         config.check()
         return config
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, Any] | None):
+        return cls.from_params(mapping)
 
     def check(self) -> None:
         """Cross-field rules (a subclass's); the constructor checks single fields."""
