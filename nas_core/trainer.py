@@ -117,7 +117,6 @@ def build_optimizer_and_scheduler(model: nn.Module, recipe: TrainRecipe, steps_p
     return optimizer, scheduler
 
 
-
 def restore_training_state(state: Mapping[str, Any], model: nn.Module, optimizer, scheduler, scaler,
                            ctx: DistContext, seed: int) -> tuple[int, int, list]:
     """Load a checkpoint's weights, optimizer, scheduler, scaler and this rank's RNG state;
