@@ -295,7 +295,8 @@ class Trainer:
         totals: dict[str, float] = {}
         done, start = 0, time.perf_counter()
         for batch in self.loader:
-            for key, value in self.train_step(*batch).items():
+            items = batch if isinstance(batch, (tuple, list)) else (batch,)
+            for key, value in self.train_step(*items).items():
                 totals[key] = totals.get(key, 0.0) + float(value)  # one sync per step
             done += 1
             headline = next(iter(self.step_fn.summarize({k: v / done for k, v in totals.items()}).values()))
