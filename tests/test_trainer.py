@@ -54,7 +54,8 @@ def test_every_stage_config_is_one_train_recipe_plus_its_own_fields():
             DetectionConfig().epochs) == (300, 150, 50, 600)
     assert (DetectionConfig().opt, DetectionConfig().lr) == ("sgd", 0.15 * 24 / 192)
     assert TransferConfig(batch_size=64, base_lr=1e-3, lr_base_batch=256).lr == pytest.approx(2.5e-4)
-    assert TrainRecipe.from_config(FinetuneConfig(epochs=3, lr=0.5)) == TrainRecipe(epochs=3, lr=0.5)
+    assert TrainRecipe.from_config(FinetuneConfig(epochs=3, lr=0.5)) == TrainRecipe(
+        epochs=3, lr=0.5, batch_size=1024, warmup_epochs=5.0)  # the fine-tuning defaults, 3 epochs, lr 0.5
 
 
 @pytest.mark.parametrize("cls, section", [(SupernetTrainConfig, "supernet"), (FinetuneConfig, "finetune"),
