@@ -41,7 +41,7 @@ Outputs of :func:`run_detection` under ``data/detection/<name>/``:
 ``model.pt`` (``{"kind": "ssdlite", "backbone": ..., "num_classes", "resolution",
 "config", "state_dict"}``), ``model.onnx`` (network without NMS, see
 :class:`SSDLiteExport`), ``checkpoint.pt`` (resume state), ``train_log.parquet``
-(schema in :func:`nas_core.finetune.train_epochs`) and ``predictions.json`` (COCO results).
+(schema in ``nas_core.trainer``) and ``predictions.json`` (COCO results).
 """
 from __future__ import annotations
 
@@ -54,14 +54,26 @@ import time
 from collections import OrderedDict
 from functools import partial
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from . import finetune
+from .classifiers import load_classifier, subnet_at_resolution
+from .complexity import count_macs, count_params
+from .config import TrainRecipe
+from .data.coco import (CocoDetectionDataset, detection_collate, find_coco_folder, to_coco_results,
+                        write_coco_results)
+from .data.folders import BadImagesError, check_cache_file, find_unreadable_images
+from .data.synthetic import generate_detection
+from .distributed import init_distributed, seed_everything
 from .io import code_version, machine_fingerprint, read_json, torch_save, utc_now, write_json
+from .latency.export import export_onnx
 from .layout import DATA
 from .locks import Lock, no_lock
+from .subnet import SubnetModel
+from .trainer import LossStep, train_epochs
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,9 +82,10 @@ AUGMENT_POLICIES = ("none", "hflip", "ssdlite", "ssd")
 
 
 # --------------------------------------------------------------------------- configuration
-@dataclasses.dataclass
-class DetectionConfig:
-    """Training and evaluation knobs (``params.yaml`` section ``detection:``).
+@dataclasses.dataclass(frozen=True)
+class DetectionConfig(TrainRecipe):
+    """Training and evaluation knobs (``params.yaml`` section ``detection:``): a train
+    recipe (``nas_core.config``) plus the detector's.
 
     Defaults are torchvision's SSDLite320 reference recipe (SGD 0.15 with batch 192, i.e.
     scaled here to 24, cosine, 600 epochs, weight decay 4e-5; the paper only says that the
@@ -83,19 +96,17 @@ class DetectionConfig:
     data (on the generated shapes at 128x128, 0.1-0.7 halved mAP@0.5 against the default).
     """
 
-    resolution: int = 320
+    section: ClassVar[str] = "detection"
+
     epochs: int = 600
     batch_size: int = 24
-    steps_per_epoch: int | None = None   # cap per epoch (tests, quick looks)
     opt: str = "sgd"
     lr: float = 0.15 * 24 / 192
-    momentum: float = 0.9
     weight_decay: float = 4e-5
     warmup_epochs: float = 5.0
     warmup_lr: float = 1e-5
     min_lr: float = 0.0
-    clip_grad: float | None = None
-    amp: bool = True
+    resolution: int = 320
     augment: str = "ssdlite"
     extra_channels: tuple[int, ...] = EXTRA_CHANNELS
     anchor_scales: tuple[float, float] = (0.2, 0.95)  # SSDLite's smallest / largest anchor (x image size)
@@ -104,33 +115,23 @@ class DetectionConfig:
     detections_per_img: int = 300
     topk_candidates: int = 300
     eval_batch_size: int = 16
-    num_workers: int = 0
-    seed: int = 0
     skip_bad_images: bool = False        # leave unreadable images out (listed in metrics.json) instead of failing
     devices: tuple[str, ...] = ("ort_cpu_fp32", "openvino_cpu_fp32", "openvino_cpu_lowp", "tensorrt_fp32")
     timing: dict | None = None           # nas_core.latency.timing.TimingConfig overrides
     synthetic: dict | None = None        # generate_detection() arguments of the default dataset
 
     def __post_init__(self):
+        super().__post_init__()
         if self.resolution % 32:
             raise ValueError(f"detection resolution must be a multiple of 32, got {self.resolution}")
         if self.augment not in AUGMENT_POLICIES:
             raise ValueError(f"unknown augment policy {self.augment!r}; known: {', '.join(AUGMENT_POLICIES)}")
-        self.extra_channels = tuple(int(c) for c in self.extra_channels)
-        self.anchor_scales = tuple(float(a) for a in self.anchor_scales)
+        object.__setattr__(self, "extra_channels", tuple(int(c) for c in self.extra_channels))
+        object.__setattr__(self, "anchor_scales", tuple(float(a) for a in self.anchor_scales))
         if len(self.anchor_scales) != 2 or not 0 < self.anchor_scales[0] < self.anchor_scales[1] <= 1:
             raise ValueError(f"anchor_scales must be (smallest, largest) with 0 < smallest < largest <= 1, "
                              f"got {self.anchor_scales}")
-        self.devices = tuple(self.devices)
-
-    @classmethod
-    def from_params(cls, section: Mapping | None) -> "DetectionConfig":
-        from .finetune import config_from_section
-
-        return config_from_section(cls, section, "detection")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        object.__setattr__(self, "devices", tuple(self.devices))
 
 
 # --------------------------------------------------------------------------- backbones
@@ -219,9 +220,6 @@ def detection_backbone(classifier: nn.Module, resolution: int,
     A :class:`~nas_core.subnet.SubnetModel` is first rebuilt at ``resolution`` (attention
     biases resized); a timm MobileNetV2 is cut as MMDetection does.
     """
-    from .finetune import subnet_at_resolution
-    from .subnet import SubnetModel
-
     if isinstance(classifier, SubnetModel):
         return SubnetDetectionBackbone(subnet_at_resolution(classifier, resolution), extra_channels)
     return MobileNetV2DetectionBackbone(classifier, extra_channels)
@@ -298,7 +296,6 @@ def detection_datasets(root: str | os.PathLike, augment: str = "none", skip_bad_
     then every image is decoded once, up front (``nas_core.data.folders.checked_manifest``'s
     cached check): unreadable images are one error listing them all, or are left out with
     ``skip_bad_images`` (``paths["skipped_images"]``)."""
-    from .data.coco import CocoDetectionDataset, find_coco_folder
 
     folder = find_coco_folder(root)
     train = CocoDetectionDataset(folder.train_images, folder.train_json, transforms=DetectionTransform(augment))
@@ -317,8 +314,6 @@ def detection_datasets(root: str | os.PathLike, augment: str = "none", skip_bad_
 def drop_unreadable_images(folder, datasets, skip: bool) -> dict[str, str]:
     """Decode every image of ``datasets`` once (cached by size and mtime); raise one error
     listing the unreadable ones, or (``skip``) remove them from the datasets and return them."""
-    from .data.folders import BadImagesError, check_cache_file, find_unreadable_images
-
     paths = list(dict.fromkeys(str(r.path) for d in datasets for r in d.records))
     bad = find_unreadable_images(paths, cache_file=check_cache_file(folder.root))
     if bad and not skip:
@@ -337,34 +332,36 @@ def ensure_synthetic_detection(out: str | os.PathLike, config: DetectionConfig |
     """The generated shapes dataset (``nas_core.data.synthetic.generate_detection``) at
     ``out`` with ``config.synthetic``'s settings: made if missing, kept if it matches,
     re-made if it was made with other settings."""
-    from .data.synthetic import generate_detection
-
     kwargs = {**SYNTHETIC_DEFAULTS, **((config.synthetic if config else None) or {})}
     generate_detection(out, overwrite=True, **kwargs)
     return Path(out)
 
 
 # --------------------------------------------------------------------------- training
-def detection_step(model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-    """SSD's loss on one batch (``finetune.StepFn``): regression + classification."""
-    images, targets = batch
-    images = [im.to(device, non_blocking=True) for im in images]
-    targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
-    losses = model(images, targets)
-    loss = losses["bbox_regression"] + losses["classification"]
-    return loss, {"bbox_loss": float(losses["bbox_regression"].detach()), "cls_loss": float(losses["classification"].detach())}
+class DetectionStep(LossStep):
+    """The trainer's step for a detector: SSD's loss on one batch, box regression plus
+    classification (with hard-negative mining, inside torchvision's ``SSD``)."""
+
+    def __call__(self, model: nn.Module, batch, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        images, targets = batch
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+        losses = model(images, targets)
+        loss = losses["bbox_regression"] + losses["classification"]
+        return loss, {"bbox_loss": float(losses["bbox_regression"].detach()),
+                      "cls_loss": float(losses["classification"].detach())}
+
+
+detection_step = DetectionStep()
 
 
 def train_detector(model: nn.Module, train_set, config: DetectionConfig, out_dir: str | os.PathLike,
                    resume: bool = True, overwrite: bool = False, progress: bool = True,
                    identity: Mapping | None = None):
-    """Train ``model`` on ``train_set``: the generic epoch loop of ``nas_core.finetune``
-    (checkpoint every epoch in ``out_dir/checkpoint.pt``, exact resume, ``torchrun``).
+    """Train ``model`` on ``train_set``: the training loop of ``nas_core.trainer`` with
+    :class:`DetectionStep` (checkpoint every epoch in ``out_dir/checkpoint.pt``, exact
+    resume, ``torchrun``).
     Returns the training log (DataFrame; ``bbox_loss`` and ``cls_loss`` columns)."""
-    from .data.coco import detection_collate
-    from .finetune import TrainRecipe, train_epochs
-    from .train import init_distributed
-
     return train_epochs(model, train_set, detection_step, TrainRecipe.from_config(config), out_dir,
                         resume=resume, overwrite=overwrite, collate_fn=detection_collate, ctx=init_distributed(),
                         identity=identity, progress=progress, desc="detection")
@@ -378,8 +375,6 @@ COCO_STAT_NAMES = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_larg
 @torch.no_grad()
 def predict(model: nn.Module, dataset, batch_size: int = 16, max_images: int | None = None) -> dict[int, dict]:
     """``{COCO image id: {"boxes", "scores", "labels"}}`` (boxes in original image pixels)."""
-    from .data.coco import detection_collate
-
     model.eval()
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=detection_collate)
@@ -417,7 +412,6 @@ def coco_evaluate(predictions: Mapping[int, Mapping], label_to_category: Mapping
     No detection at all gives zeros (pycocotools cannot load an empty result list)."""
     from pycocotools.cocoeval import COCOeval
 
-    from .data.coco import to_coco_results
 
     results = to_coco_results(predictions, label_to_category)
     metrics = dict.fromkeys(COCO_STAT_NAMES, 0.0)
@@ -482,17 +476,12 @@ def run_detection(model_ref: str, data_dir: str | os.PathLike, out_root: str | o
                   progress: bool = True, lock: Lock = no_lock, access_of: Callable | None = None) -> dict:
     """Train and evaluate SSDLite with the backbone ``model_ref`` on the COCO folder
     ``data_dir``; export it, time it and write ``out_root/<name>/metrics.json`` (module
-    docstring). ``model_ref`` is anything ``finetune.load_classifier`` accepts: a
+    docstring). ``model_ref`` is anything ``classifiers.load_classifier`` accepts: a
     fine-tune output folder or name, a preset or ``.arch.json`` (weights from
     ``supernet`` if given, else random), or ``mobilenetv2_100``. ``lock``
     (``nas_core.locks``) is held shared while training, evaluating and exporting, then
     exclusively while timing. Returns the metrics (an empty dict on ranks other than 0
     of a ``torchrun`` job)."""
-    from .complexity import count_macs, count_params
-    from .data.coco import write_coco_results
-    from .finetune import load_classifier, measure_latency
-    from .latency.export import export_onnx
-    from .train import init_distributed, seed_everything
 
     config = config or DetectionConfig()
     train_set, test_set, paths = detection_datasets(data_dir, config.augment,  # validate the data first
@@ -521,8 +510,8 @@ def run_detection(model_ref: str, data_dir: str | os.PathLike, out_root: str | o
         shape = (1, 3, config.resolution, config.resolution)
         onnx_path = export_onnx(deployed, shape, out / "model.onnx")
     with lock("exclusive"):  # taken after the shared one is released: a holder cannot upgrade
-        latency = measure_latency(deployed, shape, config.devices, devices_section, config.timing, onnx_path=onnx_path,
-                                  access_of=access_of, job_name=f"detection-{name}")
+        latency = finetune.measure_latency(deployed, shape, config.devices, devices_section, config.timing,
+                                           onnx_path=onnx_path, access_of=access_of, job_name=f"detection-{name}")
     torch_save(out / "model.pt", {"kind": "ssdlite", "backbone": source, "num_classes": train_set.num_classes,
                                   "resolution": config.resolution, "config": config.to_dict(),
                                   "label_names": train_set.label_names, "state_dict": detector.state_dict()})

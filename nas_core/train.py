@@ -27,32 +27,20 @@ For runs of a few hundred steps, ``layer_scale_init`` (an extension; default: th
 (:func:`sandwich_archs`), so every process of a distributed run samples the same four
 subnets without communicating, and a resumed run samples what the uninterrupted one did.
 
-**Distributed** (``torchrun``; NCCL on GPUs, gloo on CPUs). No DistributedDataParallel
-wrapper: each process runs the sandwich step on its shard of the batch, then the
-gradients are averaged with explicit bucketed all-reduces (:func:`all_reduce_gradients`).
-Because all ranks train the same subnets, the set of parameters that received a gradient
-is the same on every rank and only those are reduced: nothing is spent on the ~3/4 of the
-supernet a step does not touch, there is no unused-parameter search as with
-``find_unused_parameters=True``, and parameters no subnet used keep ``grad=None`` (AdamW
-then leaves them, and their moments, alone, exactly as in a single process). BatchNorm
-statistics are per rank during the epoch (no SyncBN) and averaged over ranks at its end.
-
-**Checkpoints and resume.** After every epoch ``checkpoint.pt`` is written atomically
-with the model, optimizer, scheduler, grad scaler, every rank's RNG states (Python,
-NumPy, torch, CUDA) and the data position (the sampler is a ``DistributedSampler`` whose
-order is a function of ``(seed, epoch)``; the loader's generator is re-seeded from
-``(seed, epoch, rank)`` each epoch, so DataLoader workers get the same seeds too). An
-interrupted run resumed from it ends with bit-identical weights to an uninterrupted one
-(tested on CPU; on GPUs as far as the kernels are deterministic, see
-``torch.use_deterministic_algorithms``). An interrupted epoch is redone from its start.
-That needs ``num_workers >= 1`` wherever other threads run, as in a Prefect flow: timm's
-augmentations draw from Python's global ``random``, and in the main process another thread
-may draw from it too (the websockets keepalive ping of Prefect's events client does, every
-20 s), shifting the augmentation stream by a timing-dependent amount. Worker processes have
-their own ``random``, seeded from the loader's generator (:func:`~nas_core.data.folders.seed_worker`).
-At the end ``supernet.pt`` holds the weights and what is needed to rebuild the
-supernet (:func:`load_supernet`). Resuming a finished run trains nothing and leaves every
-artifact byte-identical (pipelines hash them to decide what to re-run).
+**The loop** is :class:`nas_core.trainer.Trainer`'s, as for every training run of the
+pipeline: :class:`SupernetTrainer` gives it a :class:`SandwichStep` and its own checkpoint
+header and log schema, so the supernet is distributed, checkpointed and resumed exactly as
+the fine-tuned models are. Under ``torchrun`` each process runs the sandwich step on its
+shard of the batch and the gradients are averaged with explicit bucketed all-reduces
+(``nas_core.distributed``). Because all ranks train the same subnets, the set of parameters
+that received a gradient is the same on every rank and only those are reduced: nothing is
+spent on the ~3/4 of the supernet a step does not touch, and parameters no subnet used keep
+``grad=None`` (AdamW then leaves them, and their moments, alone, exactly as in a single
+process). An interrupted run resumed from ``checkpoint.pt`` ends with bit-identical weights
+to an uninterrupted one (``nas_core.trainer`` says what that needs). At the end
+``supernet.pt`` holds the weights and what is needed to rebuild the supernet
+(:func:`load_supernet`). Resuming a finished run trains nothing and leaves every artifact
+byte-identical (pipelines hash them to decide what to re-run).
 
 Artifacts written to ``out`` (rank 0 only):
 
@@ -87,97 +75,65 @@ Artifacts written to ``out`` (rank 0 only):
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
-import random
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
-from .data.folders import seed_worker
+from .config import ClassificationRecipe
+from .data.folders import build_loader, class_names, load_checked_manifest
+from .distributed import DistContext, bn_buffers, init_distributed, seed_everything
 from .evaluate import calibration_batches, evaluate, recalibrate_bn
 from .io import code_version, machine_fingerprint, read_parquet, torch_load, torch_save, utc_now, write_parquet
-from .recipe import build_mixup, build_teacher, check_mixup, classification_criterion, clip_gradients
+from .recipe import build_mixup, build_teacher, check_mixup, classification_criterion
 from .search_space import SPACE_VERSION, ArchConfig, SearchSpace, SpaceSpec, StageSpec
 from .supernet import Supernet
+from .trainer import (CHECKPOINT_NAME, LOG_NAME, StepContext, Trainer, changed_settings, describe_changes,
+                      field_defaults)
 
 CHECKPOINT_FORMAT = "scan-edge/supernet-checkpoint/v1"
 SUPERNET_FORMAT = "scan-edge/supernet/v1"
-CHECKPOINT_NAME, SUPERNET_NAME, LOG_NAME = "checkpoint.pt", "supernet.pt", "train_log.parquet"
+SUPERNET_NAME = "supernet.pt"
 
 
 # --------------------------------------------------------------------------- configuration
-@dataclass(frozen=True)
-class SupernetTrainConfig:
-    """The ``supernet:`` section of params.yaml. Defaults are the paper's ImageNet setup
-    (§6.1, following EfficientFormerV2 [22]: the extracted text lost the numbers, so batch,
-    lr, weight decay and warm-up are EfficientFormerV2's)."""
+@dataclasses.dataclass(frozen=True)
+class SupernetTrainConfig(ClassificationRecipe):
+    """The ``supernet:`` section of params.yaml: a classification recipe
+    (``nas_core.config``) plus the supernet's own knobs. Defaults are the paper's ImageNet
+    setup (§6.1, following EfficientFormerV2 [22]: the extracted text lost the numbers, so
+    batch, lr, weight decay and warm-up are EfficientFormerV2's). ``batch_size`` is the total
+    over all processes (each gets ``batch_size / world_size``)."""
 
-    resolution: int = 224
+    section: ClassVar[str] = "supernet"
+
     epochs: int = 300
-    batch_size: int = 1024               # total over all processes (each gets batch_size / world_size)
-    steps_per_epoch: int | None = None   # cap on steps per epoch (None: one pass over the data)
-    lr: float = 1e-3                     # peak learning rate, for this total batch size
-    min_lr: float = 1e-5
-    warmup_lr: float = 1e-6
+    batch_size: int = 1024
     warmup_epochs: float = 5.0
-    weight_decay: float = 0.025
-    opt: str = "adamw"                   # any timm.optim.create_optimizer_v2 name
-    clip_grad: float | None = None       # clipping threshold (None: no clipping)
-    clip_mode: str = "norm"              # timm dispatch_clip_grad mode: norm | value | agc
-    smoothing: float = 0.1               # label smoothing
+    resolution: int = 224
     ffn_drop_path: float = 0.0           # drop probability of a stage's last FFN (scaled by depth)
     mhsa_drop_path: float = 0.0          # constant drop probability of every MHSA
     layer_scale_init: float | None = None  # initial layer-scale gammas (None: the model's 1e-5)
     num_random_subnets: int = 2          # n of the sandwich rule
     inplace_distillation: bool = False   # others learn the largest's soft outputs (extension)
     distillation_head: bool = True       # EfficientFormerV2's head_dist (timm layout)
-    teacher: str | None = None           # timm model name for hard distillation, e.g. regnety_160
-    teacher_checkpoint: str | None = None  # its weights (None: timm's pretrained download)
-    teacher_stand_in: str | None = None  # dry runs: a timm model (random weights) when the teacher cannot load
-    mixup: dict | None = None            # timm.data.Mixup arguments (mixup_alpha, cutmix_alpha, ...); None: off
-    amp: bool = True                     # float16 autocast + GradScaler on CUDA; ignored on CPU
-    seed: int = 0
     threads: int | None = None           # torch CPU threads per process (None: torch's default)
-    num_workers: int = 0                 # DataLoader workers per process
-    cache_images: bool = False           # keep decoded images in memory (small datasets)
-    skip_bad_images: bool = False        # leave unreadable images out (else: one error listing them)
-    augment: dict | None = None          # overrides of nas_core.data.folders.DEFAULT_TRAIN_AUGMENT
-    eval_transform: dict | None = None   # overrides of nas_core.data.folders.DEFAULT_EVAL_TRANSFORM (crop_pct)
-    eval_every: int = 1                  # validate the extremes every k epochs (and after the last)
-    eval_batch_size: int = 256
-    bn_calib_batches: int = 10           # batches for BN recalibration before validation
-    bn_calib_batch_size: int = 64
-
-    @classmethod
-    def from_params(cls, section: Mapping[str, Any]) -> "SupernetTrainConfig":
-        """Build from params.yaml's ``supernet:`` section; unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"params supernet: unknown keys {unknown}; known keys: {sorted(known)}")
-        config = cls(**dict(section))
-        config.check()
-        return config
 
     def check(self) -> None:
         if self.resolution % 32:
             raise ValueError(f"supernet.resolution must be a multiple of 32, got {self.resolution}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "bn_calib_batches", "bn_calib_batch_size"):
+        for name in ("eval_batch_size", "bn_calib_batches", "bn_calib_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"supernet.{name} must be >= 1, got {getattr(self, name)}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ValueError(f"supernet.steps_per_epoch must be >= 1 or null, got {self.steps_per_epoch}")
         if self.num_random_subnets < 0:
             raise ValueError(f"supernet.num_random_subnets must be >= 0, got {self.num_random_subnets}")
         for name in ("ffn_drop_path", "mhsa_drop_path", "smoothing"):
@@ -185,9 +141,6 @@ class SupernetTrainConfig:
                 raise ValueError(f"supernet.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.teacher and not self.distillation_head:
             raise ValueError("supernet.teacher needs distillation_head: true (the head that learns the teacher)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # Keys that may change between a run and its resumption: they do not change the weights.
@@ -221,206 +174,83 @@ def set_layer_scale(supernet: Supernet, value: float) -> int:
     return len(gammas)
 
 
-# --------------------------------------------------------------------------- distributed helpers
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process stands in a (possibly single-process) run."""
+class SandwichStep:
+    """The trainer's step for a supernet: the sandwich rule on one batch.
 
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-
-def init_distributed(device: str | None = None) -> DistContext:
-    """Join the process group ``torchrun`` describes (env ``WORLD_SIZE`` > 1) or use one
-    already initialised; otherwise a single process. NCCL with one GPU per process
-    (``LOCAL_RANK``) when CUDA is available, gloo on CPUs."""
-    cuda = torch.cuda.is_available() and device != "cpu"
-    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    if not dist.is_initialized():
-        return DistContext(0, 1, torch.device(device or ("cuda" if cuda else "cpu")))
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if cuda and dist.get_backend() == "nccl":
-        local = int(os.environ.get("LOCAL_RANK", rank % torch.cuda.device_count()))
-        torch.cuda.set_device(local)
-        return DistContext(rank, world, torch.device("cuda", local))
-    return DistContext(rank, world, torch.device(device or "cpu"))
-
-
-def _buckets(tensors: Sequence[torch.Tensor], max_bytes: int) -> Iterable[list[torch.Tensor]]:
-    bucket, size = [], 0
-    for t in tensors:
-        if bucket and (size + t.numel() * t.element_size() > max_bytes or t.dtype != bucket[0].dtype):
-            yield bucket
-            bucket, size = [], 0
-        bucket.append(t)
-        size += t.numel() * t.element_size()
-    if bucket:
-        yield bucket
-
-
-@torch.no_grad()
-def all_reduce_gradients(params: Sequence[nn.Parameter], world_size: int, bucket_mb: float = 25.0) -> None:
-    """Average the gradients of ``params`` over all processes, in flat buckets.
-
-    Only parameters with a gradient take part. All ranks sampled the same subnets, so the
-    set is the same everywhere; a cheap count check turns a violation into an error
-    instead of a hang or silent mixing of unrelated tensors.
+    With ``mixup`` the batch is mixed once for all subnets (the teacher sees the mixed
+    images too, as in DeiT). The largest subnet goes first, so that with
+    ``inplace_distillation`` the others learn its soft outputs; with a ``teacher`` every
+    subnet's distillation head learns the teacher's argmax. Each subnet's loss is
+    back-propagated in turn (only one subnet's activations are alive); the gradients add up
+    for the trainer's single optimizer step.
     """
-    if world_size == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    count = torch.tensor([len(grads), -len(grads)], dtype=torch.float64, device=_tensor_device(params))
-    dist.all_reduce(count, op=dist.ReduceOp.MAX)
-    if count[0] != len(grads) or -count[1] != len(grads):
-        raise RuntimeError(f"ranks disagree on the trained parameters ({len(grads)} here, between "
-                           f"{-int(count[1])} and {int(count[0])} elsewhere): every rank must sample the "
-                           "same subnets (same seed and step)")
-    for bucket in _buckets(grads, int(bucket_mb * 2**20)):
-        flat = torch._utils._flatten_dense_tensors(bucket)
-        dist.all_reduce(flat)
-        flat.div_(world_size)
-        for grad, synced in zip(bucket, torch._utils._unflatten_dense_tensors(flat, bucket)):
-            grad.copy_(synced)
 
+    def __init__(self, space: SearchSpace, config: SupernetTrainConfig, num_classes: int,
+                 teacher: nn.Module | None = None):
+        self.space, self.teacher = space, teacher
+        self.seed, self.num_random = config.seed, config.num_random_subnets
+        self.inplace_distillation = config.inplace_distillation
+        self.mixup = build_mixup(config.mixup, config.smoothing, num_classes)  # one mix per step, all subnets
+        self.criterion = classification_criterion(config.smoothing, self.mixup)
+        self.soft_criterion = SoftTargetCrossEntropy()
 
-def _tensor_device(params: Sequence[torch.Tensor]) -> torch.device:
-    return params[0].device if params else torch.device("cpu")
+    def backward(self, model: Supernet, batch, context: StepContext) -> dict[str, torch.Tensor]:
+        images, labels = (t.to(context.device, non_blocking=True) for t in batch)
+        if self.mixup is not None:  # mixed images, soft targets: the teacher sees the mixed images too (DeiT)
+            images, labels = self.mixup(images, labels)
+        return self.sandwich_backward(model, images, labels, context)
 
+    def sandwich_backward(self, model: Supernet, images: torch.Tensor, labels: torch.Tensor,
+                          context: StepContext) -> dict[str, torch.Tensor]:
+        """Forward and backward the subnets of step ``context.step`` on one batch,
+        accumulating gradients; returns each subnet's loss (detached), by role."""
+        teacher_labels = None
+        if self.teacher is not None:
+            with torch.no_grad(), context.autocast():
+                teacher_labels = self.teacher(images).argmax(dim=1)
+        soft_targets, losses = None, {}
+        for role, arch in sandwich_archs(self.space, self.seed, context.step, self.num_random):
+            with context.autocast():
+                out = model(images, arch)
+                cls, dist_logits = out if isinstance(out, tuple) else (out, None)
+                if soft_targets is not None:
+                    loss = self.soft_criterion(cls, soft_targets)
+                else:
+                    loss = self.criterion(cls, labels)
+                if dist_logits is not None and teacher_labels is not None:
+                    loss = (loss + F.cross_entropy(dist_logits, teacher_labels)) / 2
+            context.scaler.scale(loss).backward()
+            if role == "largest" and self.inplace_distillation:
+                soft_targets = cls.detach().float().softmax(dim=1)
+            losses[role] = loss.detach()
+        return losses
 
-@torch.no_grad()
-def broadcast_state(module: nn.Module) -> None:
-    """Rank 0's parameters and buffers everywhere (as DDP does when it wraps a model)."""
-    for tensor in [*module.parameters(), *module.buffers()]:
-        dist.broadcast(tensor.data, src=0)
-
-
-@torch.no_grad()
-def average_bn_statistics(module: nn.Module, world_size: int) -> None:
-    """Average BatchNorm running means and variances over processes (each saw its own data)."""
-    if world_size == 1:
-        return
-    for bn in module.modules():
-        if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.running_mean is not None:
-            for stat in (bn.running_mean, bn.running_var):
-                dist.all_reduce(stat)
-                stat.div_(world_size)
-
-
-def _bn_buffers(module: nn.Module) -> list[torch.Tensor]:
-    return [b for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
-
-
-# --------------------------------------------------------------------------- RNG state
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def gather_rng_states(ctx: "DistContext") -> list[dict[str, Any]]:
-    """Every rank's RNG state, in rank order (every rank must call it: it is a collective)."""
-    if not ctx.distributed:
-        return [rng_state()]
-    states: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(states, rng_state())
-    return states
-
-
-def restore_training_state(state: Mapping[str, Any], model: nn.Module, optimizer, scheduler, scaler,
-                           ctx: "DistContext", seed: int) -> tuple[int, int, list]:
-    """Load a checkpoint's weights, optimizer, scheduler, scaler and this rank's RNG state
-    (the supernet trainer's and the fine-tuner's checkpoints share these keys); returns
-    ``(epoch, step, log)``."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    epoch, step, log = state["epoch"], state["step"], list(state["log"])
-    rngs = state["rng"]
-    if len(rngs) == ctx.world_size:
-        set_rng_state(rngs[ctx.rank])
-    else:  # another process count: the data order is kept, the random draws cannot be
-        seed_everything(seed + 1_000_003 * ctx.rank + epoch)
-    return epoch, step, log
-
-
-# --------------------------------------------------------------------------- optimisation
-def apply_gradients(params: Sequence[nn.Parameter], optimizer, scheduler, scaler, world_size: int,
-                    clip_grad: float | None, step: int, clip_mode: str = "norm") -> int:
-    """One optimizer update from the accumulated gradients: average them over ranks, clip
-    (optionally; timm's ``norm``, ``value`` or ``agc``), step through the AMP scaler, zero
-    them, advance the per-step schedule;
-    returns the new step count. Shared by the supernet trainer and the fine-tuner."""
-    all_reduce_gradients(params, world_size)
-    if clip_grad is not None:
-        scaler.unscale_(optimizer)
-        clip_gradients(params, clip_grad, clip_mode)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step_update(num_updates=step + 1)
-    return step + 1
-
-
-SGD_FAMILY = ("sgd", "momentum", "nesterov")  # the timm optimizer names that take a momentum
-
-
-def build_optimizer_and_scheduler(model: nn.Module, recipe: Any, steps_per_epoch: int):
-    """``(optimizer, scheduler)``: a timm optimizer and a cosine schedule with linear warm-up
-    over ``recipe.epochs * steps_per_epoch`` optimizer steps. Both trainers use it (this
-    module's supernet trainer and ``nas_core.finetune.ModelTrainer``).
-
-    ``recipe`` is any config with ``opt`` (a ``timm.optim.create_optimizer_v2`` name),
-    ``lr``, ``weight_decay``, ``min_lr``, ``warmup_lr``, ``warmup_epochs`` and ``epochs``
-    (:class:`SupernetTrainConfig`, ``nas_core.finetune.TrainRecipe``). A ``momentum``
-    field, where the config has one, goes to the SGD family only; every other optimizer
-    keeps timm's own defaults. The schedule counts steps, not epochs: call
-    ``scheduler.step_update(num_updates=step)`` after every optimizer step.
-    """
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
-
-    momentum = getattr(recipe, "momentum", None)
-    extra = {"momentum": momentum} if momentum is not None and recipe.opt.lower() in SGD_FAMILY else {}
-    optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=recipe.lr, weight_decay=recipe.weight_decay, **extra)
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=recipe.epochs * steps_per_epoch, lr_min=recipe.min_lr, warmup_lr_init=recipe.warmup_lr,
-        warmup_t=int(round(recipe.warmup_epochs * steps_per_epoch)), t_in_epochs=False)
-    return optimizer, scheduler
+    def summarize(self, means: Mapping[str, float]) -> dict[str, float]:
+        """The log's loss columns: the mean over subnets, and the two extremes."""
+        return {"train_loss": sum(means.values()) / len(means), "loss_largest": means["largest"],
+                "loss_smallest": means["smallest"]}
 
 
 # --------------------------------------------------------------------------- the trainer
-class SupernetTrainer:
+LOG_DTYPES = {"epoch": "int64", "step": "int64", "lr": "float64", "train_loss": "float64",
+              "loss_largest": "float64", "loss_smallest": "float64", "images_per_s": "float64",
+              "epoch_seconds": "float64", "top1_smallest": "float64", "top5_smallest": "float64",
+              "top1_largest": "float64", "top5_largest": "float64", "val_images": "int64",
+              "world_size": "int64", "finished_at": "str"}
+LOG_COLUMNS = list(LOG_DTYPES)
+NOT_EVALUATED = {**{f"top{k}_{role}": math.nan for k in (1, 5) for role in ("smallest", "largest")},
+                 "val_images": 0}
+
+
+def _format_row(row: Mapping[str, Any]) -> str:
+    text = (f"epoch {row['epoch']}: loss {row['train_loss']:.3f} (largest {row['loss_largest']:.3f}, smallest "
+            f"{row['loss_smallest']:.3f}), lr {row['lr']:.2e}, {row['images_per_s']:.1f} img/s")
+    if row["val_images"]:
+        text += f", val top-1 smallest {row['top1_smallest']:.3f} largest {row['top1_largest']:.3f}"
+    return text
+
+
+class SupernetTrainer(Trainer):
     """Trains a :class:`Supernet` with the sandwich rule; see the module docstring.
 
     ``train_dataset`` yields ``(image tensor, label)`` (already augmented, e.g. a
@@ -431,160 +261,61 @@ class SupernetTrainer:
     artifacts as provenance.
     """
 
+    checkpoint_format = CHECKPOINT_FORMAT
+    checkpoint_kind = "supernet training"
+    not_evaluated = NOT_EVALUATED
+
     def __init__(self, config: SupernetTrainConfig, train_dataset: Dataset, num_classes: int,
                  out_dir: str | os.PathLike, val_loader: Iterable | None = None,
                  calib_batches: Sequence[torch.Tensor] | None = None, space: SearchSpace | None = None,
                  ctx: DistContext | None = None, params: Mapping[str, Any] | None = None,
                  progress: bool = True):
         config.check()
+        ctx = ctx or DistContext()
         self.config, self.num_classes = config, num_classes
-        self.out_dir = Path(out_dir)
-        self.ctx = ctx or DistContext()
         self.space = space or SearchSpace()
         self.params = dict(params or {})
-        self.progress = progress
         self.val_loader, self.calib_batches = val_loader, calib_batches
-        if config.batch_size % self.ctx.world_size:
-            raise ValueError(f"supernet.batch_size {config.batch_size} is not divisible by the "
-                             f"{self.ctx.world_size} processes")
-        self.local_batch = config.batch_size // self.ctx.world_size
-
-        self.supernet, self.teacher = self._build_models()
+        supernet, self.teacher = self._build_models(ctx)
         # Different augmentation / drop-path draws per rank (fresh runs; resume restores them).
-        seed_everything(config.seed + 1_000_003 * self.ctx.rank)
-        self.sampler, self.loader_generator, self.train_loader = self._build_loader(train_dataset)
-        self.steps_per_epoch = min(len(self.train_loader), config.steps_per_epoch or len(self.train_loader))
-        self.optimizer, self.scheduler = build_optimizer_and_scheduler(self.supernet, config, self.steps_per_epoch)
-        self.use_amp = config.amp and self.ctx.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        from timm.loss import SoftTargetCrossEntropy
-
+        seed_everything(config.seed + 1_000_003 * ctx.rank)
+        step = SandwichStep(self.space, config, num_classes, self.teacher)
+        super().__init__(supernet, train_dataset, step, config, out_dir, evaluate_fn=self._evaluate_extremes,
+                         eval_every=config.eval_every, ctx=ctx, progress=progress, desc="supernet")
         check_mixup(config.mixup, self.local_batch, "supernet")
-        self.mixup = build_mixup(config.mixup, config.smoothing, num_classes)  # one mix per step, all subnets
-        self.criterion = classification_criterion(config.smoothing, self.mixup)
-        self.soft_criterion = SoftTargetCrossEntropy()
-        self.epoch = 0  # epochs completed
-        self.step = 0   # optimizer steps completed
-        self.log: list[dict[str, Any]] = []
+        self.criterion = step.criterion
 
-    def _build_models(self) -> tuple[Supernet, nn.Module | None]:
+    def _build_models(self, ctx: DistContext) -> tuple[Supernet, nn.Module | None]:
         c = self.config
         seed_everything(c.seed)  # same initial weights on every rank (then broadcast anyway)
         supernet = Supernet(self.space, self.num_classes, c.resolution, c.distillation_head,
-                            c.ffn_drop_path, c.mhsa_drop_path).to(self.ctx.device)
+                            c.ffn_drop_path, c.mhsa_drop_path).to(ctx.device)
         if c.layer_scale_init is not None:
             set_layer_scale(supernet, c.layer_scale_init)
-        if self.ctx.distributed:
-            broadcast_state(supernet)
         teacher = None
         if c.teacher:
-            teacher = build_teacher(c.teacher, c.teacher_checkpoint, self.num_classes, self.ctx.device,
-                                    c.teacher_stand_in)
+            teacher = build_teacher(c.teacher, c.teacher_checkpoint, self.num_classes, ctx.device, c.teacher_stand_in)
             supernet.distilled_training = True  # train mode returns (cls, dist) logits
         return supernet, teacher
 
-    def _build_loader(self, dataset: Dataset) -> tuple[DistributedSampler, torch.Generator, DataLoader]:
-        """This rank's shard, in an order that is a function of (seed, epoch) only."""
-        c = self.config
-        sampler = DistributedSampler(dataset, num_replicas=self.ctx.world_size, rank=self.ctx.rank,
-                                     shuffle=True, seed=c.seed, drop_last=True)
-        generator = torch.Generator()
-        loader = DataLoader(
-            dataset, batch_size=self.local_batch, sampler=sampler, drop_last=True, num_workers=c.num_workers,
-            generator=generator, pin_memory=self.ctx.device.type == "cuda",
-            # Fresh workers each epoch, seeded from the generator: resumable augmentation.
-            persistent_workers=False, worker_init_fn=seed_worker if c.num_workers > 0 else None)
-        if len(loader) == 0:
-            raise ValueError(f"{len(dataset)} training images are fewer than one batch of {self.local_batch} "
-                             f"per process")
-        return sampler, generator, loader
+    @property
+    def supernet(self) -> Supernet:
+        return self.model
 
-    # ---- one step
-    def _autocast(self):
-        if not self.use_amp:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-
+    # ---- one step (tests and benchmarks drive these directly)
     def sandwich_backward(self, images: torch.Tensor, labels: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         """Forward and backward the step's subnets on one batch, accumulating gradients
         (no optimizer step, no all-reduce); returns each subnet's loss (detached)."""
-        teacher_labels = None
-        if self.teacher is not None:
-            with torch.no_grad(), self._autocast():
-                teacher_labels = self.teacher(images).argmax(dim=1)
-        soft_targets, losses = None, {}
-        for role, arch in sandwich_archs(self.space, self.config.seed, step, self.config.num_random_subnets):
-            with self._autocast():
-                out = self.supernet(images, arch)
-                cls, dist_logits = out if isinstance(out, tuple) else (out, None)
-                if soft_targets is not None:
-                    loss = self.soft_criterion(cls, soft_targets)
-                else:
-                    loss = self.criterion(cls, labels)
-                if dist_logits is not None and teacher_labels is not None:
-                    loss = (loss + F.cross_entropy(dist_logits, teacher_labels)) / 2
-            self.scaler.scale(loss).backward()
-            if role == "largest" and self.config.inplace_distillation:
-                soft_targets = cls.detach().float().softmax(dim=1)
-            losses[role] = loss.detach()
-        return losses
+        return self.step_fn.sandwich_backward(self.model, images, labels, self.step_context(step))
 
-    def optimizer_step(self) -> None:
-        """Average gradients over ranks, (clip,) step, and advance the schedule."""
-        self.step = apply_gradients(list(self.supernet.parameters()), self.optimizer, self.scheduler, self.scaler,
-                                    self.ctx.world_size, self.config.clip_grad, self.step, self.config.clip_mode)
-
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        images = images.to(self.ctx.device, non_blocking=True)
-        labels = labels.to(self.ctx.device, non_blocking=True)
-        if self.mixup is not None:  # mixed images, soft targets: the teacher sees the mixed images too (DeiT)
-            images, labels = self.mixup(images, labels)
-        losses = self.sandwich_backward(images, labels, self.step)
-        self.optimizer_step()
-        return losses
-
-    # ---- one epoch
-    def _start_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-        # Worker seeds are drawn from this generator: a function of (seed, epoch, rank).
-        self.loader_generator.manual_seed(int(np.random.SeedSequence(
-            [self.config.seed, epoch, self.ctx.rank]).generate_state(1)[0]))
-
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        from tqdm.auto import tqdm
-
-        self._start_epoch(epoch)
-        self.supernet.train()
-        totals: dict[str, float] = {}
-        bar = tqdm(total=self.steps_per_epoch, desc=f"supernet epoch {epoch + 1}/{self.config.epochs}",
-                   disable=not (self.progress and self.ctx.is_main), dynamic_ncols=True, leave=False)
-        start = time.perf_counter()
-        done = 0
-        for images, labels in self.train_loader:
-            losses = self.train_step(images, labels)
-            values = {role: float(v) for role, v in losses.items()}  # one sync per step
-            for role, value in values.items():
-                totals[role] = totals.get(role, 0.0) + value
-            done += 1
-            rate = done * self.config.batch_size / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{sum(values.values()) / len(values):.3f}", img_s=f"{rate:.1f}")
-            bar.update()
-            if done == self.steps_per_epoch:
-                break
-        bar.close()
-        seconds = time.perf_counter() - start
-        means = {role: total / done for role, total in totals.items()}
-        return {"train_loss": sum(means.values()) / len(means), "loss_largest": means["largest"],
-                "loss_smallest": means["smallest"], "images_per_s": done * self.config.batch_size / seconds,
-                "epoch_seconds": seconds}
-
+    # ---- evaluation
     @torch.no_grad()
     def evaluate_extremes(self) -> dict[str, float]:
         """Val top-1/top-5 of the default smallest and largest subnets, each after BN
         recalibration; the supernet's own BN statistics are restored afterwards."""
         if self.val_loader is None or not self.calib_batches:
             return dict(NOT_EVALUATED)
-        saved = [b.clone() for b in _bn_buffers(self.supernet)]
+        saved = [b.clone() for b in bn_buffers(self.supernet)]
         out: dict[str, float] = {}
         try:
             for role, arch in (("smallest", self.space.smallest()), ("largest", self.space.largest())):
@@ -593,87 +324,53 @@ class SupernetTrainer:
                 out.update({f"top1_{role}": metrics["top1"], f"top5_{role}": metrics["top5"]})
                 out["val_images"] = metrics["images"]
         finally:
-            for buffer, value in zip(_bn_buffers(self.supernet), saved):
+            for buffer, value in zip(bn_buffers(self.supernet), saved):
                 buffer.copy_(value)
             self.supernet.train()
         return out
 
+    def _evaluate_extremes(self, model: nn.Module) -> dict[str, float]:
+        return self.evaluate_extremes()
+
     # ---- the loop
     def fit(self, stop_after: int | None = None) -> list[dict[str, Any]]:
-        """Train until ``config.epochs`` (or for at most ``stop_after`` more epochs, for
-        time-boxed jobs), checkpointing after every epoch; returns the log rows."""
-        c = self.config
+        """Train until ``config.epochs`` (or for at most ``stop_after`` more epochs),
+        checkpointing after every epoch; at the end write ``supernet.pt``. Returns the log rows."""
         first = self.epoch
-        last = c.epochs if stop_after is None else min(c.epochs, self.epoch + stop_after)
-        for epoch in range(first, last):
-            stats = self.train_epoch(epoch)
-            average_bn_statistics(self.supernet, self.ctx.world_size)
-            evaluated = (epoch + 1) % c.eval_every == 0 or epoch + 1 == c.epochs
-            metrics = self.evaluate_extremes() if (evaluated and self.ctx.is_main) else {}
-            self.epoch = epoch + 1
-            row = {"epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"], **stats,
-                   **NOT_EVALUATED, **metrics, "world_size": self.ctx.world_size, "finished_at": utc_now()}
-            self.log.append(row)
-            self.save_checkpoint()
-            if self.ctx.is_main and self.progress:
-                print(_format_row(row), flush=True)
-        if self.epoch == c.epochs:
+        super().fit(stop_after)
+        if self.epoch == self.config.epochs:
             # A finished run resumed trains nothing: its supernet.pt stays byte-identical.
-            self.save_supernet(keep_existing=last == first)
+            self.save_supernet(keep_existing=self.epoch == first)
         return self.log
 
-    # ---- state
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs. ``rng`` is one entry per rank; ``data`` is the
-        position of the data stream (the next epoch; its order follows from the seed)."""
-        return {
-            "format": CHECKPOINT_FORMAT, **self._identity(),
-            "config": self.config.to_dict(), "params": self.params,
-            "epoch": self.epoch, "step": self.step, "world_size": self.ctx.world_size,
-            "model": self.supernet.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-            "rng": gather_rng_states(self.ctx), "loader_generator": self.loader_generator.get_state(),
-            "data": {"sampler_seed": self.config.seed, "next_epoch": self.epoch,
-                     "steps_per_epoch": self.steps_per_epoch, "local_batch": self.local_batch},
-            "log": self.log, "code_version": code_version(), "created": utc_now(),
-        }
+    def format_row(self, row: Mapping[str, Any]) -> str:
+        return _format_row(row)
 
+    # ---- state
     def _identity(self) -> dict[str, Any]:
         return {"space_version": SPACE_VERSION, "space_spec": dataclasses.asdict(self.space.spec),
                 "num_classes": self.num_classes, "resolution": self.config.resolution,
                 "distillation": self.config.distillation_head}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._check_compatible(state)
-        self.epoch, self.step, self.log = restore_training_state(
-            state, self.supernet, self.optimizer, self.scheduler, self.scaler, self.ctx, self.config.seed)
-        self.loader_generator.set_state(state["loader_generator"])
+    def checkpoint_header(self) -> dict[str, Any]:
+        """The supernet's identity, config and params, and the position of the data stream
+        (the next epoch; its order follows from the seed)."""
+        return {**self._identity(), "config": self.config.to_dict(), "params": self.params,
+                "data": {"sampler_seed": self.config.seed, "next_epoch": self.epoch,
+                         "steps_per_epoch": self.steps_per_epoch, "local_batch": self.local_batch}}
 
-    def _check_compatible(self, state: Mapping[str, Any]) -> None:
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"not a supernet training checkpoint (format {state.get('format')!r})")
-        mine = self._identity()
-        for key, value in mine.items():
+    def check_resumable(self, state: Mapping[str, Any]) -> None:
+        for key, value in self._identity().items():
             if state.get(key) != value:
                 raise ValueError(f"checkpoint {key} is {state.get(key)!r}, this run has {value!r}; "
                                  "resume with the params that made it, or start a new run")
-        theirs, ours = state["config"], self.config.to_dict()
-        changed = sorted(k for k in ours if k not in RESUME_FREE_KEYS and theirs.get(k) != ours[k])
+        changed = changed_settings(state["config"], self.config.to_dict(), field_defaults(self.config),
+                                   RESUME_FREE_KEYS)
         if changed:
-            diff = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours[k]!r}" for k in changed)
-            raise ValueError(f"cannot resume: supernet params changed since the checkpoint ({diff}); "
-                             "restore them or start a new run")
-
-    def save_checkpoint(self) -> None:
-        state = self.state_dict()  # every rank takes part (RNG gathering)
-        if self.ctx.is_main:
-            torch_save(self.out_dir / CHECKPOINT_NAME, state)
-            self.write_log()
-        self.ctx.barrier()
+            raise ValueError(f"cannot resume: supernet params changed since the checkpoint "
+                             f"({describe_changes(changed)}); restore them or start a new run")
 
     def write_log(self) -> None:
-        import pandas as pd
-
         frame = pd.DataFrame(self.log, columns=LOG_COLUMNS)
         write_parquet(self.out_dir / LOG_NAME, frame.astype(LOG_DTYPES), provenance=self.provenance())
 
@@ -698,41 +395,12 @@ class SupernetTrainer:
         self.ctx.barrier()
         return path
 
-    def resume(self) -> bool:
-        """Load ``out_dir/checkpoint.pt`` if there is one; True if it did."""
-        path = self.out_dir / CHECKPOINT_NAME
-        if not path.exists():
-            return False
-        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
-        self.load_state_dict(torch_load(path, map_location="cpu"))
-        return True
-
-
-LOG_DTYPES = {"epoch": "int64", "step": "int64", "lr": "float64", "train_loss": "float64",
-              "loss_largest": "float64", "loss_smallest": "float64", "images_per_s": "float64",
-              "epoch_seconds": "float64", "top1_smallest": "float64", "top5_smallest": "float64",
-              "top1_largest": "float64", "top5_largest": "float64", "val_images": "int64",
-              "world_size": "int64", "finished_at": "str"}
-LOG_COLUMNS = list(LOG_DTYPES)
-NOT_EVALUATED = {**{f"top{k}_{role}": math.nan for k in (1, 5) for role in ("smallest", "largest")},
-                 "val_images": 0}
-
-
-def _format_row(row: Mapping[str, Any]) -> str:
-    text = (f"epoch {row['epoch']}: loss {row['train_loss']:.3f} (largest {row['loss_largest']:.3f}, smallest "
-            f"{row['loss_smallest']:.3f}), lr {row['lr']:.2e}, {row['images_per_s']:.1f} img/s")
-    if row["val_images"]:
-        text += f", val top-1 smallest {row['top1_smallest']:.3f} largest {row['top1_largest']:.3f}"
-    return text
-
 
 # --------------------------------------------------------------------------- data and entry point
 def build_data(manifest, root: str | os.PathLike, config: SupernetTrainConfig):
     """``(train_dataset, val_loader, calib_batches)`` for a dataset manifest
     (``nas_core.data.folders``): augmented train split, val split for validation, and a
     fixed set of train images with the eval transform for BN recalibration."""
-    from .data.folders import build_loader
-
     r = config.resolution
     # The loaders' datasets: the data module owns decoding, caching and the timm transforms.
     train = build_loader(manifest, root, "train", r, config.batch_size, train=True, cache=config.cache_images,
@@ -756,8 +424,6 @@ def train_supernet(config: SupernetTrainConfig, data_root: str | os.PathLike, ou
     An existing checkpoint in ``out_dir`` is continued with ``resume``, replaced with
     ``overwrite``, and otherwise an error (so a finished run is never lost by accident).
     """
-    from .data.folders import class_names, load_checked_manifest
-
     out_dir = Path(out_dir)
     checkpoint = out_dir / CHECKPOINT_NAME
     if checkpoint.exists() and not (resume or overwrite):

@@ -3,9 +3,9 @@
 The paper starts from each model's ImageNet weights, replaces the classifier and trains
 *all* layers for 50 epochs on CIFAR-10/100, Food-101 and Pets, "with a base learning rate
 scaled by the batch size". :func:`transfer` does the same for any model
-``nas_core.finetune.load_classifier`` can load (a fine-tuned searched model, a trained
+``nas_core.classifiers.load_classifier`` can load (a fine-tuned searched model, a trained
 baseline, a preset inheriting from the supernet) on any image-folder dataset, with the
-generic classifier trainer of ``nas_core.finetune`` (AdamW, cosine, label smoothing,
+classifier trainer of ``nas_core.classification`` (AdamW, cosine, label smoothing,
 checkpoint every epoch, resume, ``torchrun``). Ours and MobileNetV2 go through the same
 function with the same :class:`TransferConfig`, so their numbers are comparable.
 
@@ -24,7 +24,7 @@ Output ``data/transfer/<name>.json``::
      "train_seconds", "params", "config", "provenance"}
 
 and ``data/transfer/<name>/`` with ``checkpoint.pt`` and ``train_log.parquet`` (schema in
-``nas_core.finetune``).
+``nas_core.trainer``).
 """
 from __future__ import annotations
 
@@ -32,79 +32,61 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar
 
 import torch
 
+from .classification import classification_data, train_classifier
+from .classifiers import load_classifier, subnet_at_resolution, with_drop_path
+from .complexity import count_params
+from .config import ClassificationRecipe
+from .distributed import init_distributed, seed_everything
+from .evaluate import evaluate
 from .io import code_version, machine_fingerprint, utc_now, write_json
 from .layout import DATA
+from .subnet import SubnetModel
 
 DEFAULT_OUT = DATA.transfer_runs  # where the transfer stage keeps its runs
 
 
 @dataclasses.dataclass(frozen=True)
-class TransferConfig:
-    """params.yaml ``transfer:``. Defaults are the paper's (§6.4): 50 epochs, all layers
-    trained, peak learning rate ``base_lr * batch_size / lr_base_batch`` (the text lost
-    the numbers; these are timm's fine-tuning defaults for AdamW), cosine decay."""
+class TransferConfig(ClassificationRecipe):
+    """params.yaml ``transfer:``: a classification recipe (``nas_core.config``) whose peak
+    learning rate is scaled with the batch size, plus the dataset split. Defaults are the
+    paper's (§6.4): 50 epochs, all layers trained, peak learning rate
+    ``base_lr * batch_size / lr_base_batch`` (the text lost the numbers; these are timm's
+    fine-tuning defaults for AdamW), cosine decay. ``val_fraction`` / ``test_fraction`` /
+    ``split_seed`` split datasets that have no val / test split."""
 
-    resolution: int = 224
+    section: ClassVar[str] = "transfer"
+
     epochs: int = 50
     batch_size: int = 128
-    steps_per_epoch: int | None = None
-    opt: str = "adamw"
-    base_lr: float = 5e-4
-    lr_base_batch: int = 512
+    lr: float = dataclasses.field(default=0.0, init=False)  # set from base_lr (__post_init__)
     min_lr: float = 1e-6
-    warmup_lr: float = 1e-6
     warmup_epochs: float = 2.0
     weight_decay: float = 0.05
-    momentum: float = 0.9
-    clip_grad: float | None = None
-    clip_mode: str = "norm"
-    smoothing: float = 0.1
-    drop_path: float = 0.0
-    mixup: dict | None = None           # timm.data.Mixup arguments; None: off
-    teacher: str | None = None
-    teacher_checkpoint: str | None = None
-    teacher_stand_in: str | None = None
-    amp: bool = True
-    seed: int = 0
-    num_workers: int = 0
     cache_images: bool = True
-    skip_bad_images: bool = False       # leave unreadable images out (listed in the record)
-    augment: dict | None = None
-    eval_transform: dict | None = None  # overrides of nas_core.data.folders.DEFAULT_EVAL_TRANSFORM (crop_pct)
-    eval_every: int = 1
-    eval_batch_size: int = 256
-    eval_split: str = "test"
     bn_calib_batches: int = 1           # unused by transfer itself (the data helper loads them)
     bn_calib_batch_size: int = 8
+    resolution: int = 224
+    base_lr: float = 5e-4
+    lr_base_batch: int = 512
+    drop_path: float = 0.0
+    eval_split: str = "test"
     val_fraction: float = 0.15          # for datasets without a val / test split
     test_fraction: float = 0.15
     split_seed: int = 0
 
-    @property
-    def lr(self) -> float:
-        """Peak learning rate, scaled linearly with the batch size."""
-        return self.base_lr * self.batch_size / self.lr_base_batch
-
-    @classmethod
-    def from_params(cls, section: Mapping | None) -> "TransferConfig":
-        from .finetune import config_from_section
-
-        return config_from_section(cls, section, "transfer")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "lr": self.lr}
+    def __post_init__(self):
+        # Peak learning rate, scaled linearly with the batch size.
+        object.__setattr__(self, "lr", self.base_lr * self.batch_size / self.lr_base_batch)
+        super().__post_init__()
 
 
 def new_head(model: torch.nn.Module, num_classes: int, resolution: int, drop_path: float = 0.0) -> torch.nn.Module:
     """``model`` with a freshly initialised classifier for ``num_classes`` (all other
     weights kept), rebuilt for ``resolution`` (searched subnets) and drop path."""
-    from .finetune import subnet_at_resolution, with_drop_path
-    from .subnet import SubnetModel
-
     if isinstance(model, SubnetModel):
         model = with_drop_path(subnet_at_resolution(model, resolution), drop_path)
     model.reset_classifier(num_classes)
@@ -115,14 +97,9 @@ def transfer(model_ref: str, data_dir: str | os.PathLike, *, name: str | None = 
              out_root: str | os.PathLike = DEFAULT_OUT, config: TransferConfig | None = None,
              supernet: str | os.PathLike | None = None, resume: bool = True, overwrite: bool = False,
              progress: bool = True) -> dict[str, Any]:
-    """Fine-tune ``model_ref`` (see ``finetune.load_classifier``) on the dataset at
+    """Fine-tune ``model_ref`` (see ``classifiers.load_classifier``) on the dataset at
     ``data_dir`` with a new head, all layers trained; write ``out_root/<name>.json``
     (module docstring) and return it (an empty dict on ranks > 0 of a ``torchrun`` job)."""
-    from .complexity import count_params
-    from .evaluate import evaluate
-    from .finetune import classification_data, load_classifier, train_classifier
-    from .train import init_distributed, seed_everything
-
     config = config or TransferConfig()
     data = classification_data(data_dir, config.resolution, config, {
         "val_fraction": config.val_fraction, "test_fraction": config.test_fraction, "seed": config.split_seed})

@@ -53,7 +53,7 @@ def test_subnet_backbone_uses_stage_3_and_4_then_extra_blocks(subnet):
     features = list(backbone.eval()(torch.randn(1, 3, 128, 128)).values())
     assert [f.shape[1] for f in features] == backbone.out_channels
     assert [f.shape[-1] for f in features] == [8, 4, 2, 1, 1, 1]  # strides 16, 32, then extra blocks
-    from nas_core.finetune import subnet_at_resolution
+    from nas_core.classifiers import subnet_at_resolution
 
     reference = subnet_at_resolution(subnet, 128).eval()  # same weights, attention biases resized alike
     x = torch.randn(1, 3, 128, 128)
@@ -66,7 +66,7 @@ def test_subnet_backbone_uses_stage_3_and_4_then_extra_blocks(subnet):
 
 
 def test_mobilenetv2_backbone_matches_mmdetection_cut():
-    from nas_core.finetune import build_timm_classifier
+    from nas_core.classifiers import build_timm_classifier
 
     model = build_timm_classifier("mobilenetv2_100", 10)
     backbone = detection_backbone(model, 128)
@@ -216,7 +216,7 @@ def test_bad_datasets_reach_the_cli_user_without_traceback(shapes, tmp_path, cap
 @pytest.mark.realdata
 def test_raccoon_trains_and_evaluates(tmp_path, shared_dataset):
     root = shared_dataset("raccoon")
-    from nas_core.finetune import build_timm_classifier
+    from nas_core.classifiers import build_timm_classifier
 
     train, test, paths = detection_datasets(root, augment="ssdlite")
     assert (len(train), len(test), train.num_classes) == (160, 40, 2)

@@ -15,9 +15,11 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from nas_core.finetune import (ClassificationStep, FinetuneConfig, ModelTrainer, TrainRecipe, comparison_table,
-                               finetune, load_classifier, load_classifier_file, save_classifier,
-                               subnet_at_resolution)
+from nas_core.classification import ClassificationStep
+from nas_core.classifiers import load_classifier, load_classifier_file, save_classifier, subnet_at_resolution
+from nas_core.config import TrainRecipe
+from nas_core.finetune import FinetuneConfig, comparison_table, finetune
+from nas_core.trainer import Trainer as ModelTrainer
 from nas_core.io import read_json, torch_save
 from nas_core.search_space import SPACE_VERSION, SearchSpace, SpaceSpec, StageSpec
 from nas_core.subnet import SubnetModel
@@ -170,7 +172,7 @@ def test_subnet_at_resolution_keeps_weights_and_resizes_attention(tiny_space):
 
 @pytest.mark.parametrize("kind", ["subnet", "timm"])
 def test_classifier_file_round_trip(tmp_path, tiny_space, kind):
-    from nas_core.finetune import build_timm_classifier
+    from nas_core.classifiers import build_timm_classifier
 
     torch.manual_seed(0)
     if kind == "subnet":
@@ -205,8 +207,8 @@ def test_finetune_writes_every_figure(finetuned, dataset, supernet_file, tiny_sp
     for key in ("inherited", "finetuned"):
         assert m[key]["split"] == "test" and m[key]["images"] == 16 and 0.0 <= m[key]["top1"] <= 1.0
     # The inherited accuracy is the supernet's subnet after BN recalibration, recomputed here.
+    from nas_core.classification import classification_data
     from nas_core.evaluate import evaluate, recalibrate_bn
-    from nas_core.finetune import classification_data
     from nas_core.train import load_supernet
 
     net, _ = load_supernet(supernet_file)
@@ -305,7 +307,7 @@ def test_transfer_new_head_all_layers(tmp_path, finetuned, tiny_space):
     assert written["images"] == 12 and 0 <= written["top1"] <= 1 and written["lr"] == pytest.approx(1e-3)
     assert len(written["val_top1_per_epoch"]) == 1 and written["model"]["kind"] == "subnet"
     # All layers trained: the backbone moved away from the fine-tuned weights.
-    from nas_core.finetune import load_classifier_file
+    from nas_core.classifiers import load_classifier_file
     from nas_core.io import torch_load
 
     start, _ = load_classifier_file(finetuned["dir"] / "model.pt")

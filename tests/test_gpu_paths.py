@@ -80,7 +80,7 @@ def test_cuda_ort_timing_binds_inputs_on_the_gpu(model_and_onnx):
 def test_tensorrt_engine_from_onnx_matches_torch(model_and_onnx, tmp_path):
     needs_cuda()
     needs_module("tensorrt", "NVIDIA TensorRT")
-    from nas_core.finetune import export_tensorrt, tensorrt_matches_torch
+    from nas_core.deploy import export_tensorrt, tensorrt_matches_torch
 
     model, onnx_path = model_and_onnx
     assert export_tensorrt(onnx_path, tmp_path / "model.engine").stat().st_size > 0

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from nas_core.data.folders import build_transform
-from nas_core.finetune import ClassificationStep, FinetuneConfig
+from nas_core.classification import ClassificationStep
+from nas_core.finetune import FinetuneConfig
 from nas_core.params import load_params
 from nas_core.recipe import build_mixup, build_teacher, check_mixup, classification_criterion
 from nas_core.train import SupernetTrainConfig

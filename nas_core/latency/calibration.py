@@ -60,11 +60,12 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
 from nas_core.block_catalog import HEAD_CLASSES, BlockCatalog
+from nas_core.config import SectionConfig
 from nas_core.io import (
     atomic_path,
     code_version,
@@ -449,9 +450,11 @@ class CalibrationReport:
 
 
 @dataclasses.dataclass(frozen=True)
-class CalibrationSettings:
+class CalibrationSettings(SectionConfig):
     """params.yaml ``calibration:``. The defaults are the paper's (10 uniform subnets, one line);
     both params profiles choose the extensions (see the module docstring)."""
+
+    section: ClassVar[str] = "calibration"
 
     n_calibration: int = PAPER_N_CALIBRATION
     n_validation: int = DEFAULT_N_VALIDATION
@@ -472,15 +475,6 @@ class CalibrationSettings:
             parse_model_name(name)
         object.__setattr__(self, "band", tuple(float(v) for v in self.band))
         object.__setattr__(self, "models", tuple(self.models))
-
-    @classmethod
-    def from_dict(cls, values: Mapping | None) -> "CalibrationSettings":
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"params calibration: unknown keys {unknown}; known: {', '.join(sorted(known))}")
-        return cls(**values)
 
 
 def calibrate(profile: DeviceProfile, paths: LutPaths | None = None, *, space: SearchSpace | None = None,

@@ -54,10 +54,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import pandas as pd
+
+from nas_core.config import SectionConfig
 
 Z_95 = 1.959964
 SIGMA_FROM_P10_P90 = 2.0 * 1.281552  # the p10-p90 width of a normal distribution, in σ
@@ -69,8 +71,10 @@ CHANGE_COLUMNS = ["block_id", "kind", "old_ms", "new_ms", "change", "change_low"
 
 
 @dataclasses.dataclass(frozen=True)
-class ChangeRule:
-    """When a block counts as moved (see the module docstring)."""
+class ChangeRule(SectionConfig):
+    """When a block counts as moved (see the module docstring); params.yaml ``reprofile:``."""
+
+    section: ClassVar[str] = "reprofile"
 
     z: float = 3.0
     min_change: float = 0.05
@@ -83,17 +87,6 @@ class ChangeRule:
             raise ValueError(f"change rule: min_change is a relative move in [0, 1), not {self.min_change}")
         if not 0 <= self.session_floor < 1:
             raise ValueError(f"change rule: session_floor is a relative spread in [0, 1), not {self.session_floor}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "ChangeRule":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values or {}) - known)
-        if unknown:
-            raise ValueError(f"change rule: unknown keys {unknown}; known: {sorted(known)}")
-        return cls(**dict(values or {}))
 
 
 @dataclasses.dataclass

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from tasks import code_identity
