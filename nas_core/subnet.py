@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
@@ -37,12 +36,16 @@ def conv_padding(kernel: int, stride: int) -> int:
 
 
 class ConvNorm(nn.Module):
-    """Conv (with bias, as timm) -> BatchNorm -> optional activation."""
+    """Conv (with bias, as timm) -> BatchNorm -> optional activation.
+
+    ``padding`` defaults to timm's; 0 gives a patch-wise conv (kernel = stride), as spatial
+    reduction wants."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1,
-                 act: str | None = None):
+                 act: str | None = None, padding: int | None = None):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel, stride, conv_padding(kernel, stride), groups=groups, bias=True)
+        padding = conv_padding(kernel, stride) if padding is None else padding
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=True)
         self.bn = nn.BatchNorm2d(cout)
         self.act = make_act(act) if act else nn.Identity()
 
