@@ -44,22 +44,18 @@ baseline 11.0 M / 0.343 G, so Table II's 10.0 M is at odds with the paper's own 
 ``MICROVIT_CONFIGS``.
 
 Models are timm-style: configurations are data (:data:`MICROVIT_CONFIGS`), and
-:func:`create_microvit` builds one by name.
+:func:`create_microvit` builds one by name. The attention itself, :class:`~nas_core.subnet.ESHA`,
+lives with the search space's other layers, which can use it too (``SpaceSpec.attention_types``).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from timm.layers import DropPath
 from torch import nn
 
-from .subnet import ClassifierHead, ConvNorm, make_act
-
-QK_DIM = 16  # Table I: "QK (16, 16)", the most the paper lets Q and K have
-VALUE_RATIO = 0.215  # [A6]
-GROUPS = 32  # Eq. 1 / Table I "Group"
+from .subnet import ESHA, ESHA_GROUPS, ESHA_QK_DIM, ESHA_VALUE_RATIO, ClassifierHead, ConvNorm
 
 
 # --------------------------------------------------------------------------- configurations as data
@@ -77,9 +73,9 @@ class MicroViTConfig:
     widths: tuple[int, int, int]
     depths: tuple[int, int, int]
     attn_sr: int  # spatial reduction of K and V in stage 3 [A7]
-    qk_dim: int = QK_DIM
-    value_ratio: float = VALUE_RATIO
-    groups: int = GROUPS
+    qk_dim: int = ESHA_QK_DIM
+    value_ratio: float = ESHA_VALUE_RATIO
+    groups: int = ESHA_GROUPS
     ffn_expansion: int = 2
     act: str = "gelu"
     attn_act: str = "relu"  # [A8]
@@ -121,48 +117,6 @@ class Residual(nn.Module):
 def depthwise_mixer(dim: int) -> nn.Module:
     """The conv token mixer of stages 1-2 (and after a patch embedding): 3x3 depthwise + BN [A2]."""
     return ConvNorm(dim, dim, 3, groups=dim)
-
-
-def projection_groups(dim: int, out: int, groups: int = GROUPS) -> int:
-    """The largest group count <= ``groups`` that divides both channel counts (MicroViT's own
-    widths take 32; the search space's 108, 120 ... need fewer)."""
-    return math.gcd(groups, math.gcd(dim, out))
-
-
-class ESHA(nn.Module):
-    """Efficient Single Head Attention [A5-A8].
-
-    Q, K, V and the untouched channels U come out of one grouped 3x3 conv; one attention
-    head over ``int(value_ratio * dim)`` channels mixes all tokens (K/V spatially reduced
-    by ``sr``); then ``W_o . act([attended V, U])``.
-    """
-
-    def __init__(self, dim: int, qk_dim: int = QK_DIM, value_ratio: float = VALUE_RATIO, sr: int = 1,
-                 groups: int = GROUPS, act: str = "relu"):
-        super().__init__()
-        self.qk_dim, self.value_dim = qk_dim, int(dim * value_ratio)
-        self.split = (qk_dim, qk_dim, self.value_dim, dim - self.value_dim)
-        self.scale = qk_dim ** -0.5
-        # One LayerNorm-like statistic over all channels, as SHViT's pre-norm (GroupNorm with
-        # one group), but over the whole input, since ESHA projects all of it [A5].
-        self.norm = nn.GroupNorm(1, dim)
-        out = 2 * qk_dim + dim
-        self.qkvu = ConvNorm(dim, out, 3, groups=projection_groups(dim, out, groups))
-        if sr > 1:  # [A7]
-            self.k_reduce = ConvNorm(qk_dim, qk_dim, sr, sr, groups=qk_dim, padding=0)
-            self.v_reduce = ConvNorm(self.value_dim, self.value_dim, sr, sr, groups=self.value_dim, padding=0)
-        else:
-            self.k_reduce = self.v_reduce = nn.Identity()
-        self.act = make_act(act)
-        self.proj = ConvNorm(dim, dim, 1)
-
-    def forward(self, x):
-        B, _, H, W = x.shape
-        q, k, v, u = self.qkvu(self.norm(x)).split(self.split, dim=1)
-        q, k, v = q.flatten(2), self.k_reduce(k).flatten(2), self.v_reduce(v).flatten(2)
-        attn = ((q.transpose(1, 2) @ k) * self.scale).softmax(dim=-1)  # [B, tokens, reduced tokens]
-        attended = (v @ attn.transpose(1, 2)).reshape(B, self.value_dim, H, W)
-        return self.proj(self.act(torch.cat([attended, u], dim=1)))
 
 
 class MetaFormerBlock(nn.Module):

@@ -167,6 +167,54 @@ class Attention2d(nn.Module):
         return self.proj(self.act(x))
 
 
+# MicroViT's attention (nas_core/microvit.py reconstructs it; [A5]-[A8] are its assumptions).
+ESHA_QK_DIM = 16  # MicroViT Table I: "QK (16, 16)"
+ESHA_VALUE_RATIO = 0.215  # [A6] SHViT's 1/4.67 of the channels attend
+ESHA_GROUPS = 32  # MicroViT Eq. 1 / Table I "Group": the most groups of the projection
+
+
+def projection_groups(dim: int, out: int, groups: int = ESHA_GROUPS) -> int:
+    """The largest group count <= ``groups`` that divides both channel counts (MicroViT's own
+    widths take 32; the search space's 108, 120 ... need fewer)."""
+    return math.gcd(groups, math.gcd(dim, out))
+
+
+class ESHA(nn.Module):
+    """Efficient Single Head Attention (MicroViT) [A5-A8].
+
+    Q, K, V and the untouched channels U come out of one grouped 3x3 conv over the
+    normalised input; one attention head over ``int(value_ratio * dim)`` channels mixes all
+    tokens (K and V spatially reduced by ``sr``); the output is ``W_o . act([attended V, U])``.
+    """
+
+    def __init__(self, dim: int, qk_dim: int = ESHA_QK_DIM, value_ratio: float = ESHA_VALUE_RATIO, sr: int = 1,
+                 groups: int = ESHA_GROUPS, act: str = "relu"):
+        super().__init__()
+        self.qk_dim, self.value_dim = qk_dim, int(dim * value_ratio)
+        self.split = (qk_dim, qk_dim, self.value_dim, dim - self.value_dim)
+        self.scale = qk_dim ** -0.5
+        # One statistic over all channels and tokens, as SHViT's pre-norm (GroupNorm with one
+        # group), but over the whole input, since ESHA projects all of it [A5].
+        self.norm = nn.GroupNorm(1, dim)
+        out = 2 * qk_dim + dim
+        self.qkvu = ConvNorm(dim, out, 3, groups=projection_groups(dim, out, groups))
+        if sr > 1:  # [A7] patch-wise depthwise reduction of K and V; Q keeps every token
+            self.k_reduce = ConvNorm(qk_dim, qk_dim, sr, sr, groups=qk_dim, padding=0)
+            self.v_reduce = ConvNorm(self.value_dim, self.value_dim, sr, sr, groups=self.value_dim, padding=0)
+        else:
+            self.k_reduce = self.v_reduce = nn.Identity()
+        self.act = make_act(act)
+        self.proj = ConvNorm(dim, dim, 1)  # [A8] W_o over attended V and U together
+
+    def forward(self, x):
+        B, _, H, W = x.shape
+        q, k, v, u = self.qkvu(self.norm(x)).split(self.split, dim=1)
+        q, k, v = q.flatten(2), self.k_reduce(k).flatten(2), self.v_reduce(v).flatten(2)
+        attn = ((q.transpose(1, 2) @ k) * self.scale).softmax(dim=-1)  # [B, tokens, reduced tokens]
+        attended = (v @ attn.transpose(1, 2)).reshape(B, self.value_dim, H, W)
+        return self.proj(self.act(torch.cat([attended, u], dim=1)))
+
+
 class LocalGlobalQuery(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
