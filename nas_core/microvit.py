@@ -55,7 +55,8 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
-from .subnet import ESHA, ESHA_GROUPS, ESHA_QK_DIM, ESHA_VALUE_RATIO, ClassifierHead, ConvNorm
+from .search_space import ESHA_GROUPS, ESHA_QK_DIM, ESHA_VALUE_RATIO
+from .subnet import ESHA, ClassifierHead, ConvNorm
 
 
 # --------------------------------------------------------------------------- configurations as data

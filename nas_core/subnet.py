@@ -18,7 +18,8 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
-from .search_space import ArchConfig, AttnConfig, FFNConfig, SpaceSpec
+from .search_space import (ESHA_GROUPS, ESHA_QK_DIM, ESHA_VALUE_RATIO, ArchConfig, AttnConfig, FFNConfig, SpaceSpec,
+                           projection_groups)
 
 LAYER_SCALE_INIT = 1e-5
 
@@ -167,18 +168,6 @@ class Attention2d(nn.Module):
         return self.proj(self.act(x))
 
 
-# MicroViT's attention (nas_core/microvit.py reconstructs it; [A5]-[A8] are its assumptions).
-ESHA_QK_DIM = 16  # MicroViT Table I: "QK (16, 16)"
-ESHA_VALUE_RATIO = 0.215  # [A6] SHViT's 1/4.67 of the channels attend
-ESHA_GROUPS = 32  # MicroViT Eq. 1 / Table I "Group": the most groups of the projection
-
-
-def projection_groups(dim: int, out: int, groups: int = ESHA_GROUPS) -> int:
-    """The largest group count <= ``groups`` that divides both channel counts (MicroViT's own
-    widths take 32; the search space's 108, 120 ... need fewer)."""
-    return math.gcd(groups, math.gcd(dim, out))
-
-
 class ESHA(nn.Module):
     """Efficient Single Head Attention (MicroViT) [A5-A8].
 
@@ -207,12 +196,16 @@ class ESHA(nn.Module):
         self.proj = ConvNorm(dim, dim, 1)  # [A8] W_o over attended V and U together
 
     def forward(self, x):
+        return self.mix(x, self.act)
+
+    def mix(self, x, act):
+        """The attention with activation ``act`` (the supernet switches it per subnet)."""
         B, _, H, W = x.shape
         q, k, v, u = self.qkvu(self.norm(x)).split(self.split, dim=1)
         q, k, v = q.flatten(2), self.k_reduce(k).flatten(2), self.v_reduce(v).flatten(2)
         attn = ((q.transpose(1, 2) @ k) * self.scale).softmax(dim=-1)  # [B, tokens, reduced tokens]
         attended = (v @ attn.transpose(1, 2)).reshape(B, self.value_dim, H, W)
-        return self.proj(self.act(torch.cat([attended, u], dim=1)))
+        return self.proj(act(torch.cat([attended, u], dim=1)))
 
 
 class LocalGlobalQuery(nn.Module):
@@ -276,6 +269,14 @@ class Downsample(nn.Module):
         return out + self.attn(x) if self.attn is not None else out
 
 
+def build_attention(dim: int, resolution: int, cfg: AttnConfig, stage: int, spec: SpaceSpec) -> nn.Module:
+    """The token mixer of an attention position of stage 3 or 4: EfficientFormerV2's MHSA
+    (stride 2 in stage 3) or, in the extended space, ESHA (K/V reduced by ``spec.esha_sr``)."""
+    if cfg.type == "esha":
+        return ESHA(dim, sr=spec.esha_sr_of(stage), act=cfg.act)
+    return Attention2d(dim, resolution, cfg, 2 if stage == 3 else None, spec.mhsa_key_dim, spec.mhsa_heads)
+
+
 class Block(nn.Module):
     """[optional MHSA] + FFN, each a residual branch with layer scale and drop path."""
 
@@ -284,7 +285,7 @@ class Block(nn.Module):
         super().__init__()
         spec = spec or SpaceSpec()
         if mhsa is not None:
-            self.token_mixer = Attention2d(dim, resolution, mhsa, stride, spec.mhsa_key_dim, spec.mhsa_heads)
+            self.token_mixer = build_attention(dim, resolution, mhsa, 3 if stride else 4, spec)
             self.ls1 = LayerScale2d(dim)
             self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         else:

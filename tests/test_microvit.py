@@ -10,7 +10,8 @@ from flows.cli import main as cli_main
 from nas_core.complexity import module_complexity
 from nas_core.latency.export import export_onnx
 from nas_core.microvit import MICROVIT_CONFIGS, create_microvit
-from nas_core.subnet import ESHA, projection_groups
+from nas_core.search_space import projection_groups
+from nas_core.subnet import ESHA
 
 # MicroViT Table I/II at 224x224: (params, MACs). S2 is checked against its own ablation
 # baseline (Table V: 11.0 M / 0.343 G), since Table II's 10.0 M contradicts it (module docstring).
