@@ -95,7 +95,7 @@ def build_model(name: str):
     return timm.create_model(name, pretrained=False).eval()
 
 
-def _size(module, resolution: int) -> tuple[int, int | None]:
+def model_size(module, resolution: int) -> tuple[int, int | None]:
     """(params, MACs at ``resolution``) of a built model; MACs None where counting fails
     (the latency row is still worth having)."""
     try:
@@ -152,7 +152,7 @@ def _measure_one_model(model_name: str, resolution: int, profiles: list[DevicePr
         module = build_model(model_name)
     except Exception as err:  # an unknown or broken timm model must not stop the others
         return [_error_row(model_name, resolution, p, None, f"build failed: {_describe(err)}") for p in profiles]
-    size = _size(module, resolution)
+    size = model_size(module, resolution)
     onnx_path, export_error = None, None
     if any(p.backend != "torch" for p in profiles):
         try:
@@ -236,7 +236,7 @@ def _export_baseline(name: str, resolution: int, folder: Path) -> tuple[Path | N
         module = build_model(name)
     except Exception as err:  # an unknown or broken timm model must not stop the others
         return None, None, f"build failed: {_describe(err)}"
-    size = _size(module, resolution)
+    size = model_size(module, resolution)
     path = folder / f"{name}_{resolution}.onnx"
     if path.exists():
         return path, size, ""
