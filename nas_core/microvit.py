@@ -56,7 +56,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from .search_space import ESHA_GROUPS, ESHA_QK_DIM, ESHA_VALUE_RATIO
-from .subnet import ESHA, ClassifierHead, ConvNorm
+from .subnet import ESHA, ClassifierHead, ConvNorm, Stage
 
 
 # --------------------------------------------------------------------------- configurations as data
@@ -159,16 +159,6 @@ class Stem16(nn.Module):
         return self.convs(x)
 
 
-class MicroViTStage(nn.Module):
-    def __init__(self, downsample: nn.Module, blocks: list[nn.Module]):
-        super().__init__()
-        self.downsample = downsample
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x):
-        return self.blocks(self.downsample(x))
-
-
 # --------------------------------------------------------------------------- the network
 class MicroViT(nn.Module):
     """Stem (16x) -> conv stage -> embed -> conv stage -> embed -> ESHA stage -> head."""
@@ -187,7 +177,7 @@ class MicroViT(nn.Module):
                          if i == len(cfg.widths) - 1 else depthwise_mixer(width))
                 blocks.append(MetaFormerBlock(mixer, PointwiseFFN(width, cfg.ffn_expansion, cfg.act), rates[k]))
                 k += 1
-            stages.append(MicroViTStage(downsample, blocks))
+            stages.append(Stage(downsample, blocks))
             prev = width
         self.stages = nn.Sequential(*stages)
         self.num_features = prev
