@@ -113,3 +113,28 @@ def test_cli_arch_show_prints_params_and_macs(capsys, sizes):
     assert cli_main(["arch", "show", "microvit_s3", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["params"] == sizes["microvit_s3"]["params"] and record["config"]["widths"] == [192, 384, 512]
+
+
+def test_baselines_build_microvit_and_record_params_and_macs(monkeypatch, tmp_path):
+    from torch import nn
+
+    from nas_core.latency import baselines
+    from nas_core.latency.devices import get_profile
+    from nas_core.latency.timing import TimingConfig
+
+    assert baselines.is_known_model("microvit_s2") and baselines.is_known_model("gernet_l")
+    assert not baselines.is_known_model("microvit_s9")
+    assert {"microvit_s1", "microvit_s2", "microvit_s3", "gernet_m", "efficientformerv2_s1"} <= set(
+        baselines.BASELINE_MODELS)
+    assert isinstance(baselines.build_model("microvit_s1"), type(create_microvit("microvit_s1")))
+
+    def tiny(name):  # conv 3->4 (3x3, 30x30 out) + linear 4->10
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+
+    monkeypatch.setattr(baselines, "build_model", tiny)
+    fast = TimingConfig(warmup_runs=1, warmup_ms=0, min_repeats=3, min_total_ms=1, max_total_ms=50)
+    frame = baselines.measure_baselines([get_profile("ort_cpu_fp32")], {"mobilenetv2_100": 32},
+                                        out_path=tmp_path / "b.parquet", config=fast, progress=False)
+    row = frame.iloc[0]
+    assert row["error"] == "" and row["params"] == 4 * 3 * 9 + 4 + 4 * 10 + 10
+    assert row["macs"] == 4 * 3 * 9 * 30 * 30 + 4 * 10
