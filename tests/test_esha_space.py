@@ -142,3 +142,16 @@ def test_supernet_holds_esha_weights_and_extracts_them():
         after = net(x, arch)
         torch.testing.assert_close(after, model(x), rtol=1e-4, atol=1e-5)
         assert not torch.allclose(before, after)
+
+
+def test_the_predictor_reads_the_extended_encoding():
+    from nas_core.accuracy_predictor import AccuracyPredictor, PredictorBundle
+
+    encoder = ArchEncoder(EXTENDED)
+    bundle = PredictorBundle(AccuracyPredictor(rows=encoder.rows, bits=encoder.bits), encoder)
+    archs = [esha_arch(), EXTENDED.preset("efficientformerv2_s0")]
+    by_archs = bundle.predict(archs)
+    by_genomes = bundle.predict_genomes(np.stack([EXTENDED.encode(a) for a in archs]))
+    np.testing.assert_allclose(by_archs, by_genomes, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="25"):
+        PredictorBundle(AccuracyPredictor(), encoder)  # a Table 2 predictor (24 bits) refuses it
