@@ -39,6 +39,7 @@ def resolve_arch(name_or_file: str):
 
 def cmd_arch_list(args) -> int:
     from nas_core.block_catalog import BlockCatalog
+    from nas_core.microvit import MICROVIT_CONFIGS
     from nas_core.search_space import SearchSpace
 
     space = SearchSpace()
@@ -49,13 +50,17 @@ def cmd_arch_list(args) -> int:
         g = space.encode(arch)[None]
         print(f"{name:<22} {arch.arch_id:<13} {catalog.count_params(g)[0] / 1e6:>10.2f} "
               f"{catalog.count_macs(g)[0] / 1e6:>9.1f}  {arch.depths}")
+    print(f"outside the search space (scan-edge arch show NAME for params/MACs): {', '.join(MICROVIT_CONFIGS)}")
     return 0
 
 
 def cmd_arch_show(args) -> int:
     from nas_core.block_catalog import BlockCatalog
+    from nas_core.microvit import is_microvit
     from nas_core.search_space import SearchSpace
 
+    if is_microvit(args.arch):
+        return _show_microvit(args)
     arch = resolve_arch(args.arch)
     space = SearchSpace()
     g = space.encode(arch)[None]
@@ -72,6 +77,35 @@ def cmd_arch_show(args) -> int:
     print(f"compact  {arch.compact()}")
     print(f"params   {params:,} ({params / 1e6:.2f} M, {args.num_classes}-class head)")
     print(f"MACs     {macs:,} ({macs / 1e6:.1f} M at {args.resolution}x{args.resolution})")
+    return 0
+
+
+def _show_microvit(args) -> int:
+    """A MicroViT (outside the search space): its configuration, exact params/MACs, and the
+    paper's figures beside them."""
+    import dataclasses
+
+    from nas_core.complexity import module_complexity
+    from nas_core.microvit import MICROVIT_CONFIGS, create_microvit
+
+    cfg = MICROVIT_CONFIGS[args.arch]
+    counts = module_complexity(create_microvit(args.arch, num_classes=args.num_classes), args.resolution)
+    published = cfg.published
+    if args.json:
+        print(json.dumps({"model": args.arch, **counts, "resolution": args.resolution,
+                          "config": dataclasses.asdict(cfg)}, indent=2))
+        return 0
+    print(f"{args.arch}  (MicroViT; not a member of the search space)")
+    for i, (width, depth) in enumerate(zip(cfg.widths, cfg.depths), start=1):
+        mixer = (f"ESHA qk={cfg.qk_dim} v={int(width * cfg.value_ratio)} groups={cfg.groups} sr={cfg.attn_sr}"
+                 if i == len(cfg.widths) else "DWConv 3x3")
+        print(f"stage {i}  1/{16 * 2 ** (i - 1):<3} width {width:<4} blocks {depth}  {mixer} + FFN x{cfg.ffn_expansion}")
+    print(f"params   {counts['params']:,} ({counts['params'] / 1e6:.2f} M, {args.num_classes}-class head)")
+    print(f"MACs     {counts['macs']:,} ({counts['macs'] / 1e6:.1f} M at {args.resolution}x{args.resolution})")
+    if published is not None:
+        print(f"paper    {published.params / 1e6:.1f} M params ({counts['params'] / published.params - 1:+.1%}), "
+              f"{published.macs / 1e9:.3f} G MACs at 224 ({counts['macs'] / published.macs - 1:+.1%}), "
+              f"top-1 {published.top1} (MicroViT Table II)")
     return 0
 
 
@@ -92,10 +126,14 @@ def cmd_arch_export(args) -> int:
     import tempfile
 
     from nas_core.latency.export import export_onnx, export_openvino
+    from nas_core.microvit import create_microvit, is_microvit
     from nas_core.subnet import SubnetModel
 
-    arch = resolve_arch(args.arch)
-    model = SubnetModel(arch, num_classes=args.num_classes, resolution=args.resolution)
+    if is_microvit(args.arch):
+        model, label = create_microvit(args.arch, num_classes=args.num_classes), args.arch
+    else:
+        arch = resolve_arch(args.arch)
+        model, label = SubnetModel(arch, num_classes=args.num_classes, resolution=args.resolution), arch.arch_id
     if args.checkpoint:
         from nas_core.io import torch_load
 
@@ -109,7 +147,7 @@ def cmd_arch_export(args) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             onnx_path = export_onnx(model, shape, Path(tmp) / "model.onnx")
             out = export_openvino(onnx_path, out if out.suffix == ".xml" else out.with_suffix(".xml"))
-    print(f"exported {arch.arch_id} ({args.format}, {args.resolution}x{args.resolution}) to {out}")
+    print(f"exported {label} ({args.format}, {args.resolution}x{args.resolution}) to {out}")
     return 0
 
 
@@ -121,7 +159,7 @@ def _add_arch(sub) -> None:
     p.add_argument("--resolution", type=int, default=224)
     p.set_defaults(func=cmd_arch_list)
     p = arch_sub.add_parser("show", help="blocks, params and MACs of an architecture", epilog=EPILOG)
-    p.add_argument("arch", help="preset name or architecture JSON file")
+    p.add_argument("arch", help="preset name, architecture JSON file, or microvit_s1/s2/s3")
     p.add_argument("--resolution", type=int, default=224, help="input resolution for MACs (default 224)")
     p.add_argument("--num-classes", type=int, default=1000, help="classifier size for params (default 1000)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -9,6 +9,9 @@ per stage-4 width). They come out of Table 2 as
     embed 3 (MHSA downsampling + conv): 4 x 4 widths x 3 ratios x 2 acts = 96
     8 + 16 + 16 + 4*96 + 2*24 + 96 = 568, + 4 heads = 572 rows.
 
+The extended space (``SpaceSpec.attention_types = ("mhsa", "esha")``) adds MicroViT's ESHA
+per stage 3/4: 4 widths x 2 acts = 8 (x 2 stages), 584 blocks + 4 heads.
+
 A block's latency, parameter count and MAC count do not depend on where in its stage it sits,
 so any additive per-subnet quantity is a sum over the subnet's blocks of a per-block table.
 :meth:`BlockCatalog.block_rows` maps a batch of genomes to catalog rows with numpy fancy
@@ -26,8 +29,8 @@ from functools import cached_property
 
 import numpy as np
 
-from .search_space import (ArchConfig, AttnConfig, BlockConfig, FFNConfig, SearchSpace, SpaceSpec, StageConfig,
-                           StageSpec)
+from .search_space import (ESHA_QK_DIM, ESHA_VALUE_RATIO, ArchConfig, AttnConfig, BlockConfig, FFNConfig, SearchSpace,
+                           SpaceSpec, StageConfig, StageSpec, projection_groups)
 
 HEAD_CLASSES = 1000  # the LUT's heads are ImageNet classifiers, as on the paper's devices
 
@@ -36,7 +39,8 @@ HEAD_CLASSES = 1000  # the LUT's heads are ImageNet classifiers, as on the paper
 class BlockSpec:
     """One distinct block with its real input shape.
 
-    kind: ``stem`` | ``ffn`` | ``embed`` (3x3 s2 conv) | ``mhsa`` | ``embed_attn`` (embed 3) | ``head``
+    kind: ``stem`` | ``ffn`` | ``embed`` (3x3 s2 conv) | ``mhsa`` | ``esha`` (extended space) |
+    ``embed_attn`` (embed 3) | ``head``
     """
 
     kind: str
@@ -57,6 +61,7 @@ class BlockSpec:
             "ffn": f"s{self.stage}/ffn/w{self.in_width}/{self.ffn_type}/k{self.kernel}/e{self.expansion}/{self.act}",
             "embed": f"embed{self.stage - 1}/w{self.in_width}-{self.out_width}",
             "mhsa": f"s{self.stage}/mhsa/w{self.in_width}/v{self.value_ratio}/{self.act}",
+            "esha": f"s{self.stage}/esha/w{self.in_width}/{self.act}",
             "embed_attn": f"embed3/w{self.in_width}-{self.out_width}/v{self.value_ratio}/{self.act}",
             "head": f"head/w{self.in_width}",
         }
@@ -74,6 +79,12 @@ def _convnorm_params(cin: int, cout: int, k: int = 1, groups: int = 1) -> int:
 
 def _conv_macs(cin: int, cout: int, k: int, out_res: int, groups: int = 1) -> int:
     return cout * (cin // groups) * k * k * out_res * out_res
+
+
+def _esha_shape(b: BlockSpec, space: SearchSpace) -> tuple[int, int, int, int]:
+    """(Q/K dim, attended channels, projection groups, K/V reduction) of an ESHA block."""
+    c = b.in_width
+    return ESHA_QK_DIM, int(c * ESHA_VALUE_RATIO), projection_groups(c, 2 * ESHA_QK_DIM + c), space.spec.esha_sr_of(b.stage)
 
 
 def block_params(b: BlockSpec, space: SearchSpace, num_classes: int = HEAD_CLASSES) -> int:
@@ -98,6 +109,12 @@ def block_params(b: BlockSpec, space: SearchSpace, num_classes: int = HEAD_CLASS
         n = (_convnorm_params(c, c, 3, c) if b.stage == 3 else 0)
         n += 2 * _convnorm_params(c, kh) + _convnorm_params(c, dh) + _convnorm_params(dh, dh, 3, dh)
         n += 2 * (heads * heads + heads) + _convnorm_params(dh, c) + heads * res * res
+        return n + c  # + layer scale
+    if b.kind == "esha":
+        qk, v, groups, sr = _esha_shape(b, space)
+        n = 2 * c + _convnorm_params(c, 2 * qk + c, 3, groups) + _convnorm_params(c, c)  # norm, Q/K/V/U, W_o
+        if sr > 1:
+            n += _convnorm_params(qk, qk, sr, qk) + _convnorm_params(v, v, sr, v)
         return n + c  # + layer scale
     if b.kind == "embed_attn":
         heads, kh = spec.mhsa_heads, spec.mhsa_heads * spec.downsample_key_dim
@@ -135,6 +152,13 @@ def block_macs(b: BlockSpec, space: SearchSpace, num_classes: int = HEAD_CLASSES
         macs += _conv_macs(heads * d, heads * d, 3, ar, heads * d)
         macs += heads * n * n * kd + heads * n * n * d + 2 * heads * heads * n * n  # q@k, attn@v, talking heads
         return macs + _conv_macs(heads * d, c, 1, r)
+    if b.kind == "esha":
+        qk, v, groups, sr = _esha_shape(b, space)
+        n, nk = r * r, (r // sr) ** 2
+        macs = _conv_macs(c, 2 * qk + c, 3, r, groups) + _conv_macs(c, c, 1, r)
+        if sr > 1:
+            macs += _conv_macs(qk, qk, sr, r // sr, qk) + _conv_macs(v, v, sr, r // sr, v)
+        return macs + n * nk * qk + n * nk * v  # Q^T K, V attn^T
     if b.kind == "embed_attn":
         heads, kd = spec.mhsa_heads, spec.downsample_key_dim
         d, r2 = kd * b.value_ratio, math.ceil(r / 2)
@@ -176,7 +200,7 @@ class BlockCatalog:
         self._stem = np.full((len(st[0].widths), len(acts)), -1)
         for (wi, w), (ai, a) in itertools.product(enumerate(st[0].widths), enumerate(acts)):
             self._add(self._stem, (wi, ai), BlockSpec("stem", 1, 3, w, r, act=a))
-        self._ffn, self._embed, self._mhsa = {}, {}, {}
+        self._ffn, self._embed, self._mhsa, self._esha = {}, {}, {}, {}
         for si, stage in enumerate(st):
             n = stage.number
             if n == 4:
@@ -194,6 +218,10 @@ class BlockCatalog:
                 for (wi, w), (vi, v), (ai, a) in itertools.product(enumerate(stage.widths), enumerate(ratios),
                                                                     enumerate(acts)):
                     self._add(table, (wi, vi, ai), BlockSpec("mhsa", n, w, w, res[si], value_ratio=v, act=a))
+            if stage.allows_mhsa and "esha" in spec.attention_types:
+                table = self._esha[n] = np.full((len(stage.widths), len(acts)), -1)
+                for (wi, w), (ai, a) in itertools.product(enumerate(stage.widths), enumerate(acts)):
+                    self._add(table, (wi, ai), BlockSpec("esha", n, w, w, res[si], value_ratio=ratios[0], act=a))
             table = self._ffn[n] = np.full((len(stage.widths), len(types), len(kernels), len(exps), len(acts)), -1)
             for (wi, w), (ti, t), (ki, k), (ei, e), (ai, a) in itertools.product(
                     enumerate(stage.widths), enumerate(types), enumerate(kernels), enumerate(exps), enumerate(acts)):
@@ -205,7 +233,7 @@ class BlockCatalog:
 
     @property
     def num_blocks(self) -> int:
-        """Blocks without the classifier heads (568 for Table 2)."""
+        """Blocks without the classifier heads (568 for Table 2, 584 with ESHA)."""
         return sum(b.kind != "head" for b in self.blocks)
 
     @property
@@ -250,9 +278,12 @@ class BlockCatalog:
             elif kind == "embed_attn":
                 rows.append(self._embed_attn[width[3], width[4], col("embed3.value_ratio"), col("embed3.act")])
                 active.append(true)
-            elif kind == "mhsa":
+            elif kind == "mhsa":  # the attention position: an MHSA, or an ESHA in the extended space
                 p = f"s{n}.b{j}.mhsa"
-                rows.append(self._mhsa[n][width[n], col(p + ".value_ratio"), col(p + ".act")])
+                row = self._mhsa[n][width[n], col(p + ".value_ratio"), col(p + ".act")]
+                if n in self._esha:
+                    row = np.where(col(p + ".type") == 1, self._esha[n][width[n], col(p + ".act")], row)
+                rows.append(row)
                 active.append((j < depth[n]) & (col(p) == 1))
             elif kind == "ffn":
                 p = f"s{n}.b{j}.ffn"
@@ -358,10 +389,12 @@ def _cheapest_stage(cheapest: dict[Slot, tuple[float, BlockSpec]], stage: StageS
     block_value, ffn = cheapest[("ffn", stage.number, width, width)]
     attn = None
     if stage.allows_mhsa:
-        mhsa_value, mhsa = cheapest[("mhsa", stage.number, width, width)]
+        options = [cheapest[(kind, stage.number, width, width)] for kind in ("mhsa", "esha")
+                   if (kind, stage.number, width, width) in cheapest]
+        mhsa_value, mhsa = min(options, key=lambda option: option[0])
         if mhsa_value < 0:  # never with real latencies or counts; keeps the minimum exact for any table
             block_value += mhsa_value
-            attn = AttnConfig(mhsa.value_ratio, mhsa.act)
+            attn = AttnConfig(mhsa.value_ratio, mhsa.act, mhsa.kind)
     depth = max(stage.depths) if block_value < 0 else min(stage.depths)
     block = BlockConfig(FFNConfig(ffn.ffn_type, ffn.kernel, ffn.expansion, ffn.act), attn)
     return depth * block_value, StageConfig(width, (block,) * depth)

@@ -10,7 +10,7 @@ from torch import nn
 
 from .block_catalog import HEAD_CLASSES, BlockSpec
 from .search_space import AttnConfig, FFNConfig, SpaceSpec
-from .subnet import Attention2d, ClassifierHead, Downsample, LayerScale2d, Stem, build_ffn
+from .subnet import ClassifierHead, Downsample, LayerScale2d, Stem, build_attention, build_ffn
 
 
 class FFNResidual(nn.Module):
@@ -24,9 +24,11 @@ class FFNResidual(nn.Module):
 
 
 class MHSAResidual(nn.Module):
-    def __init__(self, dim: int, resolution: int, cfg: AttnConfig, stride: int | None, spec: SpaceSpec):
+    """An attention position's token mixer (MHSA, or ESHA in the extended space) with its residual."""
+
+    def __init__(self, dim: int, resolution: int, cfg: AttnConfig, stage: int, spec: SpaceSpec):
         super().__init__()
-        self.token_mixer = Attention2d(dim, resolution, cfg, stride, spec.mhsa_key_dim, spec.mhsa_heads)
+        self.token_mixer = build_attention(dim, resolution, cfg, stage, spec)
         self.ls1 = LayerScale2d(dim)
 
     def forward(self, x):
@@ -41,9 +43,9 @@ def build_block(block: BlockSpec, spec: SpaceSpec | None = None, num_classes: in
         return FFNResidual(block.in_width, FFNConfig(block.ffn_type, block.kernel, block.expansion, block.act))
     if block.kind == "embed":
         return Downsample(block.in_width, block.out_width, block.in_resolution)
-    if block.kind == "mhsa":
-        return MHSAResidual(block.in_width, block.in_resolution, AttnConfig(block.value_ratio, block.act),
-                            2 if block.stage == 3 else None, spec)
+    if block.kind in ("mhsa", "esha"):
+        return MHSAResidual(block.in_width, block.in_resolution, AttnConfig(block.value_ratio, block.act, block.kind),
+                            block.stage, spec)
     if block.kind == "embed_attn":
         return Downsample(block.in_width, block.out_width, block.in_resolution,
                           AttnConfig(block.value_ratio, block.act), spec.downsample_key_dim, spec.mhsa_heads)

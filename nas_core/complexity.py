@@ -30,7 +30,11 @@ def count_macs(module: nn.Module, input_shape: tuple[int, ...]) -> int:
     return counter.get_total_flops() // 2
 
 
+def module_complexity(module: nn.Module, resolution: int = 224) -> dict[str, int]:
+    """Exact ``params`` and ``macs`` of any image model at ``resolution`` (batch 1)."""
+    return {"params": count_params(module), "macs": count_macs(module, (1, 3, resolution, resolution))}
+
+
 def arch_complexity(arch: ArchConfig, resolution: int = 224, num_classes: int = 1000) -> dict[str, int]:
     """Exact ``params`` and ``macs`` of an architecture (builds it; ~0.1-0.5 s)."""
-    model = SubnetModel(arch, num_classes=num_classes, resolution=resolution)
-    return {"params": count_params(model), "macs": count_macs(model, (1, 3, resolution, resolution))}
+    return module_complexity(SubnetModel(arch, num_classes=num_classes, resolution=resolution), resolution)

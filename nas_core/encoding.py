@@ -14,6 +14,10 @@ order and zero-padded to 44 rows (``SpaceSpec.max_blocks``). Bit layout of a row
     bits 20-21  FFN kernel size {3, 5}
     bits 22-23  activation {GELU, ReLU}              (stem, FFN, MHSA, embed 3)
 
+In the extended space (``SpaceSpec.attention_types = ("mhsa", "esha")``) a 25th bit marks an
+ESHA block (stage, widths and activation as an MHSA, no value-ratio bits); Table 2's space
+keeps exactly 24.
+
 4 + 8 + 6 + 2 + 2 + 2 = 24, the paper's split (stage 4, in/out width 8, expansion ratios 6,
 FFN type 2, kernel 2, activation 2). A subnet has at most 41 blocks (stem, 3 + 3 FFNs,
 2 embeds, 9 + 6 MHSA/FFN pairs, embed 3, head), within the paper's 44 rows. The encoding is
@@ -26,8 +30,13 @@ import numpy as np
 from .block_catalog import BlockCatalog, BlockSpec
 from .search_space import SPACE_VERSION, SearchSpace
 
-BITS = 24
+BITS = 24  # Table 2's rows; the extended space adds ESHA_BIT
+ESHA_BIT = 24
 LAYOUTS = ("stacked", "slotted")
+
+
+def code_bits(space: SearchSpace) -> int:
+    return BITS + (1 if "esha" in space.spec.attention_types else 0)
 
 
 def _width_index(width: int, space: SearchSpace, stage: int) -> int:
@@ -36,7 +45,7 @@ def _width_index(width: int, space: SearchSpace, stage: int) -> int:
 
 def block_code(b: BlockSpec, space: SearchSpace) -> np.ndarray:
     spec = space.spec
-    row = np.zeros(BITS, dtype=np.float32)
+    row = np.zeros(code_bits(space), dtype=np.float32)
     row[b.stage - 1] = 1
     if b.kind in ("embed", "embed_attn"):
         row[b.stage - 2] = 1
@@ -55,6 +64,8 @@ def block_code(b: BlockSpec, space: SearchSpace) -> np.ndarray:
         row[20 + spec.kernels.index(b.kernel)] = 1
     if b.kind in ("mhsa", "embed_attn"):
         row[15 + spec.value_ratios.index(b.value_ratio)] = 1
+    if b.kind == "esha":
+        row[ESHA_BIT] = 1
     if b.act:
         row[22 + spec.activations.index(b.act)] = 1
     return row
@@ -76,13 +87,14 @@ class ArchEncoder:
         self.catalog = BlockCatalog(self.space, resolution=224)  # codes do not depend on resolution
         self.codes = np.stack([block_code(b, self.space) for b in self.catalog.blocks])
         self.rows = self.space.spec.max_blocks
+        self.bits = code_bits(self.space)
         if self.catalog.max_path_length > self.rows:
             raise ValueError(f"subnets have up to {self.catalog.max_path_length} blocks, more than {self.rows} rows")
         self.space_version = SPACE_VERSION
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (self.rows, BITS)
+        return (self.rows, self.bits)
 
     def encode_genomes(self, genomes: np.ndarray) -> np.ndarray:
         genomes = np.atleast_2d(np.asarray(genomes))
@@ -94,7 +106,7 @@ class ArchEncoder:
             order = np.argsort(~active, axis=1, kind="stable")  # active blocks first, in order
             rows = np.take_along_axis(rows, order, axis=1)
             active = np.take_along_axis(active, order, axis=1)
-        out = np.zeros((len(genomes), self.rows, BITS), dtype=np.float32)
+        out = np.zeros((len(genomes), self.rows, self.bits), dtype=np.float32)
         out[:, : rows.shape[1]] = self.codes[rows] * active[..., None]
         return out
 
@@ -108,5 +120,5 @@ class ArchEncoder:
             matrix = matrix[None]
         if matrix.shape[1:] != self.shape:
             raise ValueError(f"encoding has shape {matrix.shape[1:]}, expected {self.shape} "
-                             f"(44 blocks x 24 bits of {SPACE_VERSION})")
+                             f"({self.rows} blocks x {self.bits} bits of {SPACE_VERSION})")
         return matrix

@@ -102,6 +102,7 @@ def table3_latency(layout: Layout, devices: Sequence[str], src: Sources):
             continue
         for r in frame.itertuples():
             row = by_model.setdefault(r.model, {"model": r.model, "type": model_type(r.model), "params": r.params,
+                                                "macs": getattr(r, "macs", math.nan),  # tables before MACs
                                                 "sources": []})
             row[f"latency_ms.{device}"] = r.median_ms if not r.error else math.nan
             row["sources"].append(str(path))
@@ -361,7 +362,7 @@ def readme(tables: Mapping[str, Any], figures: Mapping[str, Path], devices: Sequ
         markdown_table(tables["table3_models"], ["model", "type", "init", "predicted", "inherited_top1",
                                                  "finetuned_top1", "params", "macs", *lat, *ratio, "source"], millions),
         "\n### Latency of the compared architectures (as published, 1000-class head; `baselines` stage)\n",
-        markdown_table(tables["table3_latency"], ["model", "type", "params", *lat, *ratio, "source"], millions),
+        markdown_table(tables["table3_latency"], ["model", "type", "params", "macs", *lat, *ratio, "source"], millions),
         "\n## Table 4 — searches (latency; latency + parameter count `_<M>M`)\n",
         "`within`: the returned model measured within [-3 %, 0] of its target on the device.\n",
         markdown_table(s, ["run", "name", "params_bound_m", *target_cols, "predicted_accuracy", "within", "params",

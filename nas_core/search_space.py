@@ -22,8 +22,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -31,6 +32,21 @@ import numpy as np
 SPACE_VERSION = "scan-edge/v1"
 FFN_TYPES = ("unified", "fused")
 ACTIVATIONS = ("gelu", "relu")
+# Token mixers of the attention positions of stages 3-4: EfficientFormerV2's MHSA (Table 2)
+# and MicroViT's Efficient Single Head Attention (nas_core/microvit.py), issue 19's extension.
+ATTENTION_TYPES = ("mhsa", "esha")
+
+
+# ESHA's fixed geometry (nas_core/subnet.py's layer; nas_core/microvit.py's [A5]-[A8]).
+ESHA_QK_DIM = 16  # MicroViT Table I: "QK (16, 16)"
+ESHA_VALUE_RATIO = 0.215  # [A6] SHViT's 1/4.67 of the channels attend
+ESHA_GROUPS = 32  # MicroViT Eq. 1 / Table I "Group": the most groups of the projection
+
+
+def projection_groups(dim: int, out: int, groups: int = ESHA_GROUPS) -> int:
+    """The largest group count <= ``groups`` that divides both channel counts (MicroViT's own
+    widths take 32; the search space's 108, 120 ... need fewer)."""
+    return math.gcd(groups, math.gcd(dim, out))
 
 
 class ArchError(ValueError):
@@ -70,10 +86,37 @@ class SpaceSpec:
     mhsa_key_dim: int = 32
     downsample_key_dim: int = 16
     max_blocks: int = 44  # rows of the predictor encoding (§5.2)
+    # Which token mixer an attention position may hold. Table 2: MHSA only, and then the
+    # space has no attention-type gene, block or encoding bit. ("mhsa", "esha") is the
+    # extended space: a type gene per position, ESHA blocks in the catalog, one more bit.
+    attention_types: tuple[str, ...] = ("mhsa",)
+    # ESHA's spatial reduction of K and V in stages 3 and 4 (14x14 and 7x7 tokens at 224):
+    # stage 3 reduces, as the MHSA there attends at stride 2; stage 4 attends every token.
+    esha_sr: tuple[int, int] = (2, 1)
+
+    def __post_init__(self):
+        unknown = set(self.attention_types) - set(ATTENTION_TYPES)
+        if unknown or not self.attention_types or self.attention_types[0] != "mhsa":
+            raise ValueError(f"attention_types: {list(self.attention_types)}; allowed: ['mhsa'] or "
+                             f"['mhsa', 'esha'] (MHSA first)")
 
     @property
     def stem_widths(self) -> tuple[int, ...]:
         return self.stages[0].widths
+
+    @property
+    def searches_attention_type(self) -> bool:
+        return len(self.attention_types) > 1
+
+    def esha_sr_of(self, stage: int) -> int:
+        return self.esha_sr[stage - 3]
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any] | None) -> "SpaceSpec":
+        """The space a ``search_space:`` params section names: Table 2, or with
+        ``attention: [mhsa, esha]`` the extended one."""
+        attention = tuple((section or {}).get("attention") or ("mhsa",))
+        return cls(attention_types=attention)
 
 
 # --------------------------------------------------------------------------- architecture values
@@ -90,11 +133,23 @@ class FFNConfig:
 
 @dataclass(frozen=True)
 class AttnConfig:
+    """An attention: EfficientFormerV2's MHSA (``type="mhsa"``) or, in the extended space,
+    MicroViT's ESHA. An ESHA has no value-ratio knob (its attended channels are a fixed
+    fraction); it carries the space's first value ratio, so equal architectures are equal."""
+
     value_ratio: int
     act: str
+    type: str = "mhsa"
 
     def compact(self, prefix: str = "M") -> str:
+        if self.type == "esha":
+            return f"E({self.act[0].upper()})"
         return f"{prefix}({self.value_ratio},{self.act[0].upper()})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Table 2's MHSA keeps its two fields (architecture ids do not change); ESHA says its type."""
+        out = {"value_ratio": self.value_ratio, "act": self.act}
+        return out if self.type == "mhsa" else {**out, "type": self.type}
 
 
 @dataclass(frozen=True)
@@ -147,14 +202,14 @@ class ArchConfig:
         def block(b: BlockConfig) -> dict:
             out = {"ffn": dataclasses.asdict(b.ffn)}
             if b.mhsa is not None:
-                out["mhsa"] = dataclasses.asdict(b.mhsa)
+                out["mhsa"] = b.mhsa.to_dict()
             return out
 
         return {
             "space": self.space,
             "stem": {"act": self.stem_act},
             "stages": [{"width": s.width, "blocks": [block(b) for b in s.blocks]} for s in self.stages],
-            "embed3": dataclasses.asdict(self.embed3_attn),
+            "embed3": self.embed3_attn.to_dict(),
         }
 
     def to_json(self, indent: int | None = None) -> str:
@@ -189,7 +244,9 @@ class ArchConfig:
                          if number == 4 else "")
                 rows.append((f"embed {number - 1}", res, str(stage.width), kind, extra))
             for j, b in enumerate(stage.blocks):
-                if b.mhsa is not None:
+                if b.mhsa is not None and b.mhsa.type == "esha":
+                    rows.append((f"stage {number}.{j}", res, str(stage.width), "ESHA", f"act={b.mhsa.act}"))
+                elif b.mhsa is not None:
                     rows.append((f"stage {number}.{j}", res, str(stage.width), "MHSA",
                                  f"value_ratio={b.mhsa.value_ratio} act={b.mhsa.act}"))
                 f = b.ffn
@@ -224,8 +281,10 @@ def _stage_genes(spec: SpaceSpec, stage: StageSpec) -> list[Gene]:
             Gene(f"s{n}.b{j}.ffn.act", spec.activations, n, j),
         ]
         if stage.allows_mhsa:
+            genes.append(Gene(f"s{n}.b{j}.mhsa", (False, True), n, j))
+            if spec.searches_attention_type:
+                genes.append(Gene(f"s{n}.b{j}.mhsa.type", spec.attention_types, n, j))
             genes += [
-                Gene(f"s{n}.b{j}.mhsa", (False, True), n, j),
                 Gene(f"s{n}.b{j}.mhsa.value_ratio", spec.value_ratios, n, j),
                 Gene(f"s{n}.b{j}.mhsa.act", spec.activations, n, j),
             ]
@@ -279,6 +338,7 @@ class SearchSpace:
             _check(f"s{n}.depth", stage.depth, stage_spec.depths)
             for j, block in enumerate(stage.blocks):
                 self._validate_block(f"s{n}.b{j}", block, stage_spec)
+        _check("embed3.type", arch.embed3_attn.type, ("mhsa",))
         _check("embed3.value_ratio", arch.embed3_attn.value_ratio, spec.value_ratios)
         _check("embed3.act", arch.embed3_attn.act, spec.activations)
         return arch
@@ -293,7 +353,9 @@ class SearchSpace:
             if not stage_spec.allows_mhsa:
                 raise ArchError(f"{where}.mhsa: stage {stage_spec.number} has FFN blocks only; "
                                 f"MHSA is allowed in stages 3 and 4")
-            _check(f"{where}.mhsa.value_ratio", block.mhsa.value_ratio, spec.value_ratios)
+            _check(f"{where}.mhsa.type", block.mhsa.type, spec.attention_types)
+            ratios = spec.value_ratios[:1] if block.mhsa.type == "esha" else spec.value_ratios
+            _check(f"{where}.mhsa.value_ratio", block.mhsa.value_ratio, ratios)
             _check(f"{where}.mhsa.act", block.mhsa.act, spec.activations)
 
     # ---- construction from data
@@ -306,7 +368,7 @@ class SearchSpace:
             arch = ArchConfig(
                 stem_act=data["stem"]["act"],
                 stages=stages,
-                embed3_attn=AttnConfig(**data["embed3"]),
+                embed3_attn=AttnConfig(**data["embed3"]),  # always an MHSA (checked below)
                 space=data.get("space", SPACE_VERSION),
             )
         except (KeyError, TypeError) as err:
@@ -402,13 +464,17 @@ class SearchSpace:
             depth = np.asarray(stage.depths)[genomes[:, depth_gene]]
             in_stage = (self._gene_stage == stage.number) & (self._block_gene >= 0)
             mask[:, in_stage] = self._block_gene[in_stage][None, :] < depth[:, None]
-            # MHSA knobs matter only where the MHSA is present.
+            # MHSA knobs matter only where the MHSA is present; the value ratio only for an MHSA.
             for j in range(max(stage.depths)):
                 if stage.allows_mhsa:
-                    on = genomes[:, self.gene_index[f"s{stage.number}.b{j}.mhsa"]] == 1
-                    for knob in ("value_ratio", "act"):
-                        col = self.gene_index[f"s{stage.number}.b{j}.mhsa.{knob}"]
-                        mask[:, col] &= on
+                    prefix = f"s{stage.number}.b{j}.mhsa"
+                    on = genomes[:, self.gene_index[prefix]] == 1
+                    is_mhsa = on
+                    if self.spec.searches_attention_type:
+                        mask[:, self.gene_index[prefix + ".type"]] &= on
+                        is_mhsa = on & (genomes[:, self.gene_index[prefix + ".type"]] == 0)
+                    mask[:, self.gene_index[prefix + ".value_ratio"]] &= is_mhsa
+                    mask[:, self.gene_index[prefix + ".act"]] &= on
         return mask
 
     def canonicalize(self, genomes: np.ndarray) -> np.ndarray:
@@ -437,6 +503,8 @@ class SearchSpace:
                     if block.mhsa is not None:
                         values[f"s{n}.b{j}.mhsa.value_ratio"] = block.mhsa.value_ratio
                         values[f"s{n}.b{j}.mhsa.act"] = block.mhsa.act
+                        if self.spec.searches_attention_type:
+                            values[f"s{n}.b{j}.mhsa.type"] = block.mhsa.type
         genome = np.zeros(len(self.genes), dtype=np.int64)
         for name, value in values.items():
             gene = self.genes[self.gene_index[name]]
@@ -465,7 +533,9 @@ class SearchSpace:
                 ffn = FFNConfig(*(value(f"s{n}.b{j}.ffn.{k}") for k in ("type", "kernel", "expansion", "act")))
                 mhsa = None
                 if stage_spec.allows_mhsa and value(f"s{n}.b{j}.mhsa"):
-                    mhsa = AttnConfig(value(f"s{n}.b{j}.mhsa.value_ratio"), value(f"s{n}.b{j}.mhsa.act"))
+                    kind = value(f"s{n}.b{j}.mhsa.type") if self.spec.searches_attention_type else "mhsa"
+                    ratio = self.spec.value_ratios[0] if kind == "esha" else value(f"s{n}.b{j}.mhsa.value_ratio")
+                    mhsa = AttnConfig(ratio, value(f"s{n}.b{j}.mhsa.act"), kind)
                 blocks.append(BlockConfig(ffn, mhsa))
             stages.append(StageConfig(value(f"s{n}.width"), tuple(blocks)))
         return ArchConfig(value("stem.act"), tuple(stages),
@@ -476,6 +546,8 @@ class SearchSpace:
         spec = self.spec
         per_ffn = len(spec.ffn_types) * len(spec.kernels) * len(spec.expansions) * len(spec.activations)
         per_mhsa = 1 + len(spec.value_ratios) * len(spec.activations)  # absent, or one of the choices
+        if "esha" in spec.attention_types:
+            per_mhsa += len(spec.activations)  # an ESHA: its activation only
         total = len(spec.activations) * len(spec.value_ratios) * len(spec.activations)  # stem act, embed3
         for stage in spec.stages:
             per_block = per_ffn * (per_mhsa if stage.allows_mhsa else 1)
@@ -499,13 +571,20 @@ def _block_from_dict(data: Mapping[str, Any]) -> BlockConfig:
     if unknown:
         raise ArchError(f"block: unknown fields {sorted(unknown)}; a block has 'ffn' and optional 'mhsa'")
     mhsa = data.get("mhsa")
+    if mhsa and mhsa.get("type") == "esha":
+        mhsa = {"value_ratio": SpaceSpec.value_ratios[0], **mhsa}  # ESHA has no value ratio of its own
     return BlockConfig(FFNConfig(**data["ffn"]), AttnConfig(**mhsa) if mhsa else None)
 
 
 def _parse_block(token: str) -> BlockConfig:
-    m = re.fullmatch(r"(?:M\((\d),([GR])\)\+)?([UF])\((\d),(\d),([GR])\)", token.strip())
+    m = re.fullmatch(r"(?:M\((\d),([GR])\)\+|E\(([GR])\)\+)?([UF])\((\d),(\d),([GR])\)", token.strip())
     if not m:
-        raise ArchError(f"block: cannot parse {token!r}; expected U(e,k,a), F(e,k,a) or M(e,a)+U(e,k,a)")
-    mhsa = AttnConfig(int(m.group(1)), _ACT[m.group(2)]) if m.group(1) else None
-    ffn = FFNConfig(_TYPE[m.group(3)], int(m.group(5)), int(m.group(4)), _ACT[m.group(6)])
+        raise ArchError(f"block: cannot parse {token!r}; expected U(e,k,a), F(e,k,a), M(e,a)+U(e,k,a) "
+                        f"or E(a)+U(e,k,a)")
+    mhsa = None
+    if m.group(1):
+        mhsa = AttnConfig(int(m.group(1)), _ACT[m.group(2)])
+    elif m.group(3):
+        mhsa = AttnConfig(SpaceSpec.value_ratios[0], _ACT[m.group(3)], "esha")
+    ffn = FFNConfig(_TYPE[m.group(4)], int(m.group(6)), int(m.group(5)), _ACT[m.group(7)])
     return BlockConfig(ffn, mhsa)

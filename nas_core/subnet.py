@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import nn
 
-from .search_space import ArchConfig, AttnConfig, FFNConfig, SpaceSpec
+from .search_space import (ESHA_GROUPS, ESHA_QK_DIM, ESHA_VALUE_RATIO, ArchConfig, AttnConfig, FFNConfig, SpaceSpec,
+                           projection_groups)
 
 LAYER_SCALE_INIT = 1e-5
 
@@ -37,12 +37,16 @@ def conv_padding(kernel: int, stride: int) -> int:
 
 
 class ConvNorm(nn.Module):
-    """Conv (with bias, as timm) -> BatchNorm -> optional activation."""
+    """Conv (with bias, as timm) -> BatchNorm -> optional activation.
+
+    ``padding`` defaults to timm's; 0 gives a patch-wise conv (kernel = stride), as spatial
+    reduction wants."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1,
-                 act: str | None = None):
+                 act: str | None = None, padding: int | None = None):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel, stride, conv_padding(kernel, stride), groups=groups, bias=True)
+        padding = conv_padding(kernel, stride) if padding is None else padding
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding, groups=groups, bias=True)
         self.bn = nn.BatchNorm2d(cout)
         self.act = make_act(act) if act else nn.Identity()
 
@@ -164,6 +168,46 @@ class Attention2d(nn.Module):
         return self.proj(self.act(x))
 
 
+class ESHA(nn.Module):
+    """Efficient Single Head Attention (MicroViT) [A5-A8].
+
+    Q, K, V and the untouched channels U come out of one grouped 3x3 conv over the
+    normalised input; one attention head over ``int(value_ratio * dim)`` channels mixes all
+    tokens (K and V spatially reduced by ``sr``); the output is ``W_o . act([attended V, U])``.
+    """
+
+    def __init__(self, dim: int, qk_dim: int = ESHA_QK_DIM, value_ratio: float = ESHA_VALUE_RATIO, sr: int = 1,
+                 groups: int = ESHA_GROUPS, act: str = "relu"):
+        super().__init__()
+        self.qk_dim, self.value_dim = qk_dim, int(dim * value_ratio)
+        self.split = (qk_dim, qk_dim, self.value_dim, dim - self.value_dim)
+        self.scale = qk_dim ** -0.5
+        # One statistic over all channels and tokens, as SHViT's pre-norm (GroupNorm with one
+        # group), but over the whole input, since ESHA projects all of it [A5].
+        self.norm = nn.GroupNorm(1, dim)
+        out = 2 * qk_dim + dim
+        self.qkvu = ConvNorm(dim, out, 3, groups=projection_groups(dim, out, groups))
+        if sr > 1:  # [A7] patch-wise depthwise reduction of K and V; Q keeps every token
+            self.k_reduce = ConvNorm(qk_dim, qk_dim, sr, sr, groups=qk_dim, padding=0)
+            self.v_reduce = ConvNorm(self.value_dim, self.value_dim, sr, sr, groups=self.value_dim, padding=0)
+        else:
+            self.k_reduce = self.v_reduce = nn.Identity()
+        self.act = make_act(act)
+        self.proj = ConvNorm(dim, dim, 1)  # [A8] W_o over attended V and U together
+
+    def forward(self, x):
+        return self.mix(x, self.act)
+
+    def mix(self, x, act):
+        """The attention with activation ``act`` (the supernet switches it per subnet)."""
+        B, _, H, W = x.shape
+        q, k, v, u = self.qkvu(self.norm(x)).split(self.split, dim=1)
+        q, k, v = q.flatten(2), self.k_reduce(k).flatten(2), self.v_reduce(v).flatten(2)
+        attn = ((q.transpose(1, 2) @ k) * self.scale).softmax(dim=-1)  # [B, tokens, reduced tokens]
+        attended = (v @ attn.transpose(1, 2)).reshape(B, self.value_dim, H, W)
+        return self.proj(act(torch.cat([attended, u], dim=1)))
+
+
 class LocalGlobalQuery(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
@@ -225,6 +269,14 @@ class Downsample(nn.Module):
         return out + self.attn(x) if self.attn is not None else out
 
 
+def build_attention(dim: int, resolution: int, cfg: AttnConfig, stage: int, spec: SpaceSpec) -> nn.Module:
+    """The token mixer of an attention position of stage 3 or 4: EfficientFormerV2's MHSA
+    (stride 2 in stage 3) or, in the extended space, ESHA (K/V reduced by ``spec.esha_sr``)."""
+    if cfg.type == "esha":
+        return ESHA(dim, sr=spec.esha_sr_of(stage), act=cfg.act)
+    return Attention2d(dim, resolution, cfg, 2 if stage == 3 else None, spec.mhsa_key_dim, spec.mhsa_heads)
+
+
 class Block(nn.Module):
     """[optional MHSA] + FFN, each a residual branch with layer scale and drop path."""
 
@@ -233,7 +285,7 @@ class Block(nn.Module):
         super().__init__()
         spec = spec or SpaceSpec()
         if mhsa is not None:
-            self.token_mixer = Attention2d(dim, resolution, mhsa, stride, spec.mhsa_key_dim, spec.mhsa_heads)
+            self.token_mixer = build_attention(dim, resolution, mhsa, 3 if stride else 4, spec)
             self.ls1 = LayerScale2d(dim)
             self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         else:

@@ -12,6 +12,10 @@ How the choices share weights:
   stored *j-major* (channel ``j * heads + h``), so every value ratio is a contiguous prefix:
   a plain slice, whose BatchNorm running statistics update in place. Extraction permutes
   them to timm's head-major layout (``h * d + j``).
+* **ESHA** (extended space only) - one ESHA per width choice at every attention position:
+  its grouped projection's groups change with the width, so width slices of one layer
+  would not be the static layer; like the dual FFN, only the active one runs. The layer
+  scale is sliced as the MHSA's.
 * **activation** - GELU/ReLU switch per layer; no weights.
 * **BatchNorm** - one set of statistics per layer, sliced like the channels. Evaluate an
   inherited subnet after recalibrating them (``nas_core.train.recalibrate_bn``).
@@ -31,7 +35,7 @@ from timm.layers import drop_path
 from torch import nn
 
 from .search_space import ArchConfig, AttnConfig, BlockConfig, FFNConfig, SearchSpace
-from .subnet import LAYER_SCALE_INIT, SubnetModel, attention_bias_idxs, conv_padding, stage_resolutions
+from .subnet import ESHA, LAYER_SCALE_INIT, SubnetModel, attention_bias_idxs, conv_padding, stage_resolutions
 
 _ACTS = {"gelu": F.gelu, "relu": F.relu}
 
@@ -311,26 +315,52 @@ class DynamicAttentionDownsample(nn.Module):
                 + self.proj.transfer(attn.proj, o_idx, val))
 
 
+class DynamicESHA(nn.Module):
+    """The extended space's ESHA at one attention position: one module per width choice."""
+
+    def __init__(self, widths: Sequence[int], sr: int):
+        super().__init__()
+        self.by_width = nn.ModuleDict({str(w): ESHA(w, sr=sr) for w in widths})
+        self.gamma = nn.Parameter(LAYER_SCALE_INIT * torch.ones(max(widths)))  # layer scale ls1
+
+    def forward(self, x, cfg: AttnConfig):
+        dim = x.shape[1]
+        return self.by_width[str(dim)].mix(x, _ACTS[cfg.act]) * self.gamma[:dim].view(1, -1, 1, 1)
+
+    def transfer(self, static, static_ls, dim: int, cfg: AttnConfig) -> Transfer:
+        dynamic = self.by_width[str(dim)]
+        theirs = dict(static.named_parameters()) | dict(static.named_buffers())
+        pairs: Transfer = [(theirs[name], tensor, tuple(_arange(n) for n in tensor.shape))
+                           for name, tensor in [*dynamic.named_parameters(), *dynamic.named_buffers()]]
+        return pairs + [(static_ls.gamma, self.gamma, (_arange(dim),))]
+
+
 class DynamicBlock(nn.Module):
-    """[optional MHSA] + dual FFN, each a residual branch with layer scale and drop path."""
+    """[optional MHSA (or ESHA)] + dual FFN, each a residual branch with layer scale and drop path."""
 
     def __init__(self, dim_max: int, space: SearchSpace, with_mhsa: bool, resolution: int,
-                 stride: int | None):
+                 stride: int | None, stage: int | None = None):
         super().__init__()
         spec = space.spec
+        stage_spec = spec.stages[stage - 1] if stage else None
         self.token_mixer = (DynamicAttention2d(dim_max, resolution, stride, spec.mhsa_key_dim, spec.mhsa_heads,
                                                max(spec.value_ratios)) if with_mhsa else None)
+        self.esha = (DynamicESHA(stage_spec.widths, spec.esha_sr_of(stage))
+                     if with_mhsa and stage_spec is not None and "esha" in spec.attention_types else None)
         self.mlp = DualFFN(dim_max, max(spec.expansions), max(spec.kernels))
+
+    def attention(self, cfg: AttnConfig) -> nn.Module:
+        return self.esha if cfg.type == "esha" else self.token_mixer
 
     def forward(self, x, cfg: BlockConfig, ffn_drop: float = 0.0, mhsa_drop: float = 0.0):
         if cfg.mhsa is not None:
-            x = x + drop_path(self.token_mixer(x, cfg.mhsa), mhsa_drop, self.training)
+            x = x + drop_path(self.attention(cfg.mhsa)(x, cfg.mhsa), mhsa_drop, self.training)
         return x + drop_path(self.mlp(x, cfg.ffn), ffn_drop, self.training)
 
     def transfer(self, static, dim: int, cfg: BlockConfig) -> Transfer:
         pairs = self.mlp.branch(cfg.ffn).transfer(static.mlp, static.ls2, dim, cfg.ffn)
         if cfg.mhsa is not None:
-            pairs += self.token_mixer.transfer(static.token_mixer, static.ls1, dim, cfg.mhsa)
+            pairs += self.attention(cfg.mhsa).transfer(static.token_mixer, static.ls1, dim, cfg.mhsa)
         return pairs
 
 
@@ -377,8 +407,8 @@ class Supernet(nn.Module):
                                                   spec.mhsa_heads, max(spec.value_ratios))
             elif i > 0:
                 down = DynamicConvNorm(widths[i - 1], widths[i], 3, 2)
-            blocks = [DynamicBlock(widths[i], self.space, stage_spec.allows_mhsa, res[i], 2 if i == 2 else None)
-                      for _ in range(max(stage_spec.depths))]
+            blocks = [DynamicBlock(widths[i], self.space, stage_spec.allows_mhsa, res[i], 2 if i == 2 else None,
+                                   stage_spec.number) for _ in range(max(stage_spec.depths))]
             stages.append(DynamicStage(down, blocks))
         self.stages = nn.ModuleList(stages)
         self.norm = nn.BatchNorm2d(widths[-1])
@@ -456,7 +486,7 @@ class Supernet(nn.Module):
             if i == 3:
                 yield model.stages[3].downsample.attn, stage.downsample
             for j, block_cfg in enumerate(cfg.blocks):
-                if block_cfg.mhsa is not None:
+                if block_cfg.mhsa is not None and block_cfg.mhsa.type == "mhsa":  # ESHA has no bias table
                     yield model.stages[i].blocks[j].token_mixer, stage.blocks[j].token_mixer
 
     @torch.no_grad()

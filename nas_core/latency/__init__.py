@@ -9,7 +9,7 @@ Modules (import them directly; this package imports nothing heavy):
 * ``export``    -- ``export_onnx`` (classic exporter, opset 17), ``export_openvino``.
 * ``measure``   -- ``measure_module``, ``measure_onnx``, ``measure_many`` for torch modules.
 * ``bundle``    -- ``make_bundle`` / ``export_bundle``: folders that time models on edge devices.
-* ``baselines`` -- the timm models the paper compares against, measured end to end.
+* ``baselines`` -- the models the paper compares against (timm's, and MicroViT), measured end to end.
 
 The names below are also reachable as ``nas_core.latency.<name>``, imported on first use.
 """

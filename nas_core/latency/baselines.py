@@ -1,8 +1,9 @@
 """End-to-end latency of the models the paper compares against (Table 3), on every usable profile.
 
-Each model is built with timm (``pretrained=False``: weights do not change latency),
-exported to ONNX once at its resolution (224, or 256 for MobileViT and EdgeNeXt as in
-their original implementations, as the paper does), then timed on each ONNX profile;
+Each model is built with timm (``pretrained=False``: weights do not change latency), or,
+for MicroViT, which timm does not have, from ``nas_core.microvit``; it is exported to ONNX
+once at its resolution (224, or 256 for MobileViT and EdgeNeXt as in their original
+implementations, as the paper does, and for GENet-L, timm's and GENet's own), then timed on each ONNX profile;
 the torch profiles time the eager module. A model that fails to build, export or compile
 on a runtime gets a row with the error text (the paper notes that several of these
 fail on the NCS2) instead of stopping the run.
@@ -22,6 +23,7 @@ mean_ms, min_ms   f64    mean and fastest call (min is the least disturbed by ot
 repeats           int    timed calls
 stable            bool   the median converged before the timing caps
 params            int    parameter count
+macs              int    multiply-accumulates of one image at ``resolution`` (``nas_core.complexity``)
 vs_mobilenetv2    f64    median_ms / mobilenetv2_100's median_ms on the same device
 error             str    why there is no timing ("" when there is one)
 backend, runtime, runtime_version, provider, precision, precision_actual,
@@ -41,23 +43,32 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import timm
+
+from nas_core.complexity import module_complexity
 from nas_core.io import code_version, machine_fingerprint, utc_now, write_parquet
 from nas_core.latency.devices import DeviceProfile, check_usable
 from nas_core.latency.export import export_onnx
 from nas_core.latency.location import DeviceAccess, MeasurementsPending, TimingJob
 from nas_core.latency.measure import measure_module, measure_onnx
 from nas_core.latency.timing import ModelEntry, TimingConfig, load_average
+from nas_core.microvit import MICROVIT_CONFIGS, create_microvit, is_microvit
 
-# timm name -> input resolution (MobileViT and EdgeNeXt at 256, as the paper).
+# Model name (timm's, or nas_core.microvit's) -> input resolution: MobileViT and EdgeNeXt at
+# 256, as the paper; GENet-L at 256, its preferred resolution (GENet Table 2) and timm's.
 BASELINE_MODELS: dict[str, int] = {
     "mobilenetv2_100": 224,
     "mobilenetv3_large_100": 224,
     "efficientformerv2_s0": 224,
+    "efficientformerv2_s1": 224,
     "mobilevit_xxs": 256,
     "edgenext_xx_small": 256,
     "gernet_s": 224,
+    "gernet_m": 224,
+    "gernet_l": 256,
     "shvit_s1": 224,
     "efficientvit_m4": 224,
+    **{name: 224 for name in MICROVIT_CONFIGS},
 }
 REFERENCE_MODEL = "mobilenetv2_100"  # the paper's latency target
 
@@ -74,10 +85,24 @@ def split_usable(profiles: Iterable[DeviceProfile]) -> tuple[list[DeviceProfile]
     return usable, skipped
 
 
-def build_model(name: str):
-    import timm
+def is_known_model(name: str) -> bool:
+    return is_microvit(name) or timm.is_model(name)
 
+
+def build_model(name: str):
+    if is_microvit(name):
+        return create_microvit(name).eval()
     return timm.create_model(name, pretrained=False).eval()
+
+
+def model_size(module, resolution: int) -> tuple[int, int | None]:
+    """(params, MACs at ``resolution``) of a built model; MACs None where counting fails
+    (the latency row is still worth having)."""
+    try:
+        counts = module_complexity(module, resolution)
+    except Exception:  # noqa: BLE001 - an op the FLOP counter cannot trace
+        return sum(p.numel() for p in module.parameters()), None
+    return counts["params"], counts["macs"]
 
 
 def measure_baselines(profiles: Iterable[DeviceProfile], models: Mapping[str, int] | None = None,
@@ -103,7 +128,7 @@ def measure_baselines(profiles: Iterable[DeviceProfile], models: Mapping[str, in
             for row in _measure_one_model(model_name, resolution, usable, folder, config, progress):
                 rows.append({**row, "machine_id": fingerprint["id"], "code_version": version})
     frame = _add_ratio_to_reference(pd.DataFrame(rows, columns=_COLUMNS))
-    frame["params"] = frame["params"].astype("Int64")  # nullable: a model that failed to build has none
+    _nullable_sizes(frame)
     provenance = {
         "kind": "baseline_latency", "profiles": {p.name: p.to_settings() for p in usable}, "skipped_devices": skipped,
         "models": models, "timing": config.to_dict(), "machine": fingerprint, "code_version": version,
@@ -116,7 +141,7 @@ def measure_baselines(profiles: Iterable[DeviceProfile], models: Mapping[str, in
 
 
 _COLUMNS = ["model", "device", "resolution", "median_ms", "p10_ms", "p90_ms", "mean_ms", "min_ms", "repeats", "stable",
-            "params", "vs_mobilenetv2", "error", "backend", "runtime", "runtime_version", "provider", "precision",
+            "params", "macs", "vs_mobilenetv2", "error", "backend", "runtime", "runtime_version", "provider", "precision",
             "precision_actual", "threads", "batch_size", "clock", "machine_id", "code_version", "timestamp", "load_average"]
 
 
@@ -127,7 +152,7 @@ def _measure_one_model(model_name: str, resolution: int, profiles: list[DevicePr
         module = build_model(model_name)
     except Exception as err:  # an unknown or broken timm model must not stop the others
         return [_error_row(model_name, resolution, p, None, f"build failed: {_describe(err)}") for p in profiles]
-    params = sum(p.numel() for p in module.parameters())
+    size = model_size(module, resolution)
     onnx_path, export_error = None, None
     if any(p.backend != "torch" for p in profiles):
         try:
@@ -138,7 +163,7 @@ def _measure_one_model(model_name: str, resolution: int, profiles: list[DevicePr
     for profile in profiles:
         shape = profile.input_shape(resolution)
         if profile.backend != "torch" and export_error:
-            rows.append(_error_row(model_name, resolution, profile, params, export_error))
+            rows.append(_error_row(model_name, resolution, profile, size, export_error))
             continue
         try:
             if profile.backend == "torch":
@@ -146,10 +171,10 @@ def _measure_one_model(model_name: str, resolution: int, profiles: list[DevicePr
             else:
                 result = measure_onnx(onnx_path, shape, profile, config=config)
         except Exception as err:  # e.g. an operator the runtime cannot compile
-            rows.append(_error_row(model_name, resolution, profile, params, f"timing failed: {_describe(err)}"))
+            rows.append(_error_row(model_name, resolution, profile, size, f"timing failed: {_describe(err)}"))
             _say(progress, f"{model_name:24s} {profile.name:18s} FAILED {_describe(err)[:120]}")
             continue
-        rows.append({**_base_row(model_name, resolution, profile, params), **result.to_row(), "error": "",
+        rows.append({**_base_row(model_name, resolution, profile, size), **result.to_row(), "error": "",
                      "timestamp": utc_now(), "load_average": load_average(),
                      "runtime": result.info.get("runtime"), "runtime_version": result.info.get("runtime_version"),
                      "provider": result.info.get("provider", profile.provider),
@@ -179,24 +204,24 @@ def measure_device_baselines(access: DeviceAccess, models: Mapping[str, int] | N
     folder = Path(workdir)
     exported, rows = {}, []
     for name, resolution in models.items():
-        path, params, error = _export_baseline(name, resolution, folder)
+        path, size, error = _export_baseline(name, resolution, folder)
         if error:
-            rows.append(_error_row(name, resolution, profile, params, error))
+            rows.append(_error_row(name, resolution, profile, size, error))
         else:
-            exported[name] = (path, resolution, params)
+            exported[name] = (path, resolution, size)
     entries = {name: ModelEntry(name, path, profile.input_shape(res)) for name, (path, res, _) in exported.items()}
     timed = _time_baselines(access, entries, folder, config, progress)
-    for name, (_path, resolution, params) in exported.items():
+    for name, (_path, resolution, size) in exported.items():
         row = timed.get(name)
         if isinstance(row, str):
-            rows.append(_error_row(name, resolution, profile, params, row))
+            rows.append(_error_row(name, resolution, profile, size, row))
             continue
-        rows.append({**_base_row(name, resolution, profile, params),
-                     **{k: row.get(k) for k in _COLUMNS if k in row and k not in ("model", "device", "params")},
+        rows.append({**_base_row(name, resolution, profile, size),
+                     **{k: row.get(k) for k in _COLUMNS if k in row and k not in ("model", "device", "params", "macs")},
                      "error": ""})
         _say(progress, f"{name:24s} {profile.name:18s} {row['median_ms']:8.2f} ms ({access.location})")
     frame = _add_ratio_to_reference(pd.DataFrame(rows, columns=_COLUMNS))
-    frame["params"] = frame["params"].astype("Int64")
+    _nullable_sizes(frame)
     provenance = {"kind": "baseline_latency", "profiles": {profile.name: profile.to_settings()}, "models": models,
                   "timing": (config or TimingConfig()).to_dict(), "location": access.location,
                   "code_version": code_version(), "created_at": utc_now()}
@@ -205,20 +230,20 @@ def measure_device_baselines(access: DeviceAccess, models: Mapping[str, int] | N
     return frame
 
 
-def _export_baseline(name: str, resolution: int, folder: Path) -> tuple[Path | None, int | None, str]:
-    """(ONNX path, params, error text)."""
+def _export_baseline(name: str, resolution: int, folder: Path) -> tuple[Path | None, tuple | None, str]:
+    """(ONNX path, (params, MACs), error text)."""
     try:
         module = build_model(name)
     except Exception as err:  # an unknown or broken timm model must not stop the others
         return None, None, f"build failed: {_describe(err)}"
-    params = sum(p.numel() for p in module.parameters())
+    size = model_size(module, resolution)
     path = folder / f"{name}_{resolution}.onnx"
     if path.exists():
-        return path, params, ""
+        return path, size, ""
     try:
-        return export_onnx(module, (1, 3, resolution, resolution), path), params, ""
+        return export_onnx(module, (1, 3, resolution, resolution), path), size, ""
     except Exception as err:
-        return None, params, f"ONNX export failed: {_describe(err)}"
+        return None, size, f"ONNX export failed: {_describe(err)}"
 
 
 def _time_baselines(access: DeviceAccess, entries: Mapping[str, ModelEntry], folder: Path,
@@ -248,19 +273,26 @@ def _time_baselines(access: DeviceAccess, entries: Mapping[str, ModelEntry], fol
     return out
 
 
-def _base_row(model_name: str, resolution: int, profile: DeviceProfile, params: int | None) -> dict:
-    return {"model": model_name, "device": profile.name, "resolution": resolution, "params": params,
+def _base_row(model_name: str, resolution: int, profile: DeviceProfile, size: tuple | None) -> dict:
+    params, macs = size or (None, None)
+    return {"model": model_name, "device": profile.name, "resolution": resolution, "params": params, "macs": macs,
             "backend": profile.backend, "provider": profile.provider, "precision": profile.precision,
             "threads": profile.threads, "batch_size": profile.batch_size,
             "clock": profile.options.get("clock", "wall")}
 
 
-def _error_row(model_name: str, resolution: int, profile: DeviceProfile, params: int | None, error: str) -> dict:
+def _error_row(model_name: str, resolution: int, profile: DeviceProfile, size: tuple | None, error: str) -> dict:
     usability = check_usable(profile)
-    return {**_base_row(model_name, resolution, profile, params), "median_ms": math.nan, "p10_ms": math.nan,
+    return {**_base_row(model_name, resolution, profile, size), "median_ms": math.nan, "p10_ms": math.nan,
             "p90_ms": math.nan, "mean_ms": math.nan, "min_ms": math.nan, "repeats": 0, "stable": False, "error": error,
             "runtime": usability.runtime_name, "runtime_version": usability.runtime_version, "precision_actual": "",
             "timestamp": utc_now(), "load_average": load_average()}
+
+
+def _nullable_sizes(frame) -> None:
+    """A model that failed to build has no params or MACs: nullable integer columns."""
+    for column in ("params", "macs"):
+        frame[column] = frame[column].astype("Int64")
 
 
 def _add_ratio_to_reference(frame):
