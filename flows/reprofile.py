@@ -48,7 +48,8 @@ from nas_core.latency.devices import check_usable
 from nas_core.latency.lut import LutError
 from nas_core.latency.lut_change import ChangeRule, LutComparison, compare_luts
 from nas_core.reprofile_report import change_report_markdown, searched_model_row
-from nas_core.search_algorithm import Candidate, device_measure_fn
+from nas_core.search_algorithm import Candidate
+from nas_core.search_refine import device_measure_fn
 from nas_core.search_space import ArchConfig, SearchSpace
 from tasks import stage_lock, stages
 from tasks.prefect_tasks import measured_devices
@@ -177,7 +178,7 @@ def read_arch(path: Path | None) -> ArchConfig | None:
 
 def measure_arch(params: Mapping[str, Any], device: str, arch: ArchConfig) -> float | None:
     """``arch`` measured on ``device`` as the search measures candidates (a standalone subnet
-    through ``search_algorithm.device_measure_fn``), holding the CPU lock exclusively; None
+    through ``search_refine.device_measure_fn``), holding the CPU lock exclusively; None
     when the device cannot be measured here."""
     profile = stages.device_profile(params, device)
     usability = check_usable(profile)

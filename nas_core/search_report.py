@@ -60,7 +60,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from .io import read_json, read_parquet, read_provenance, utc_now, write_json, write_parquet
-from .search_algorithm import Candidate, RefineResult, SearchResult, model_name
+from .search_algorithm import Candidate, SearchResult, model_name
+from .search_refine import RefineResult
 from .search_space import SearchSpace
 
 

@@ -449,9 +449,10 @@ def stage_predictor(params: Mapping[str, Any], root: str | os.PathLike = DATA_RO
 
 def run_predictor(params: Mapping[str, Any], pairs: str | os.PathLike, out_dir: str | os.PathLike) -> Paths:
     """Fit the predictor of ``predictor:`` on the pairs table ``pairs``, holding the CPU lock
-    shared; writes ``out_dir/`` (``nas_core.accuracy_predictor.fit_and_write``) and returns
+    shared; writes ``out_dir/`` (``nas_core.predictor_training.fit_and_write``) and returns
     its paths. The work of the predictor stage and of ``scan-edge fit-predictor``."""
-    from nas_core.accuracy_predictor import PredictorConfig, fit_and_write
+    from nas_core.accuracy_predictor import PredictorConfig
+    from nas_core.predictor_training import fit_and_write
 
     _require(Path(pairs), "the accuracy pairs (scan-edge stage pairs, or scan-edge collect-pairs)")
     predictor = section(params, "predictor")
