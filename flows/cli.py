@@ -17,8 +17,10 @@ by `scan-edge arch sample --out FILE` / the search stage."""
 
 
 # --------------------------------------------------------------------------- arch
-def resolve_arch(name_or_file: str):
-    """A preset name or a path to an architecture JSON file."""
+def arch_argument(name_or_file: str):
+    """The architecture a command-line argument names: a preset name or a path to an
+    architecture JSON file; exits with a message when it names neither. (The library's
+    ``nas_core.finetune.resolve_arch`` also accepts fine-tune outputs and returns their record.)"""
     from nas_core.search_space import SearchSpace
 
     space = SearchSpace()
@@ -53,7 +55,7 @@ def cmd_arch_show(args) -> int:
     from nas_core.block_catalog import BlockCatalog
     from nas_core.search_space import SearchSpace
 
-    arch = resolve_arch(args.arch)
+    arch = arch_argument(args.arch)
     space = SearchSpace()
     g = space.encode(arch)[None]
     catalog = BlockCatalog(space, args.resolution)
@@ -91,7 +93,7 @@ def cmd_arch_export(args) -> int:
     from nas_core.latency.export import export_onnx, export_openvino
     from nas_core.subnet import SubnetModel
 
-    arch = resolve_arch(args.arch)
+    arch = arch_argument(args.arch)
     model = SubnetModel(arch, num_classes=args.num_classes, resolution=args.resolution)
     if args.checkpoint:
         from nas_core.io import torch_load

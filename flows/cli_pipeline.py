@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-def _params(args) -> dict:
+def _profile_params(args) -> dict:
+    """The params file under the chosen ``--profile`` (its ``profile:`` key by default)."""
     from nas_core.params import load_params
 
     return load_params(args.params, args.profile)
@@ -45,7 +46,7 @@ def cmd_reproduce(args) -> int:
 
     # The temporary Prefect server inherits this: without internet its telemetry only logs errors.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    params = _params(args)
+    params = _profile_params(args)
     if args.dry_run:
         from tasks.dry_run import dry_run_params
 
@@ -121,7 +122,7 @@ def cmd_status(args) -> int:
     if done.returncode != 0:
         raise ValueError(f"dvc status failed: {done.stderr.strip()[-800:]}")
     status = json.loads(done.stdout or "{}")
-    rows = explain_dvc_status(status, [step.id for step in pipeline_steps(_params(args), "data")])
+    rows = explain_dvc_status(status, [step.id for step in pipeline_steps(_profile_params(args), "data")])
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -155,7 +156,7 @@ def stage_options(args) -> dict:
 
 
 def cmd_stage(args) -> int:
-    params = _params(args)
+    params = _profile_params(args)
     options = stage_options(args)
     if args.prefect:
         from flows.reproduce import needs_server, stage_flow
@@ -176,14 +177,14 @@ def cmd_stage(args) -> int:
 def cmd_dataset(args) -> int:
     from tasks.stages import stage_dataset
 
-    stage_dataset(_params(args), root=args.root)
+    stage_dataset(_profile_params(args), root=args.root)
     return 0
 
 
 def cmd_report(args) -> int:
     from tasks.stages import stage_report
 
-    stage_report(_params(args), root=args.root)
+    stage_report(_profile_params(args), root=args.root)
     return 0
 
 
