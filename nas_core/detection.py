@@ -57,10 +57,27 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from torch import nn
+from torchvision import tv_tensors
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.ssd import SSD
+from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block, _normal_init
+from torchvision.transforms import v2
 
+from .complexity import count_macs, count_params
+from .data.coco import CocoDetectionDataset, detection_collate, find_coco_folder, to_coco_results, write_coco_results
+from .data.folders import BadImagesError, check_cache_file, find_unreadable_images
+from .data.synthetic import generate_detection
+from .finetune import (TrainRecipe, config_from_section, load_classifier, measure_latency, subnet_at_resolution,
+                       train_epochs)
 from .io import code_version, machine_fingerprint, read_json, torch_save, utc_now, write_json
+from .latency.export import export_onnx
 from .locks import Lock, no_lock
+from .subnet import SubnetModel
+from .train import init_distributed, seed_everything
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -124,8 +141,6 @@ class DetectionConfig:
 
     @classmethod
     def from_params(cls, section: Mapping | None) -> "DetectionConfig":
-        from .finetune import config_from_section
-
         return config_from_section(cls, section, "detection")
 
     def to_dict(self) -> dict:
@@ -135,8 +150,6 @@ class DetectionConfig:
 # --------------------------------------------------------------------------- backbones
 def _extra_blocks(in_channels: int, channels: Sequence[int]) -> nn.ModuleList:
     """SSDLite's extra feature blocks (torchvision's own ``_extra_block`` and init)."""
-    from torchvision.models.detection.ssdlite import _extra_block, _normal_init
-
     norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
     blocks, prev = [], in_channels
     for c in channels:
@@ -218,9 +231,6 @@ def detection_backbone(classifier: nn.Module, resolution: int,
     A :class:`~nas_core.subnet.SubnetModel` is first rebuilt at ``resolution`` (attention
     biases resized); a timm MobileNetV2 is cut as MMDetection does.
     """
-    from .finetune import subnet_at_resolution
-    from .subnet import SubnetModel
-
     if isinstance(classifier, SubnetModel):
         return SubnetDetectionBackbone(subnet_at_resolution(classifier, resolution), extra_channels)
     return MobileNetV2DetectionBackbone(classifier, extra_channels)
@@ -232,10 +242,6 @@ def build_ssdlite(backbone: nn.Module, num_classes: int, resolution: int,
 
     ``num_classes`` counts the background (``CocoDetectionDataset.num_classes``).
     """
-    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
-    from torchvision.models.detection.ssd import SSD
-    from torchvision.models.detection.ssdlite import SSDLiteHead
-
     config = config or DetectionConfig(resolution=resolution)
     levels = len(backbone.out_channels)
     smallest, largest = config.anchor_scales
@@ -258,8 +264,6 @@ class DetectionTransform:
     """
 
     def __init__(self, policy: str = "none", hflip_prob: float = 0.5):
-        from torchvision.transforms import v2
-
         if policy not in AUGMENT_POLICIES:
             raise ValueError(f"unknown augment policy {policy!r}; known: {', '.join(AUGMENT_POLICIES)}")
         self.policy = policy
@@ -273,8 +277,6 @@ class DetectionTransform:
             + [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.SanitizeBoundingBoxes()])
 
     def __call__(self, image, target: dict):
-        from torchvision import tv_tensors
-
         boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=(image.height, image.width))
         sample = {"boxes": boxes, "labels": target["labels"]}
         if self.before is not None:
@@ -297,8 +299,6 @@ def detection_datasets(root: str | os.PathLike, augment: str = "none", skip_bad_
     then every image is decoded once, up front (``nas_core.data.folders.checked_manifest``'s
     cached check): unreadable images are one error listing them all, or are left out with
     ``skip_bad_images`` (``paths["skipped_images"]``)."""
-    from .data.coco import CocoDetectionDataset, find_coco_folder
-
     folder = find_coco_folder(root)
     train = CocoDetectionDataset(folder.train_images, folder.train_json, transforms=DetectionTransform(augment))
     test = CocoDetectionDataset(folder.test_images, folder.test_json, transforms=DetectionTransform("none"))
@@ -316,8 +316,6 @@ def detection_datasets(root: str | os.PathLike, augment: str = "none", skip_bad_
 def drop_unreadable_images(folder, datasets, skip: bool) -> dict[str, str]:
     """Decode every image of ``datasets`` once (cached by size and mtime); raise one error
     listing the unreadable ones, or (``skip``) remove them from the datasets and return them."""
-    from .data.folders import BadImagesError, check_cache_file, find_unreadable_images
-
     paths = list(dict.fromkeys(str(r.path) for d in datasets for r in d.records))
     bad = find_unreadable_images(paths, cache_file=check_cache_file(folder.root))
     if bad and not skip:
@@ -336,8 +334,6 @@ def ensure_synthetic_detection(out: str | os.PathLike, config: DetectionConfig |
     """The generated shapes dataset (``nas_core.data.synthetic.generate_detection``) at
     ``out`` with ``config.synthetic``'s settings: made if missing, kept if it matches,
     re-made if it was made with other settings."""
-    from .data.synthetic import generate_detection
-
     kwargs = {**SYNTHETIC_DEFAULTS, **((config.synthetic if config else None) or {})}
     generate_detection(out, overwrite=True, **kwargs)
     return Path(out)
@@ -360,10 +356,6 @@ def train_detector(model: nn.Module, train_set, config: DetectionConfig, out_dir
     """Train ``model`` on ``train_set``: the generic epoch loop of ``nas_core.finetune``
     (checkpoint every epoch in ``out_dir/checkpoint.pt``, exact resume, ``torchrun``).
     Returns the training log (DataFrame; ``bbox_loss`` and ``cls_loss`` columns)."""
-    from .data.coco import detection_collate
-    from .finetune import TrainRecipe, train_epochs
-    from .train import init_distributed
-
     return train_epochs(model, train_set, detection_step, TrainRecipe.from_config(config), out_dir,
                         resume=resume, overwrite=overwrite, collate_fn=detection_collate, ctx=init_distributed(),
                         identity=identity, progress=progress, desc="detection")
@@ -377,8 +369,6 @@ COCO_STAT_NAMES = ("mAP", "mAP50", "mAP75", "mAP_small", "mAP_medium", "mAP_larg
 @torch.no_grad()
 def predict(model: nn.Module, dataset, batch_size: int = 16, max_images: int | None = None) -> dict[int, dict]:
     """``{COCO image id: {"boxes", "scores", "labels"}}`` (boxes in original image pixels)."""
-    from .data.coco import detection_collate
-
     model.eval()
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=detection_collate)
@@ -395,8 +385,6 @@ def predict(model: nn.Module, dataset, batch_size: int = 16, max_images: int | N
 def coco_ground_truth(instances_json: str | os.PathLike):
     """pycocotools ``COCO`` of an instances file; missing ``area`` (w*h) and ``iscrowd`` (0)
     are filled in, since COCOeval needs both and small datasets often omit them."""
-    from pycocotools.coco import COCO
-
     data = read_json(instances_json)
     for ann in data.get("annotations", []):
         ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
@@ -414,10 +402,6 @@ def coco_evaluate(predictions: Mapping[int, Mapping], label_to_category: Mapping
     """COCO box metrics (``COCO_STAT_NAMES``: mAP = AP@[.5:.95], mAP50 = AP@.5, ...) of
     ``predictions`` against ``instances_json``, restricted to the predicted images.
     No detection at all gives zeros (pycocotools cannot load an empty result list)."""
-    from pycocotools.cocoeval import COCOeval
-
-    from .data.coco import to_coco_results
-
     results = to_coco_results(predictions, label_to_category)
     metrics = dict.fromkeys(COCO_STAT_NAMES, 0.0)
     metrics["detections"] = len(results)
@@ -450,7 +434,6 @@ class SSDLiteExport(nn.Module):
 
     def __init__(self, ssd: nn.Module, resolution: int):
         super().__init__()
-        from torchvision.models.detection.image_list import ImageList
 
         self.backbone, self.head, self.box_coder = ssd.backbone, ssd.head, ssd.box_coder
         self.resolution = resolution
@@ -487,12 +470,6 @@ def run_detection(model_ref: str, data_dir: str | os.PathLike, out_root: str | o
     (``nas_core.locks``) is held shared while training, evaluating and exporting, then
     exclusively while timing. Returns the metrics (an empty dict on ranks other than 0
     of a ``torchrun`` job)."""
-    from .complexity import count_macs, count_params
-    from .data.coco import write_coco_results
-    from .finetune import load_classifier, measure_latency
-    from .latency.export import export_onnx
-    from .train import init_distributed, seed_everything
-
     config = config or DetectionConfig()
     train_set, test_set, paths = detection_datasets(data_dir, config.augment,  # validate the data first
                                                     config.skip_bad_images)

@@ -34,7 +34,11 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import pandas as pd
+
 from .io import code_version, machine_fingerprint, read_json, read_parquet, utc_now, write_parquet, write_text
+from .latency.calibration import plot_calibration
+from .search_report import plot_front, plot_history
 
 REFERENCE_MODEL = "mobilenetv2_100"
 CNN_MODELS = ("mobilenetv2", "mobilenetv3", "gernet", "resnet", "regnet")
@@ -71,8 +75,6 @@ class Sources:
 # --------------------------------------------------------------------------- tables
 def table3_models(root: Path, names: Sequence[str], devices: Sequence[str], src: Sources):
     """Ours and the trained baselines (``finetune/<name>/metrics.json``)."""
-    import pandas as pd
-
     rows = []
     for name in names:
         path = root / "finetune" / name / "metrics.json"
@@ -91,8 +93,6 @@ def table3_models(root: Path, names: Sequence[str], devices: Sequence[str], src:
 
 def table3_latency(root: Path, devices: Sequence[str], src: Sources):
     """The compared architectures' latency (``baselines/<device>.parquet``)."""
-    import pandas as pd
-
     by_model: dict[str, dict] = {}
     for device in devices:
         path = root / "baselines" / f"{device}.parquet"
@@ -124,8 +124,6 @@ def _with_ratios(frame, devices: Sequence[str]):
 
 def table4_searches(root: Path, runs: Sequence[str], src: Sources):
     """One row per search run (``search/<run>.json`` + the fine-tuned ``ours_<run>``)."""
-    import pandas as pd
-
     rows = []
     for run in runs:
         path = root / "search" / f"{run}.json"
@@ -147,8 +145,6 @@ def table4_searches(root: Path, runs: Sequence[str], src: Sources):
 
 
 def table5_transfer(root: Path, src: Sources):
-    import pandas as pd
-
     summary = src.json(root / "transfer" / "metrics.json") or {}
     rows = [{"model": label, "dataset": r.get("dataset"), "top1": r.get("top1"), "top5": r.get("top5"),
              "params": r.get("params"), "epochs": r.get("epochs"), "source": r.get("source")}
@@ -157,8 +153,6 @@ def table5_transfer(root: Path, src: Sources):
 
 
 def table6_detection(root: Path, devices: Sequence[str], src: Sources):
-    import pandas as pd
-
     summary = src.json(root / "detection" / "metrics.json") or {}
     rows = []
     for label, r in summary.items():
@@ -172,8 +166,6 @@ def table6_detection(root: Path, devices: Sequence[str], src: Sources):
 
 def latency_predictor_table(root: Path, devices: Sequence[str], src: Sources):
     """Fig. 3 / Suppl. S4 in numbers: the held-out validation subnets, per estimator."""
-    import pandas as pd
-
     rows = []
     for device in devices:
         path = root / "lut" / f"{device}.fit.json"
@@ -195,8 +187,6 @@ def latency_predictor_table(root: Path, devices: Sequence[str], src: Sources):
 
 
 def accuracy_predictor_table(root: Path, src: Sources):
-    import pandas as pd
-
     path = root / "predictor" / "metrics.json"
     metrics = src.json(path)
     if metrics is None:
@@ -217,16 +207,12 @@ def accuracy_predictor_table(root: Path, src: Sources):
 # --------------------------------------------------------------------------- figures
 def figure3(root: Path, devices: Sequence[str], out: Path) -> Path | None:
     """Fig. 3: estimated vs measured latency, raw and calibrated, one panel per device."""
-    from .latency.calibration import plot_calibration
-
     frames = {d: read_parquet(p) for d in devices if (p := root / "lut" / f"{d}.calibration.parquet").exists()}
     return plot_calibration(frames, out) if frames else None
 
 
 def figure4(root: Path, run: str, out: Path) -> Path | None:
     """Fig. 4-like: the search's Q, the valid rate of fresh draws from P and P's entropy per generation."""
-    from .search_report import plot_history
-
     summary = root / "search" / f"{run}.json"
     if not summary.exists():
         return None
@@ -240,10 +226,6 @@ def figure4(root: Path, run: str, out: Path) -> Path | None:
 
 def figure5(root: Path, device: str, runs: Sequence[str], out: Path) -> Path | None:
     """Fig. 5: the accuracy-latency front on one device over its latency-only searches."""
-    import pandas as pd
-
-    from .search_report import plot_front
-
     rows = []
     for run in runs:
         path = root / "search" / f"{run}.json"

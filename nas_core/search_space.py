@@ -28,6 +28,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .presets import PRESETS
+
 SPACE_VERSION = "scan-edge/v1"
 FFN_TYPES = ("unified", "fused")
 ACTIVATIONS = ("gelu", "relu")
@@ -336,8 +338,6 @@ class SearchSpace:
 
     # ---- named architectures
     def preset(self, name: str) -> ArchConfig:
-        from .presets import PRESETS
-
         try:
             builder = PRESETS[name]
         except KeyError:
@@ -345,8 +345,6 @@ class SearchSpace:
         return builder(self)
 
     def preset_names(self) -> list[str]:
-        from .presets import PRESETS
-
         return sorted(PRESETS)
 
     # ---- the sandwich rule's extremes (§4)

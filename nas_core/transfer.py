@@ -36,7 +36,13 @@ from typing import Any, Mapping
 
 import torch
 
+from .complexity import count_params
+from .evaluate import evaluate
+from .finetune import (classification_data, config_from_section, load_classifier, subnet_at_resolution,
+                       train_classifier, with_drop_path)
 from .io import code_version, machine_fingerprint, utc_now, write_json
+from .subnet import SubnetModel
+from .train import init_distributed, seed_everything
 
 DEFAULT_OUT = Path("data/transfer")
 
@@ -90,8 +96,6 @@ class TransferConfig:
 
     @classmethod
     def from_params(cls, section: Mapping | None) -> "TransferConfig":
-        from .finetune import config_from_section
-
         return config_from_section(cls, section, "transfer")
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,9 +105,6 @@ class TransferConfig:
 def new_head(model: torch.nn.Module, num_classes: int, resolution: int, drop_path: float = 0.0) -> torch.nn.Module:
     """``model`` with a freshly initialised classifier for ``num_classes`` (all other
     weights kept), rebuilt for ``resolution`` (searched subnets) and drop path."""
-    from .finetune import subnet_at_resolution, with_drop_path
-    from .subnet import SubnetModel
-
     if isinstance(model, SubnetModel):
         model = with_drop_path(subnet_at_resolution(model, resolution), drop_path)
     model.reset_classifier(num_classes)
@@ -117,11 +118,6 @@ def transfer(model_ref: str, data_dir: str | os.PathLike, *, name: str | None = 
     """Fine-tune ``model_ref`` (see ``finetune.load_classifier``) on the dataset at
     ``data_dir`` with a new head, all layers trained; write ``out_root/<name>.json``
     (module docstring) and return it (an empty dict on ranks > 0 of a ``torchrun`` job)."""
-    from .complexity import count_params
-    from .evaluate import evaluate
-    from .finetune import classification_data, load_classifier, train_classifier
-    from .train import init_distributed, seed_everything
-
     config = config or TransferConfig()
     data = classification_data(data_dir, config.resolution, config, {
         "val_fraction": config.val_fraction, "test_fraction": config.test_fraction, "seed": config.split_seed})

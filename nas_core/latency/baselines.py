@@ -40,12 +40,16 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import pandas as pd
+import timm
+
 from nas_core.io import code_version, machine_fingerprint, utc_now, write_parquet
 from nas_core.latency.devices import DeviceProfile, check_usable
 from nas_core.latency.export import export_onnx
 from nas_core.latency.location import DeviceAccess, MeasurementsPending, TimingJob
 from nas_core.latency.measure import measure_module, measure_onnx
 from nas_core.latency.timing import ModelEntry, TimingConfig, load_average
+
 
 # timm name -> input resolution (MobileViT and EdgeNeXt at 256, as the paper).
 BASELINE_MODELS: dict[str, int] = {
@@ -75,8 +79,6 @@ def split_usable(profiles: Iterable[DeviceProfile]) -> tuple[list[DeviceProfile]
 
 
 def build_model(name: str):
-    import timm
-
     return timm.create_model(name, pretrained=False).eval()
 
 
@@ -88,8 +90,6 @@ def measure_baselines(profiles: Iterable[DeviceProfile], models: Mapping[str, in
     Returns the table described in the module docstring (provenance in
     ``frame.attrs["provenance"]``) and writes it to ``out_path`` unless that is None.
     """
-    import pandas as pd
-
     models = dict(BASELINE_MODELS if models is None else models)
     config = config or TimingConfig()
     usable, skipped = split_usable(profiles)
@@ -171,8 +171,6 @@ def measure_device_baselines(access: DeviceAccess, models: Mapping[str, int] | N
     fails (e.g. an operator the runtime cannot compile) is retried model by model, so only the
     failing model gets an error row; on a board the job's error is raised, with the folder.
     """
-    import pandas as pd
-
     profile, models = access.profile, dict(BASELINE_MODELS if models is None else models)
     if profile.backend == "torch":
         raise ValueError(f"device {profile.name!r} runs eager torch: use measure_baselines")

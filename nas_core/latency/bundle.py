@@ -25,6 +25,7 @@ from typing import Iterable, Mapping, Sequence
 from nas_core.io import code_version, write_json, write_text
 from nas_core.latency import timing
 from nas_core.latency.devices import DeviceProfile
+from nas_core.latency.export import export_onnx
 from nas_core.latency.measure import safe_file_stem
 from nas_core.latency.timing import MANIFEST_FORMAT, MANIFEST_NAME, ModelEntry, TimingConfig
 
@@ -56,8 +57,6 @@ def export_bundle(named_modules: Mapping[str, object], profile: DeviceProfile, b
                   seed: int = 0, config: TimingConfig | None = None, drift_tolerance: float = 0.10,
                   check_every: int = 10) -> Path:
     """Export torch modules straight into a bundle (shapes default to the profile's input)."""
-    from nas_core.latency.export import export_onnx
-
     bundle_dir = Path(bundle_dir)
     listed = []
     for name, module in named_modules.items():

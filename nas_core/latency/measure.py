@@ -17,6 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+import pandas as pd
+import torch
+
 from nas_core.io import code_version
 from nas_core.latency import timing
 from nas_core.latency.devices import DeviceProfile, Usability, check_usable
@@ -76,8 +79,6 @@ def measure_many(named_modules: Mapping[str, object], profile: DeviceProfile, ou
     ``workdir/latency.parquet``; the schema is in ``timing``'s docstring) and returns it
     as a pandas DataFrame.
     """
-    import pandas as pd
-
     usability = require_usable(profile)
     shapes = {name: tuple(input_shapes[name]) if input_shapes and name in input_shapes else profile.input_shape()
               for name in named_modules}
@@ -105,8 +106,6 @@ class TorchSession:
     _DTYPES = {"fp32": "float32", "default": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
     def __init__(self, module, input_shape: Sequence[int], settings: Mapping, seed: int = 0):
-        import torch
-
         self.torch = torch
         device = torch.device(settings["provider"])
         dtype = getattr(torch, self._DTYPES[settings["precision"]])
