@@ -24,7 +24,6 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 PROVENANCE_KEY = b"scan_edge"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -98,12 +97,16 @@ def read_provenance(path: str | os.PathLike) -> dict:
 
 
 def torch_save(path: str | os.PathLike, obj: Any) -> Path:
+    import torch  # on first use: nas_core.latency and nas_core.io import without torch (hosts driving boards)
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
 
 
 def torch_load(path: str | os.PathLike, map_location="cpu") -> Any:
+    import torch  # on first use: nas_core.latency and nas_core.io import without torch (hosts driving boards)
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")

@@ -1005,7 +1005,8 @@ class StageInfo:
     measures_latency: bool = False
 
 
-_LATENCY_CODE = ("nas_core.latency.devices", "nas_core.latency.timing", "nas_core.latency.measure",
+_LATENCY_CODE = ("nas_core.latency.devices", "nas_core.latency.timing", "nas_core.latency.runner",
+                 "nas_core.latency.measure",
                  "nas_core.latency.export", "nas_core.latency.location", "nas_core.latency.bundle",
                  "tasks.board_worker")
 _LATENCY_MODEL_CODE = ("nas_core.latency.calibration", "nas_core.latency.latency_model",
@@ -1023,10 +1024,11 @@ _MODEL_CHOICE = ("pipeline.finetune_baselines", "search.devices", "search.target
 STAGES: dict[str, StageInfo] = {
     "dataset": StageInfo(stage_dataset, ("dataset",), ("nas_core.data",)),
     "supernet": StageInfo(stage_supernet, ("supernet", "pipeline.torchrun"), _TRAIN_CODE),
-    "pairs": StageInfo(stage_pairs, ("pairs", "runners"), ("nas_core.pairs", "tasks.pairs", *_TRAIN_CODE)),
+    "pairs": StageInfo(stage_pairs, ("pairs", "runners"), ("nas_core.pairs", "nas_core.threads", "tasks.pairs",
+                                                          *_TRAIN_CODE)),
     "predictor": StageInfo(stage_predictor, ("predictor",),
-                           ("nas_core.accuracy_predictor", "nas_core.encoding", "nas_core.pairs",
-                            "nas_core.search_space", "nas_core.block_catalog")),
+                           ("nas_core.accuracy_predictor", "nas_core.predictor_training", "nas_core.threads",
+                            "nas_core.encoding", "nas_core.pairs", "nas_core.search_space", "nas_core.block_catalog")),
     "runtime": StageInfo(stage_runtime, ("devices", "search_space"),
                          ("nas_core.latency.devices", "nas_core.latency.location", "tasks.board_worker"), True),
     "lut": StageInfo(stage_lut, ("devices", "search_space", "lut"),
@@ -1037,8 +1039,9 @@ STAGES: dict[str, StageInfo] = {
                            ("nas_core.latency.baselines", *_LATENCY_CODE), True),
     "search": StageInfo(stage_search, ("devices", "search_space", "search.evolution", "search.refine",
                                        "search.num_classes"),
-                        ("nas_core.search_run", "nas_core.search_algorithm", "nas_core.search_report",
-                         "nas_core.efficiency_predictor", "nas_core.accuracy_predictor", "nas_core.encoding",
+                        ("nas_core.search_run", "nas_core.search_algorithm", "nas_core.search_constraints",
+                         "nas_core.search_refine", "nas_core.search_report", "nas_core.efficiency_predictor",
+                         "nas_core.accuracy_predictor", "nas_core.threads", "nas_core.encoding",
                          *_LATENCY_MODEL_CODE, "nas_core.latency.lut", *_BLOCK_CODE, *_LATENCY_CODE), True),
     "finetune": StageInfo(stage_finetune, ("devices", "finetune", "pipeline.finetune_baselines"),
                           ("nas_core.finetune", "nas_core.complexity", *_TRAIN_CODE, "nas_core.blocks",

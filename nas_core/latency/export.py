@@ -18,8 +18,6 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from nas_core.io import atomic_path
 
 ONNX_OPSET = 17
@@ -31,6 +29,8 @@ def export_onnx(module, input_shape: Sequence[int], path: str | os.PathLike, ops
     The graph has one input ``input`` and output(s) ``output``/``output_<i>``; the module's
     train/eval mode is restored afterwards.
     """
+    import torch  # on first use: nas_core.latency and nas_core.io import without torch (hosts driving boards)
+
     path = Path(path)
     was_training = module.training
     module.eval()
@@ -67,6 +67,8 @@ def export_openvino(onnx_path: str | os.PathLike, out_xml: str | os.PathLike, co
 def _quiet_exporter():
     """Silence the exporter's expected warnings: the legacy-exporter notice (a deliberate
     choice, see the module docstring) and tracer warnings about fixed shapes."""
+    import torch  # on first use: nas_core.latency and nas_core.io import without torch (hosts driving boards)
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message=".*feature will be removed.*", category=DeprecationWarning)

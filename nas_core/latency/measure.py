@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import pandas as pd
-import torch
 
 from nas_core.io import code_version
 from nas_core.latency import timing
@@ -106,6 +105,8 @@ class TorchSession:
     _DTYPES = {"fp32": "float32", "default": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
     def __init__(self, module, input_shape: Sequence[int], settings: Mapping, seed: int = 0):
+        import torch  # on first use: nas_core.latency and nas_core.io import without torch (hosts driving boards)
+
         self.torch = torch
         device = torch.device(settings["provider"])
         dtype = getattr(torch, self._DTYPES[settings["precision"]])
