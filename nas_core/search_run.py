@@ -11,7 +11,7 @@ calibrated LUT estimator of each device and the ``search:`` params. :func:`run_s
 one search for latency targets (and optional parameter / MAC bounds): it re-uses a result
 made from the same inputs (``search_report.inputs_key``), otherwise searches
 (``search_algorithm.search``), optionally meets the target on the device itself
-(``search_algorithm.refine_on_device``; measurements are cached across runs) and writes the
+(``search_refine.refine_on_device``; measurements are cached across runs) and writes the
 outputs (``search_report.write_search``). :func:`run_sweep` searches one target after the
 other and writes the accuracy-latency front (Fig. 5).
 
@@ -231,7 +231,7 @@ def _meet_target_on_device(setup: SearchSetup, constraints, results: list, round
 
 class DeviceMeasure:
     """The search's on-device measurement (``measure_fn`` and ``prefetch`` of
-    ``search_algorithm.refine_on_device``) through each device's access
+    ``search_refine.refine_on_device``) through each device's access
     (``nas_core.latency.location``): a candidate is exported to ONNX once (a standalone
     ``SubnetModel``; weights do not change latency) and timed where its device runs. On this
     machine one candidate at a time (a round stops at the first one within the window); on

@@ -64,14 +64,13 @@ def test_finetune_trains_sharing_the_lock_and_measures_alone(lock_file, tmp_path
 
 def test_detection_trains_sharing_the_lock_and_measures_alone(lock_file, tmp_path, monkeypatch, quick_timing):
     import nas_core.detection as det
-    import nas_core.finetune as ft
     from nas_core.data.synthetic import generate_detection
 
     shapes = tmp_path / "shapes"
     generate_detection(shapes, seed=1, num_train=8, num_test=2, image_size=64, workers=1)
     seen: list = []
     _record_calls(monkeypatch, det, "train_detector", seen, "train")
-    _record_calls(monkeypatch, ft, "measure_latency", seen, "measure")  # run_detection imports it at call time
+    _record_calls(monkeypatch, det, "measure_latency", seen, "measure")  # run_detection calls it by this name
     config = det.DetectionConfig(resolution=64, epochs=1, batch_size=4, steps_per_epoch=1, opt="adamw", lr=1e-3,
                                  warmup_epochs=0, augment="none", eval_batch_size=2, devices=("ort_cpu_fp32",),
                                  timing=quick_timing)

@@ -54,7 +54,7 @@ def export_openvino(onnx_path: str | os.PathLike, out_xml: str | os.PathLike, co
     precision is chosen at compile time anyway (INFERENCE_PRECISION_HINT), which is how
     the NCS2 ran FP16.
     """
-    import openvino
+    import openvino  # an optional runtime: imported only when an OpenVINO model is wanted
 
     out_xml = Path(out_xml)
     out_xml.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ def make_input(shape: Sequence[int], seed: int = 0, dtype=np.float32) -> np.ndar
 
 def runtime_identity(backend: str) -> tuple[str, str]:
     """(runtime package, version) of a backend; imports the runtime."""
+    # Each runtime is imported where it is needed, here and in the sessions: a board has one installed.
     if backend == "onnxruntime":
         import onnxruntime
 
