@@ -75,7 +75,7 @@ def measure_many(named_modules: Mapping[str, object], profile: DeviceProfile, ou
     Modules are exported lazily, just before they are timed, to ``workdir`` (so a resumed
     run does not re-export finished ones). Input shapes default to the profile's
     (batch, 3, resolution, resolution). Writes ``out_path`` (default
-    ``workdir/latency.parquet``; the schema is in ``timing``'s docstring) and returns it
+    ``workdir/latency.parquet``; the schema is in ``nas_core.latency.runner.table``'s docstring) and returns it
     as a pandas DataFrame.
     """
     usability = require_usable(profile)
