@@ -35,10 +35,15 @@ class SamplingBudgetError(SearchError):
 
 # --------------------------------------------------------------------------- what the search calls
 class AccuracyScorer(Protocol):
+    """Predicted accuracy of each genome, higher is better (``PredictorBundle``)."""
+
     def predict_genomes(self, genomes: np.ndarray) -> np.ndarray: ...
 
 
 class LatencyScorer(Protocol):
+    """Estimated latency of each genome on one device, and the lowest any subnet reaches
+    (``LatencyEstimator``; ``BlockTableEstimator`` as a stand-in)."""
+
     def predict_genomes(self, genomes: np.ndarray) -> np.ndarray: ...  # calibrated ms
     def min_latency_ms(self) -> float: ...
 
