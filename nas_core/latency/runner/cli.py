@@ -20,7 +20,7 @@ from .timer import TimingConfig
 def load_manifest(bundle_dir: str | os.PathLike) -> dict:
     """Read and check ``BUNDLE_DIR/manifest.json`` (written by ``nas_core.latency.bundle``).
 
-    Keys: ``format`` (1), ``settings`` (see module docstring), ``models`` (list of
+    Keys: ``format`` (1), ``settings`` (see ``settings``), ``models`` (list of
     ``{"id", "path" (relative to the bundle), "input_shape"}``), and optionally
     ``reference_id``, ``seed``, ``drift_tolerance``, ``check_every``, ``timing``
     (TimingConfig fields), ``code_version``.
@@ -110,6 +110,3 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{rows[0]['runtime_version']}, {flagged} drift-flagged)")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,7 +17,6 @@ from .settings import ModelEntry, normalise_settings
 from .table import check_same_identity, read_rows, run_identity, write_rows
 from .timer import CLOCKS, Clock, TimingConfig, TimingResult, settings_clock, time_session
 
-
 # The reference model's drift baseline is the median of its first this-many timings.
 BASELINE_TIMINGS = 3
 

@@ -52,7 +52,6 @@ import pyarrow.parquet as pq
 from .host import atomic_path
 from .timer import TimingConfig
 
-
 # The same key nas_core.io uses, so io.read_provenance reads tables written here.
 PROVENANCE_KEY = b"scan_edge"
 

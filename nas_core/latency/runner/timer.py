@@ -9,7 +9,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-
 # What a call's duration is read from: ``options["clock"]`` of the settings. ``wall`` (the
 # default) is the latency a device's user waits. ``cpu`` is this process's CPU time: it
 # leaves out the time the scheduler gave other processes, so single-thread CPU timings on
