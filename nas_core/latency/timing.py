@@ -7,17 +7,17 @@ import TimingConfig`` and ``timing.profile_models(...)`` read as before.
 """
 from __future__ import annotations
 
+from .runner.cli import build_parser, load_manifest, main, runtime_report
 from .runner.host import atomic_path, load_average, machine_fingerprint, pinned_cpus, utc_now
-from .runner.settings import (MANIFEST_FORMAT, MANIFEST_NAME, ONNX_BACKENDS, SETTINGS_KEYS, ModelEntry,
-                              normalise_settings)
-from .runner.timer import (CLOCKS, CPU_PROVIDERS, Clock, TimingConfig, TimingResult, median_ci, settings_clock,
-                           time_callable, time_session)
+from .runner.profiling import BASELINE_TIMINGS, Opener, profile_models
 from .runner.sessions import (ORT_DEVICE_PROVIDERS, OpenVinoSession, OrtSession, TensorRtSession, make_input,
                               open_entry, open_session, runtime_identity)
+from .runner.settings import (MANIFEST_FORMAT, MANIFEST_NAME, ONNX_BACKENDS, SETTINGS_KEYS, ModelEntry,
+                              normalise_settings)
 from .runner.table import (IDENTITY_KEYS, PROVENANCE_KEY, ROW_SCHEMA, check_same_identity, read_rows, run_identity,
                            write_rows)
-from .runner.profiling import BASELINE_TIMINGS, Opener, profile_models
-from .runner.cli import build_parser, load_manifest, main, runtime_report
+from .runner.timer import (CLOCKS, CPU_PROVIDERS, Clock, TimingConfig, TimingResult, median_ci, settings_clock,
+                           time_callable, time_session)
 
 __all__ = [
     "BASELINE_TIMINGS",
