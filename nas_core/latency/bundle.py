@@ -43,6 +43,7 @@ _LAUNCHER = f'''"""Times this bundle's models on this device: scan-edge's device
 import sys
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # leave the bundle as it was shipped (no __pycache__)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from {RUNNER_PACKAGE}.cli import main  # noqa: E402  (after the bundle's folder is on the path)
 
