@@ -34,8 +34,8 @@ RUNNER_NAME = "run_bundle.py"
 RUNNER_PACKAGE = "scan_edge_runner"  # the runner package's folder name in a bundle (a name no board has installed)
 RUNNER_SOURCE = Path(runner.__file__).parent
 
-# The bundle's entry point: puts the bundle's folder on the path (`runpy.run_path` does not, a board's
-# Prefect flow may run it that way) and runs the copied runner package.
+# The bundle's entry point: puts the bundle's folder on the path (`python run_bundle.py` does, but
+# `runpy.run_path` does not) and runs the copied runner package.
 _LAUNCHER = f'''"""Times this bundle's models on this device: scan-edge's device runner (nas_core.latency.runner).
 
     python {RUNNER_NAME} BUNDLE_DIR --out lut.parquet [--device-name NAME]
