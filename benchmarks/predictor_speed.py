@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nas_core.accuracy_predictor import AccuracyPredictor, PredictorBundle, torch_threads
+from nas_core.accuracy_predictor import AccuracyPredictor, PredictorBundle
+from nas_core.threads import torch_threads
 from nas_core.io import code_version, machine_fingerprint, utc_now, write_json
 from nas_core.search_space import SearchSpace
 

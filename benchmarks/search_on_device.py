@@ -58,7 +58,7 @@ def copy_inputs(data: Path, work: Path) -> None:
 
 
 def one_search(params, device: str, multiple: float, work: Path) -> dict:
-    from nas_core.search_algorithm import SearchError
+    from nas_core.search_constraints import SearchError
     from tasks.stages import stage_search
 
     row = {"device": device, "multiple": multiple}

@@ -35,8 +35,8 @@ import numpy as np
 from nas_core.block_catalog import BlockCatalog, block_macs
 from nas_core.io import code_version, machine_fingerprint, utc_now, write_json
 from nas_core.layout import DATA
-from nas_core.search_algorithm import (BlockTableEstimator, Constraints, EvolutionConfig, LatencyConstraint,
-                                       SamplingBudgetError, SamplingDistribution, search)
+from nas_core.search_algorithm import EvolutionConfig, SamplingDistribution, search
+from nas_core.search_constraints import BlockTableEstimator, Constraints, LatencyConstraint, SamplingBudgetError
 from nas_core.search_space import SearchSpace
 
 STANDIN_S0_MS = 12.5  # efficientformerv2_s0 on ONNX Runtime CPU, 1 thread, here (shared/ENVIRONMENT.md)

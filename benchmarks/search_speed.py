@@ -25,7 +25,8 @@ from pathlib import Path
 from nas_core.block_catalog import BlockCatalog
 from nas_core.io import code_version, machine_fingerprint, utc_now, write_json
 from nas_core.layout import DATA, Layout
-from nas_core.search_algorithm import Constraints, EvolutionConfig, LatencyConstraint, search
+from nas_core.search_algorithm import EvolutionConfig, search
+from nas_core.search_constraints import Constraints, LatencyConstraint
 from nas_core.search_space import SearchSpace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -20,8 +20,10 @@ by `scan-edge arch sample --out FILE` / the search stage."""
 
 
 # --------------------------------------------------------------------------- arch
-def resolve_arch(name_or_file: str):
-    """A preset name or a path to an architecture JSON file."""
+def arch_argument(name_or_file: str):
+    """The architecture a command-line argument names: a preset name or a path to an
+    architecture JSON file; exits with a message when it names neither. (The library's
+    ``nas_core.finetune.resolve_arch`` also accepts fine-tune outputs and returns their record.)"""
     from nas_core.search_space import SearchSpace
 
     space = SearchSpace()
@@ -61,7 +63,7 @@ def cmd_arch_show(args) -> int:
 
     if is_microvit(args.arch):
         return _show_microvit(args)
-    arch = resolve_arch(args.arch)
+    arch = arch_argument(args.arch)
     space = SearchSpace()
     g = space.encode(arch)[None]
     catalog = BlockCatalog(space, args.resolution)
@@ -132,7 +134,7 @@ def cmd_arch_export(args) -> int:
     if is_microvit(args.arch):
         model, label = create_microvit(args.arch, num_classes=args.num_classes), args.arch
     else:
-        arch = resolve_arch(args.arch)
+        arch = arch_argument(args.arch)
         model, label = SubnetModel(arch, num_classes=args.num_classes, resolution=args.resolution), arch.arch_id
     if args.checkpoint:
         from nas_core.io import torch_load

@@ -31,7 +31,7 @@ from nas_core.layout import DATA
 DEFAULT_DETECTION_DATA = DATA.detection_dataset
 
 
-def _params(args, stage: str) -> dict:
+def _params_with_epochs(args, stage: str) -> dict:
     """The params file, with ``--epochs`` overriding ``<stage>.epochs``."""
     from nas_core.params import load_params
 
@@ -44,7 +44,7 @@ def _params(args, stage: str) -> dict:
 def cmd_finetune(args) -> int:
     from tasks.stages import run_finetune
 
-    metrics = run_finetune(_params(args, "finetune"), args.arch, data=args.data, supernet=args.supernet,
+    metrics = run_finetune(_params_with_epochs(args, "finetune"), args.arch, data=args.data, supernet=args.supernet,
                            out_root=args.out, name=args.name, init=args.init, predicted_accuracy=args.predicted,
                            overwrite=args.overwrite)
     if metrics:
@@ -96,7 +96,7 @@ def _has_tabulate() -> bool:
 def cmd_transfer(args) -> int:
     from tasks.stages import run_transfer
 
-    record = run_transfer(_params(args, "transfer"), args.model, args.data, out_root=args.out, name=args.name,
+    record = run_transfer(_params_with_epochs(args, "transfer"), args.model, args.data, out_root=args.out, name=args.name,
                           supernet=args.supernet, overwrite=args.overwrite)
     if record:
         print(f"{record['name']}: top-1 {_pct(record['top1'])} on {record['dataset']['eval_split']} "
@@ -108,7 +108,7 @@ def cmd_transfer(args) -> int:
 def cmd_detect(args) -> int:
     from tasks.stages import detection_dataset, run_detection
 
-    params = _params(args, "detection")
+    params = _params_with_epochs(args, "detection")
     data = detection_dataset(params, args.data, DEFAULT_DETECTION_DATA)
     metrics = run_detection(params, args.model, data, out_root=args.out, name=args.name, supernet=args.supernet,
                             overwrite=args.overwrite)

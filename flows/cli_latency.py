@@ -22,7 +22,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from flows.cli import EPILOG, resolve_arch
+from flows.cli import EPILOG, arch_argument
 from nas_core.layout import DATA, Layout
 
 # The CLI boundary: each command imports the libraries it runs inside its function, so that
@@ -33,7 +33,7 @@ DEFAULT_EXPORTS = str(DATA.lut_exports)  # one ONNX cache for every --root: expo
 
 
 # --------------------------------------------------------------------------- shared helpers
-def _params(args) -> dict:
+def _params_if_present(args) -> dict:
     """params.yaml when present (an explicit --params must exist), else no overrides."""
     from nas_core.params import load_params
 
@@ -47,7 +47,7 @@ def _profile(args):
     """The device profile named by --device, with --resolution applied."""
     from nas_core.latency.devices import get_profile, load_profiles
 
-    profile = get_profile(args.device, load_profiles(_params(args).get("devices")))
+    profile = get_profile(args.device, load_profiles(_params_if_present(args).get("devices")))
     if getattr(args, "resolution", None):
         profile = dataclasses.replace(profile, resolution=args.resolution)
     if getattr(args, "clock", None):
@@ -57,7 +57,7 @@ def _profile(args):
 
 def _with_flags(args, name: str, **flags) -> dict:
     """The params with the flags that were given overriding keys of section ``name``."""
-    params = _params(args)
+    params = _params_if_present(args)
     given = {key: value for key, value in flags.items() if value is not None}
     return {**params, name: {**(params.get(name) or {}), **given}}
 
@@ -136,7 +136,7 @@ def _paths(args, profile):
 def cmd_devices(args) -> int:
     from nas_core.latency.devices import check_usable, load_profiles
 
-    profiles = load_profiles(_params(args).get("devices"))
+    profiles = load_profiles(_params_if_present(args).get("devices"))
     rows = []
     for name, profile in sorted(profiles.items()):
         usability = check_usable(profile)
@@ -261,7 +261,7 @@ def cmd_latency(args) -> int:
 
     profile = _profile(args)
     paths = _paths(args, profile)
-    arch = resolve_arch(args.arch)
+    arch = arch_argument(args.arch)
     estimator = LatencyEstimator.from_files(paths.lut, paths.fit if not args.raw else None, profile,
                                             runtime_version=args.runtime_version)
     genome = estimator.space.encode(arch)[None]

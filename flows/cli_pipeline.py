@@ -29,7 +29,8 @@ from tasks.stages.planner import STAGE_NAMES  # light: the stage modules load on
 # command line loads no torch, Prefect or Dask.
 
 
-def _params(args) -> dict:
+def _profile_params(args) -> dict:
+    """The params file under the chosen ``--profile`` (its ``profile:`` key by default)."""
     from nas_core.params import load_params
 
     return load_params(args.params, args.profile)
@@ -50,7 +51,7 @@ def cmd_reproduce(args) -> int:
                              "(or `dvc exp run -S profile=NAME`) and stages with `dvc repro STAGE`")
         return _dvc(["repro"])
     started = time.monotonic()
-    params = _params(args)
+    params = _profile_params(args)
     if not (args.dry_run or args.only) and _nothing_to_do(params, args.root, args.no_dvc_commit, started):
         return 0
     from flows.reproduce import reproduce
@@ -149,7 +150,7 @@ def cmd_status(args) -> int:
     if done.returncode != 0:
         raise ValueError(f"dvc status failed: {done.stderr.strip()[-800:]}")
     status = json.loads(done.stdout or "{}")
-    rows = explain_dvc_status(status, [step.id for step in pipeline_steps(_params(args), DATA_ROOT)])
+    rows = explain_dvc_status(status, [step.id for step in pipeline_steps(_profile_params(args), DATA_ROOT)])
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -183,7 +184,7 @@ def stage_options(args) -> dict:
 
 
 def cmd_stage(args) -> int:
-    params = _params(args)
+    params = _profile_params(args)
     options = stage_options(args)
     if args.prefect:
         from flows.reproduce import needs_server, stage_flow
@@ -208,14 +209,14 @@ def cmd_stage(args) -> int:
 def cmd_dataset(args) -> int:
     from tasks.stages import stage_dataset
 
-    stage_dataset(_params(args), root=args.root)
+    stage_dataset(_profile_params(args), root=args.root)
     return 0
 
 
 def cmd_report(args) -> int:
     from tasks.stages import stage_report
 
-    stage_report(_params(args), root=args.root)
+    stage_report(_profile_params(args), root=args.root)
     return 0
 
 

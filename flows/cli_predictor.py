@@ -83,7 +83,7 @@ def format_metrics(metrics: dict) -> str:
 
 
 def cmd_predict(args) -> int:
-    from flows.cli import resolve_arch
+    from flows.cli import arch_argument
     from nas_core.accuracy_predictor import PredictorBundle, score_to_target
 
     path = Path(args.predictor)
@@ -91,7 +91,7 @@ def cmd_predict(args) -> int:
         raise FileNotFoundError(f"{path}: no accuracy predictor; make it with `scan-edge collect-pairs` then "
                                 "`scan-edge fit-predictor`")
     bundle = PredictorBundle.load(path)
-    archs = [resolve_arch(name) for name in args.arch]
+    archs = [arch_argument(name) for name in args.arch]
     predicted = score_to_target(bundle.predict(archs), bundle.target)
     if args.json:
         print(json.dumps([{"arch": name, "arch_id": a.arch_id, f"predicted_{bundle.target}": float(p)}

@@ -57,7 +57,15 @@ from pathlib import Path
 from typing import Callable, ClassVar, Mapping, Sequence
 
 import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from torch import nn
+from torchvision import tv_tensors
+from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.ssd import SSD
+from torchvision.models.detection.ssdlite import SSDLiteHead, _extra_block, _normal_init
+from torchvision.transforms import v2
 
 from . import finetune
 from .classifiers import load_classifier, subnet_at_resolution
@@ -137,8 +145,6 @@ class DetectionConfig(TrainRecipe):
 # --------------------------------------------------------------------------- backbones
 def _extra_blocks(in_channels: int, channels: Sequence[int]) -> nn.ModuleList:
     """SSDLite's extra feature blocks (torchvision's own ``_extra_block`` and init)."""
-    from torchvision.models.detection.ssdlite import _extra_block, _normal_init
-
     norm = partial(nn.BatchNorm2d, eps=0.001, momentum=0.03)
     blocks, prev = [], in_channels
     for c in channels:
@@ -231,10 +237,6 @@ def build_ssdlite(backbone: nn.Module, num_classes: int, resolution: int,
 
     ``num_classes`` counts the background (``CocoDetectionDataset.num_classes``).
     """
-    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
-    from torchvision.models.detection.ssd import SSD
-    from torchvision.models.detection.ssdlite import SSDLiteHead
-
     config = config or DetectionConfig(resolution=resolution)
     levels = len(backbone.out_channels)
     smallest, largest = config.anchor_scales
@@ -257,8 +259,6 @@ class DetectionTransform:
     """
 
     def __init__(self, policy: str = "none", hflip_prob: float = 0.5):
-        from torchvision.transforms import v2
-
         if policy not in AUGMENT_POLICIES:
             raise ValueError(f"unknown augment policy {policy!r}; known: {', '.join(AUGMENT_POLICIES)}")
         self.policy = policy
@@ -272,8 +272,6 @@ class DetectionTransform:
             + [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.SanitizeBoundingBoxes()])
 
     def __call__(self, image, target: dict):
-        from torchvision import tv_tensors
-
         boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=(image.height, image.width))
         sample = {"boxes": boxes, "labels": target["labels"]}
         if self.before is not None:
@@ -391,8 +389,6 @@ def predict(model: nn.Module, dataset, batch_size: int = 16, max_images: int | N
 def coco_ground_truth(instances_json: str | os.PathLike):
     """pycocotools ``COCO`` of an instances file; missing ``area`` (w*h) and ``iscrowd`` (0)
     are filled in, since COCOeval needs both and small datasets often omit them."""
-    from pycocotools.coco import COCO
-
     data = read_json(instances_json)
     for ann in data.get("annotations", []):
         ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
@@ -410,9 +406,6 @@ def coco_evaluate(predictions: Mapping[int, Mapping], label_to_category: Mapping
     """COCO box metrics (``COCO_STAT_NAMES``: mAP = AP@[.5:.95], mAP50 = AP@.5, ...) of
     ``predictions`` against ``instances_json``, restricted to the predicted images.
     No detection at all gives zeros (pycocotools cannot load an empty result list)."""
-    from pycocotools.cocoeval import COCOeval
-
-
     results = to_coco_results(predictions, label_to_category)
     metrics = dict.fromkeys(COCO_STAT_NAMES, 0.0)
     metrics["detections"] = len(results)
@@ -445,7 +438,6 @@ class SSDLiteExport(nn.Module):
 
     def __init__(self, ssd: nn.Module, resolution: int):
         super().__init__()
-        from torchvision.models.detection.image_list import ImageList
 
         self.backbone, self.head, self.box_coder = ssd.backbone, ssd.head, ssd.box_coder
         self.resolution = resolution

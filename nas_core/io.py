@@ -18,8 +18,12 @@ import os
 import platform
 import subprocess
 import tempfile
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 PROVENANCE_KEY = b"scan_edge"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -66,9 +70,6 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def write_parquet(path: str | os.PathLike, frame, provenance: dict | None = None) -> Path:
     """Write a pandas DataFrame as Parquet atomically, with provenance in the schema metadata."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     table = pa.Table.from_pandas(frame, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[PROVENANCE_KEY] = json.dumps(provenance or {}, sort_keys=True, default=_json_default).encode()
@@ -80,8 +81,6 @@ def write_parquet(path: str | os.PathLike, frame, provenance: dict | None = None
 
 def read_parquet(path: str | os.PathLike):
     """Read a Parquet table, with a clear error for a missing or corrupt file."""
-    import pyarrow.parquet as pq
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such table (has the stage that writes it run?)")
@@ -92,15 +91,13 @@ def read_parquet(path: str | os.PathLike):
 
 
 def read_provenance(path: str | os.PathLike) -> dict:
-    import pyarrow.parquet as pq
-
     meta = pq.read_schema(path).metadata or {}
     raw = meta.get(PROVENANCE_KEY)
     return json.loads(raw) if raw else {}
 
 
 def torch_save(path: str | os.PathLike, obj: Any) -> Path:
-    import torch
+    import torch  # on first use: nas_core.latency and nas_core.io import without torch (hosts driving boards)
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -108,7 +105,7 @@ def torch_save(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def torch_load(path: str | os.PathLike, map_location="cpu") -> Any:
-    import torch
+    import torch  # on first use: nas_core.latency and nas_core.io import without torch (hosts driving boards)
 
     path = Path(path)
     if not path.exists():
@@ -138,7 +135,6 @@ def code_version() -> str:
             return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return f"scan-edge {version('scan-edge')}"

@@ -66,10 +66,18 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Subset
 
-from .io import (code_version, file_sha256, machine_fingerprint, read_parquet, read_provenance, utc_now,
-                 write_parquet)
+from .block_catalog import BlockCatalog
+from .data.folders import ManifestDataset, build_transform, load_checked_manifest, seed_worker
+from .encoding import ArchEncoder
+from .evaluate import calibration_batches, evaluate, recalibrate_bn
+from .io import code_version, file_sha256, machine_fingerprint, read_parquet, read_provenance, utc_now, write_parquet
 from .search_space import SPACE_VERSION, SearchSpace
+from .threads import torch_threads
+from .train import load_supernet
 
 PLAN_NAME = "plan.parquet"
 SHARD_PATTERN = "shard-{:05d}.parquet"
@@ -180,8 +188,6 @@ def assign_splits(num_subnets: int, counts: Mapping[str, int], seed: int) -> np.
 
 def make_plan(config: PairsConfig, space: SearchSpace | None = None):
     """The plan as a DataFrame: ``index, arch_id, genome, split, shard`` (one row per subnet)."""
-    import pandas as pd
-
     space = space or SearchSpace()
     genomes = sample_plan_genomes(space, config.num_subnets, config.seed, config.include_extremes)
     return pd.DataFrame({
@@ -309,8 +315,6 @@ class SubnetEvaluator:
     """
 
     def __init__(self, supernet, calib_batches: list, eval_batches: Iterable, config: PairsConfig):
-        from .block_catalog import BlockCatalog
-
         self.supernet, self.calib_batches, self.eval_batches = supernet.eval(), calib_batches, eval_batches
         self.config = config
         self.catalog = BlockCatalog(supernet.space, supernet.resolution)
@@ -318,10 +322,6 @@ class SubnetEvaluator:
     @classmethod
     def from_files(cls, supernet_path: str | os.PathLike, data_root: str | os.PathLike,
                    config: PairsConfig) -> "SubnetEvaluator":
-        from .data.folders import ManifestDataset, build_transform, load_checked_manifest
-        from .evaluate import calibration_batches
-        from .train import load_supernet
-
         device = evaluation_device(config.device)
         supernet, _meta = load_supernet(supernet_path, device)
         manifest = load_checked_manifest(data_root, config.skip_bad_images)
@@ -338,8 +338,6 @@ class SubnetEvaluator:
 
     def __call__(self, arch) -> dict[str, float]:
         """``{top1, top5, loss, images, bn_seconds, eval_seconds}`` of ``arch``."""
-        from .evaluate import evaluate, recalibrate_bn
-
         started = time.perf_counter()
         if self.config.mode == "extract":
             model, arch_arg = self.supernet.extract(arch).eval(), None
@@ -353,8 +351,6 @@ class SubnetEvaluator:
 
 def evaluation_device(requested: str | None = None):
     """``requested`` as a torch device; None: the first CUDA device when there is one, else the CPU."""
-    import torch
-
     if requested is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(requested)
@@ -373,9 +369,6 @@ def eval_batches(dataset, config: PairsConfig, device=None, resolution: int | No
     ``(images, labels)`` tensors on ``device`` when ``cache_images`` and they fit
     ``cache_budget_mb``, else a DataLoader streaming them (``num_workers`` persistent
     workers; pinned memory for a GPU)."""
-    import torch
-    from torch.utils.data import DataLoader, Subset
-
     device = torch.device(device or "cpu")
     indices = list(range(len(dataset)))
     if config.eval_images is not None and config.eval_images < len(dataset):
@@ -392,10 +385,6 @@ def eval_batches(dataset, config: PairsConfig, device=None, resolution: int | No
 
 def _evaluation_worker_init(worker_id: int) -> None:
     """A streaming worker decodes only: one torch thread (the evaluation owns the cores)."""
-    import torch
-
-    from .data.folders import seed_worker
-
     torch.set_num_threads(1)
     seed_worker(worker_id)
 
@@ -452,8 +441,6 @@ def evaluate_shard(spec: ShardSpec, evaluator_factory: EvaluatorFactory | None =
     supernet's class count when it has them (else at 224 px with 1000 classes). ``device``
     overrides ``pairs.device`` (a worker's own GPU); it does not change any row.
     """
-    import pandas as pd
-
     out_path = spec.out_path
     provenance = read_provenance(spec.plan_path)
     if out_path.exists():
@@ -469,7 +456,6 @@ def evaluate_shard(spec: ShardSpec, evaluator_factory: EvaluatorFactory | None =
     if device is not None:
         config = replace(config, device=device)
     space = SearchSpace()
-    from .accuracy_predictor import torch_threads
 
     with torch_threads(config.threads):
         evaluator = (evaluator_factory or default_evaluator)(provenance, config)
@@ -487,9 +473,6 @@ def evaluate_shard(spec: ShardSpec, evaluator_factory: EvaluatorFactory | None =
 
 
 def _shard_frame(plan_rows, results, space: SearchSpace, evaluator, provenance: Mapping[str, Any]):
-    from .block_catalog import BlockCatalog
-    from .encoding import ArchEncoder
-
     if list(results["arch_id"]) != list(plan_rows["arch_id"]):
         raise AssertionError("evaluated subnets differ from the plan's (genome decoding changed?)")
     genomes = np.stack(plan_rows["genome"].to_numpy()).astype(np.int64)
@@ -517,8 +500,6 @@ def assemble_pairs(plan_path: str | os.PathLike, out_path: str | os.PathLike):
 
     Raises if a shard is missing, belongs to another plan, or an arch_id repeats.
     """
-    import pandas as pd
-
     plan_path = Path(plan_path)
     provenance = read_provenance(plan_path)
     plan = read_parquet(plan_path)
@@ -567,8 +548,6 @@ def synthetic_accuracy(space: SearchSpace, genomes: np.ndarray, noise: float = 0
     stage-4 width interacting with stage-3 depth. Returns fractions in (0, 1), with
     Gaussian ``noise`` (standard deviation, in accuracy units).
     """
-    from .block_catalog import BlockCatalog
-
     genomes = np.atleast_2d(np.asarray(genomes, dtype=np.int64))
     catalog = BlockCatalog(space, 224)
     macs = catalog.count_macs(genomes) / 1e6
@@ -602,8 +581,6 @@ def synthetic_pairs(num_subnets: int, seed: int = 0, noise: float = 0.005, val_f
     for the predictor's and the search's tests and demos. Columns that only a real
     evaluation has are placeholders: ``top5 = min(1, top1 + 0.15)``, ``loss = -log(top1)``,
     ``images = 0``, zero seconds, ``supernet_sha256 = "synthetic"``, one shard."""
-    import pandas as pd
-
     space = space or SearchSpace()
     config = PairsConfig(num_subnets=num_subnets, seed=seed, val_fraction=val_fraction,
                          test_fraction=test_fraction, shard_size=num_subnets)

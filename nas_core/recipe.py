@@ -23,7 +23,11 @@ from __future__ import annotations
 import sys
 from typing import Any, Iterable, Mapping
 
+import timm
 import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.utils import dispatch_clip_grad
 from torch import nn
 
 MIXUP_KEYS = frozenset({"mixup_alpha", "cutmix_alpha", "cutmix_minmax", "prob", "switch_prob", "mode", "correct_lam"})
@@ -45,15 +49,12 @@ def build_mixup(mixup: Mapping[str, Any] | None, smoothing: float, num_classes: 
     smoothing goes into the mixed targets, as in EfficientFormer's ``main.py``."""
     if not mixup:
         return None
-    from timm.data import Mixup
 
     return Mixup(**dict(mixup), label_smoothing=smoothing, num_classes=num_classes)
 
 
 def classification_criterion(smoothing: float, mixup) -> nn.Module:
     """The loss on the class head: soft-target CE after mixup, else label-smoothed CE."""
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
     if mixup is not None:
         return SoftTargetCrossEntropy()
     return LabelSmoothingCrossEntropy(smoothing) if smoothing > 0 else nn.CrossEntropyLoss()
@@ -61,8 +62,6 @@ def classification_criterion(smoothing: float, mixup) -> nn.Module:
 
 def clip_gradients(params: Iterable[nn.Parameter], value: float, mode: str = "norm") -> None:
     """timm's gradient clipping: ``norm`` (global norm), ``value`` or ``agc`` (adaptive)."""
-    from timm.utils import dispatch_clip_grad
-
     dispatch_clip_grad([p for p in params if p.grad is not None], value, mode=mode)
 
 
@@ -84,8 +83,6 @@ def build_teacher(name: str, checkpoint: str | None, num_classes: int, device: t
     except ValueError as err:
         if not stand_in:
             raise
-        import timm
-
         _UNLOADABLE[(name, checkpoint)] = str(err)
 
         print(f"warning: {err}\nwarning: DRY RUN: distilling from a stand-in teacher, {stand_in!r} with random "
@@ -99,8 +96,6 @@ _UNLOADABLE: dict[tuple[str, str | None], str] = {}  # teachers this process cou
 
 
 def _load_teacher(name: str, checkpoint: str | None, num_classes: int) -> nn.Module:
-    import timm
-
     where = checkpoint or "timm's pretrained weights (download)"
     try:
         if checkpoint:

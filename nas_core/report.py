@@ -34,8 +34,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import pandas as pd
+
 from .io import code_version, machine_fingerprint, read_json, read_parquet, utc_now, write_parquet, write_text
+from .latency.calibration import plot_calibration
 from .layout import Layout
+from .search_report import plot_front, plot_history
 
 REFERENCE_MODEL = "mobilenetv2_100"
 CNN_MODELS = ("mobilenetv2", "mobilenetv3", "gernet", "resnet", "regnet")
@@ -72,8 +76,6 @@ class Sources:
 # --------------------------------------------------------------------------- tables
 def table3_models(layout: Layout, names: Sequence[str], devices: Sequence[str], src: Sources):
     """Ours and the trained baselines (``finetune/<name>/metrics.json``)."""
-    import pandas as pd
-
     rows = []
     for name in names:
         path = layout.finetune_metrics(name)
@@ -92,8 +94,6 @@ def table3_models(layout: Layout, names: Sequence[str], devices: Sequence[str], 
 
 def table3_latency(layout: Layout, devices: Sequence[str], src: Sources):
     """The compared architectures' latency (``baselines/<device>.parquet``)."""
-    import pandas as pd
-
     by_model: dict[str, dict] = {}
     for device in devices:
         path = layout.baselines(device)
@@ -126,8 +126,6 @@ def _with_ratios(frame, devices: Sequence[str]):
 
 def table4_searches(layout: Layout, runs: Sequence[str], src: Sources):
     """One row per search run (``search/<run>.json`` + the fine-tuned ``ours_<run>``)."""
-    import pandas as pd
-
     rows = []
     for run in runs:
         path = layout.search_summary(run)
@@ -149,8 +147,6 @@ def table4_searches(layout: Layout, runs: Sequence[str], src: Sources):
 
 
 def table5_transfer(layout: Layout, src: Sources):
-    import pandas as pd
-
     summary = src.json(layout.transfer_metrics) or {}
     rows = [{"model": label, "dataset": r.get("dataset"), "top1": r.get("top1"), "top5": r.get("top5"),
              "params": r.get("params"), "epochs": r.get("epochs"), "source": r.get("source")}
@@ -159,8 +155,6 @@ def table5_transfer(layout: Layout, src: Sources):
 
 
 def table6_detection(layout: Layout, devices: Sequence[str], src: Sources):
-    import pandas as pd
-
     summary = src.json(layout.detection_metrics) or {}
     rows = []
     for label, r in summary.items():
@@ -174,8 +168,6 @@ def table6_detection(layout: Layout, devices: Sequence[str], src: Sources):
 
 def latency_predictor_table(layout: Layout, devices: Sequence[str], src: Sources):
     """Fig. 3 / Suppl. S4 in numbers: the held-out validation subnets, per estimator."""
-    import pandas as pd
-
     rows = []
     for device in devices:
         path = layout.lut_paths(device).fit
@@ -197,8 +189,6 @@ def latency_predictor_table(layout: Layout, devices: Sequence[str], src: Sources
 
 
 def accuracy_predictor_table(layout: Layout, src: Sources):
-    import pandas as pd
-
     path = layout.predictor_metrics
     metrics = src.json(path)
     if metrics is None:
@@ -219,16 +209,12 @@ def accuracy_predictor_table(layout: Layout, src: Sources):
 # --------------------------------------------------------------------------- figures
 def figure3(layout: Layout, devices: Sequence[str], out: Path) -> Path | None:
     """Fig. 3: estimated vs measured latency, raw and calibrated, one panel per device."""
-    from .latency.calibration import plot_calibration
-
     frames = {d: read_parquet(p) for d in devices if (p := layout.lut_paths(d).calibration).exists()}
     return plot_calibration(frames, out) if frames else None
 
 
 def figure4(layout: Layout, run: str, out: Path) -> Path | None:
     """Fig. 4-like: the search's Q, the valid rate of fresh draws from P and P's entropy per generation."""
-    from .search_report import plot_history
-
     summary = layout.search_summary(run)
     if not summary.exists():
         return None
@@ -242,10 +228,6 @@ def figure4(layout: Layout, run: str, out: Path) -> Path | None:
 
 def figure5(layout: Layout, device: str, runs: Sequence[str], out: Path) -> Path | None:
     """Fig. 5: the accuracy-latency front on one device over its latency-only searches."""
-    import pandas as pd
-
-    from .search_report import plot_front
-
     rows = []
     for run in runs:
         path = layout.search_summary(run)

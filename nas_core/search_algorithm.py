@@ -40,93 +40,26 @@ Constraint targets below the smallest achievable value fail at once
 (:class:`InfeasibleConstraintError`, naming the lowest achievable value); sampling that hits
 ``max_sampling_attempts`` fails with :class:`SamplingBudgetError` instead of hanging.
 
-After the search, :func:`refine_on_device` measures the best candidates on the device itself
-and returns the most accurate one whose measured latency is within [target - 3%, target],
-re-targeting the search by how far the measurements fell from the window when none is.
+After the search, :func:`nas_core.search_refine.refine_on_device` measures the best candidates
+on the device itself and returns the most accurate one whose measured latency is within
+[target - 3%, target], re-targeting the search by how far the measurements fell from the window
+when none is. The constraints and the scorer interfaces are :mod:`nas_core.search_constraints`.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .block_catalog import HEAD_CLASSES, BlockCatalog
+from .search_constraints import (AccuracyScorer, Constraints, SamplingBudgetError, SearchError, describe_metric,
+                                 format_metric)
 from .search_space import ArchConfig, SearchSpace
 
 PROB_ATOL = 1e-9  # Theorem 1 check: probabilities >= 0 and summing to 1 per gene, within this
-
-
-# --------------------------------------------------------------------------- errors
-class SearchError(ValueError):
-    """A search that cannot be run as asked (a ValueError, so the CLI prints it plainly)."""
-
-
-class InfeasibleConstraintError(SearchError):
-    """A constraint below the smallest value any subnet of the space achieves."""
-
-
-class SamplingBudgetError(SearchError):
-    """Too few valid subnets within ``max_sampling_attempts`` draws."""
-
-
-# --------------------------------------------------------------------------- what the search calls
-class AccuracyPredictor(Protocol):
-    def predict_genomes(self, genomes: np.ndarray) -> np.ndarray: ...
-
-
-class LatencyEstimator(Protocol):
-    def predict_genomes(self, genomes: np.ndarray) -> np.ndarray: ...  # calibrated ms
-    def min_latency_ms(self) -> float: ...
-
-
-# --------------------------------------------------------------------------- additive per-block estimators
-class BlockTableEstimator:
-    """``scale * (sum of a per-block table over a subnet's blocks) + offset``.
-
-    This is the shape of every additive cost model in the project: a calibrated latency LUT
-    (§5.3: a * LUT sum + b), the parameter count and the MAC count (scale 1, offset 0). The
-    search uses it for the params / MACs constraints; tests and benchmarks use it as a
-    stand-in latency estimator. ``min_value`` is exact (:meth:`BlockCatalog.min_table_sum`).
-    """
-
-    def __init__(self, catalog: BlockCatalog, table: np.ndarray, scale: float = 1.0, offset: float = 0.0,
-                 name: str = "table"):
-        if scale <= 0:
-            raise ValueError(f"{name}: scale must be positive (got {scale}); a negative scale reverses the order")
-        self.catalog = catalog
-        self.table = np.asarray(table, dtype=float)
-        self.scale, self.offset, self.name = float(scale), float(offset), name
-        self._min: tuple[float, np.ndarray] | None = None
-
-    @classmethod
-    def params(cls, catalog: BlockCatalog, num_classes: int = HEAD_CLASSES) -> "BlockTableEstimator":
-        return cls(catalog, catalog.params_table(num_classes), name="params")
-
-    @classmethod
-    def macs(cls, catalog: BlockCatalog, num_classes: int = HEAD_CLASSES) -> "BlockTableEstimator":
-        return cls(catalog, catalog.macs_table(num_classes), name="macs")
-
-    def predict_genomes(self, genomes: np.ndarray) -> np.ndarray:
-        return self.scale * self.catalog.sum_table(self.table, genomes) + self.offset
-
-    def _minimum(self) -> tuple[float, np.ndarray]:
-        if self._min is None:
-            raw, genome = self.catalog.min_table_sum(self.table)
-            self._min = (self.scale * raw + self.offset, genome)
-        return self._min
-
-    def min_value(self) -> float:
-        return self._minimum()[0]
-
-    def argmin_genome(self) -> np.ndarray:
-        return self._minimum()[1].copy()
-
-    def min_latency_ms(self) -> float:  # the LatencyEstimator protocol
-        return self.min_value()
 
 
 # --------------------------------------------------------------------------- the sampling space
@@ -222,136 +155,6 @@ class SamplingDistribution:
         p = self.probs
         logs = np.log(np.where(p > 0, p, 1.0))
         return float(np.mean(-(p * logs).sum(axis=1) / np.log(self.space.num_choices)))
-
-
-# --------------------------------------------------------------------------- constraints
-@dataclass(frozen=True)
-class LatencyConstraint:
-    """Calibrated latency on ``device`` must be <= ``target_ms`` (and >= ``floor_ms`` if set).
-
-    The paper's constraint is the upper bound alone. The floor exists for
-    :func:`refine_on_device`: once measurements show where the device's window
-    [target - 3%, target] lies in estimated milliseconds, a re-search confined to that band
-    returns candidates that land in the window, instead of the predictor's favourite far below it.
-    """
-
-    device: str
-    target_ms: float
-    estimator: LatencyEstimator = field(compare=False, repr=False)
-    floor_ms: float | None = None
-
-
-class Constraints:
-    """Eq. 1's constraint set: latency on one or more devices, params, optionally MACs.
-
-    Metric names (also Parquet column names): ``latency_ms.<device>``, ``params``, ``macs``.
-    """
-
-    def __init__(self, catalog: BlockCatalog, latency: Sequence[LatencyConstraint] = (),
-                 max_params: float | None = None, max_macs: float | None = None,
-                 num_classes: int = HEAD_CLASSES):
-        self.catalog = catalog
-        self.latency = tuple(latency)
-        self.max_params, self.max_macs, self.num_classes = max_params, max_macs, int(num_classes)
-        devices = [c.device for c in self.latency]
-        if len(set(devices)) != len(devices):
-            raise SearchError(f"a device may have one latency target; got {devices}")
-        for name, limit in [*((f"latency_ms.{c.device}", c.target_ms) for c in self.latency),
-                            ("params", max_params), ("macs", max_macs)]:
-            if limit is not None and not (np.isfinite(limit) and limit > 0):
-                raise SearchError(f"constraint {name} must be a positive number, got {limit}")
-        for c in self.latency:
-            if c.floor_ms is not None and not 0 <= c.floor_ms < c.target_ms:
-                raise SearchError(f"latency floor on {c.device} must be in [0, {c.target_ms}), got {c.floor_ms}")
-        self.params_estimator = BlockTableEstimator.params(catalog, num_classes)
-        self.macs_estimator = BlockTableEstimator.macs(catalog, num_classes)
-
-    @property
-    def devices(self) -> list[str]:
-        return [c.device for c in self.latency]
-
-    def limits(self) -> dict[str, float]:
-        """Metric name -> upper bound, for the constrained metrics only."""
-        out = {f"latency_ms.{c.device}": float(c.target_ms) for c in self.latency}
-        if self.max_params is not None:
-            out["params"] = float(self.max_params)
-        if self.max_macs is not None:
-            out["macs"] = float(self.max_macs)
-        return out
-
-    def floors(self) -> dict[str, float]:
-        """Metric name -> lower bound, for latency constraints with a floor."""
-        return {f"latency_ms.{c.device}": float(c.floor_ms) for c in self.latency if c.floor_ms is not None}
-
-    def _estimators(self) -> dict[str, Any]:
-        return {**{f"latency_ms.{c.device}": c.estimator for c in self.latency},
-                "params": self.params_estimator, "macs": self.macs_estimator}
-
-    def check_feasible(self) -> dict[str, float]:
-        """Raise :class:`InfeasibleConstraintError` if a bound is below the smallest value the
-        space achieves; return the smallest achievable value of each constrained metric."""
-        lowest = {}
-        for name, limit in self.limits().items():
-            estimator = self._estimators()[name]
-            low = float(estimator.min_latency_ms() if name.startswith("latency_ms.") else estimator.min_value())
-            lowest[name] = low
-            if limit < low:
-                raise InfeasibleConstraintError(
-                    f"{_describe_metric(name)} target {_fmt_metric(name, limit)} is infeasible: the lowest "
-                    f"achievable value in the search space is {_fmt_metric(name, low)}")
-        return lowest
-
-    def evaluate(self, genomes: np.ndarray, metrics: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        """Metric name -> values for ``genomes`` (the constrained metrics by default)."""
-        estimators = self._estimators()
-        names = list(self.limits()) if metrics is None else list(metrics)
-        out = {}
-        for name in names:
-            values = np.asarray(estimators[name].predict_genomes(genomes), dtype=float)
-            if values.shape != (len(genomes),):
-                raise SearchError(f"{name}: estimator returned shape {values.shape} for {len(genomes)} genomes")
-            out[name] = values
-        return out
-
-    def all_metrics(self, genomes: np.ndarray) -> dict[str, np.ndarray]:
-        return self.evaluate(genomes, [*(f"latency_ms.{d}" for d in self.devices), "params", "macs"])
-
-    def violation(self, values: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Largest relative excess over an upper bound or shortfall under a floor (0 where
-        every constraint holds)."""
-        limits = self.limits()
-        if not limits:
-            return np.zeros(len(next(iter(values.values()), [])))
-        excess = [np.maximum(values[name] / limit - 1.0, 0.0) for name, limit in limits.items()]
-        excess += [np.maximum(1.0 - values[name] / floor, 0.0) for name, floor in self.floors().items() if floor > 0]
-        return np.max(excess, axis=0)
-
-    def describe(self) -> dict[str, Any]:
-        return {"latency_ms": {c.device: float(c.target_ms) for c in self.latency},
-                **({"latency_floor_ms": {k.split(".", 1)[1]: v for k, v in self.floors().items()}}
-                   if self.floors() else {}),
-                "max_params": self.max_params, "max_macs": self.max_macs, "num_classes": self.num_classes,
-                "resolution": self.catalog.resolution}
-
-    def with_latency_targets(self, targets: Mapping[str, float],
-                             floors: Mapping[str, float] | None = None) -> "Constraints":
-        """The same constraints with new latency targets and floors (used to re-target a search)."""
-        floors = floors or {}
-        latency = [dataclasses.replace(c, target_ms=float(targets.get(c.device, c.target_ms)),
-                                       floor_ms=floors.get(c.device)) for c in self.latency]
-        return Constraints(self.catalog, latency, self.max_params, self.max_macs, self.num_classes)
-
-
-def _describe_metric(name: str) -> str:
-    if name.startswith("latency_ms."):
-        return f"latency on {name.split('.', 1)[1]}"
-    return {"params": "parameter count", "macs": "MAC count"}[name]
-
-
-def _fmt_metric(name: str, value: float) -> str:
-    if name.startswith("latency_ms."):
-        return f"{value:.3f} ms"
-    return f"{value / 1e6:.3f} M"
 
 
 # --------------------------------------------------------------------------- search configuration
@@ -467,7 +270,7 @@ class SearchResult:
 class EvolutionFinder:
     """Evolutionary search over genomes with search-space evolution (module docstring)."""
 
-    def __init__(self, space: SearchSpace, accuracy_predictor: AccuracyPredictor, constraints: Constraints,
+    def __init__(self, space: SearchSpace, accuracy_predictor: AccuracyScorer, constraints: Constraints,
                  config: EvolutionConfig | None = None,
                  initial_distribution: SamplingDistribution | None = None):
         self.space = space
@@ -620,7 +423,7 @@ class EvolutionFinder:
                 for i, (g, a) in enumerate(zip(genomes, accuracy))]
 
     def _budget_message(self, kind: str, got: int, wanted: int, attempts: int) -> str:
-        limits = ", ".join(f"{_describe_metric(k)} <= {_fmt_metric(k, v)}"
+        limits = ", ".join(f"{describe_metric(k)} <= {format_metric(k, v)}"
                            for k, v in self.constraints.limits().items())
         hint = ("relax the constraints, or turn search-space evolution on (evolve_space: true)"
                 if not self.config.evolve_space else "relax the constraints or raise max_sampling_attempts")
@@ -657,7 +460,7 @@ def _unique_by_accuracy(genomes: np.ndarray, accuracy: np.ndarray) -> tuple[np.n
     return genomes[order], accuracy[order]
 
 
-def search(space: SearchSpace, accuracy_predictor: AccuracyPredictor, constraints: Constraints,
+def search(space: SearchSpace, accuracy_predictor: AccuracyScorer, constraints: Constraints,
            config: EvolutionConfig | None = None, on_generation: Callable[[dict], None] | None = None) -> SearchResult:
     """Run one evolutionary search (see :class:`EvolutionFinder`)."""
     return EvolutionFinder(space, accuracy_predictor, constraints, config).run(on_generation)
@@ -686,242 +489,3 @@ def model_name(latency_ms: Mapping[str, float], max_params: float | None = None,
                max_macs: float | None = None) -> str:
     """``ours_<device>@<ms>ms...``: how the paper names its searched models."""
     return "ours_" + run_name(latency_ms, max_params, max_macs)
-
-
-# --------------------------------------------------------------------------- meeting the target on the device
-MeasureFn = Callable[[Candidate], "float | Mapping[str, float]"]
-ResearchFn = Callable[[Mapping[str, float], Mapping[str, float]], Sequence[Candidate]]  # (targets, floors)
-
-
-@dataclass(frozen=True)
-class RefineConfig:
-    """Knobs of :func:`refine_on_device` (params.yaml ``search.refine``)."""
-
-    tolerance: float = 0.03  # accept measured latency in [target * (1 - tolerance), target]
-    measure_top: int = 5  # candidates measured per round, in order of predicted accuracy
-    max_rounds: int = 3  # search rounds (the first + re-targeted ones)
-
-    def __post_init__(self):
-        if not 0 < self.tolerance < 1 or self.measure_top < 1 or self.max_rounds < 1:
-            raise ValueError(f"search.refine: need 0 < tolerance < 1, measure_top >= 1, max_rounds >= 1; got {self}")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any] | None) -> "RefineConfig":
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(values) - known:
-            raise ValueError(f"search.refine: unknown keys {sorted(set(values) - known)}; "
-                             f"known: {', '.join(sorted(known))}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class RefineResult:
-    """Outcome of :func:`refine_on_device`. ``records`` has one dict per (measured candidate,
-    device): round, search_target_ms, search_floor_ms (NaN in round 1), arch_id,
-    predicted_accuracy, device, target_ms, estimated_ms, measured_ms,
-    measured_over_estimated, bound_by (non-latency constraints that bind), within."""
-
-    chosen: Candidate | None
-    measured_ms: dict[str, float]
-    records: list[dict]
-    rounds: int
-    message: str
-    window: dict[str, tuple[float, float]]
-
-    @property
-    def within(self) -> bool:
-        return self.chosen is not None
-
-    def to_dict(self, space: SearchSpace | None = None) -> dict:
-        out = {"within": self.within, "measured_ms": self.measured_ms, "rounds": self.rounds,
-               "message": self.message, "window_ms": {d: list(w) for d, w in self.window.items()},
-               "records": self.records}
-        if self.chosen is not None and space is not None:
-            out["arch_id"] = self.chosen.arch(space).arch_id
-        return out
-
-
-def refine_on_device(candidates: Sequence[Candidate], measure_fn: MeasureFn, target: float | Mapping[str, float], *,
-                     tolerance: float = 0.03, measure_top: int = 5, max_rounds: int = 3,
-                     research: ResearchFn | None = None, arch_id: Callable[[Candidate], str] | None = None,
-                     other_limits: Mapping[str, float] | None = None,
-                     log: Callable[[str], None] | None = None,
-                     prefetch: Callable[[Sequence[Candidate]], None] | None = None) -> RefineResult:
-    """The most accurate candidate whose *measured* latency is within
-    ``[target * (1 - tolerance), target]``.
-
-    With several devices, one architecture rarely sits at every target at once (usually one
-    constraint binds), so "within" means: at most the target on every device and within the
-    window on at least one of them. When a non-latency constraint binds instead
-    (``other_limits``, e.g. ``{"params": 5e6}``: the candidate's value is within ``tolerance``
-    of that limit), the latency cannot be pushed up to the window, and at most the target on
-    every device is enough.
-
-    Each round measures up to ``measure_top`` candidates in order of predicted accuracy and
-    stops at the first one within the window (it is the most accurate within, since the order
-    is by accuracy). If none is, ``research(targets, floors)`` is asked for new candidates
-    confined to the window translated into *estimated* milliseconds: with ``r`` = the median
-    measured / estimated ratio of the round on a device, the band is
-    ``[target * (1 - 3/4 tol) / r, target * (1 - 1/4 tol) / r]`` (the middle half of the
-    window, a margin for the ratio's spread between architectures). Once the rounds have
-    measured candidates at different estimates, the translation is a line fitted to all
-    measurements instead of the last ratio (:func:`_estimated_for`). The upper bound corrects
-    the estimator's bias; the floor removes the search's slack (without it the predictor's
-    favourite may sit far below the target, where no re-targeting of the bound alone moves it).
-    With several devices only the most binding one (highest measured / target) gets a floor.
-    At most ``max_rounds`` rounds; without ``research`` only one. A re-search that fails
-    (:class:`SearchError`, e.g. no subnet in the band) ends the refinement with that message.
-    Measurements are reused by ``arch_id`` (default: the genome).
-
-    ``measure_fn(candidate)`` returns measured milliseconds: a float for one device, or
-    device -> ms. ``prefetch(candidates)``, when given, is called with each round's candidates
-    before any of them is measured: a board measures them in one job (one round trip)
-    instead of one job per candidate.
-    """
-    if not 0 < tolerance < 1:
-        raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
-    targets = _targets_by_device(candidates, target)
-    window = {d: (t * (1 - tolerance), t) for d, t in targets.items()}
-    key = arch_id or (lambda c: ",".join(map(str, c.genome)))
-    say = log or (lambda _msg: None)
-    measured: dict[str, dict[str, float]] = {}
-    records: list[dict] = []
-    search_targets, floors = dict(targets), {}
-    for round_number in range(1, max_rounds + 1):
-        round_records: list[dict] = []
-        chosen_for_round = sorted(candidates, key=lambda c: -c.predicted_accuracy)[:measure_top]
-        if prefetch is not None:
-            prefetch([c for c in chosen_for_round if key(c) not in measured])
-        for cand in chosen_for_round:
-            if key(cand) not in measured:
-                measured[key(cand)] = _as_device_ms(measure_fn(cand), targets)
-            ms = measured[key(cand)]
-            bound_by = [k for k, limit in (other_limits or {}).items() if cand.metrics[k] >= (1 - tolerance) * limit]
-            inside = _within(ms, window, lower_bound=not bound_by)
-            for d in targets:
-                round_records.append(_refine_record(round_number, search_targets[d], floors.get(d), key(cand), cand,
-                                                    d, targets[d], ms[d], bound_by, inside))
-            records.extend(round_records[-len(targets):])
-            say(f"round {round_number}: {key(cand)} acc {cand.predicted_accuracy:.4f} " +
-                " ".join(f"{d} est {cand.latency_ms()[d]:.3f} ms measured {ms[d]:.3f} ms" for d in targets) +
-                (" -> within" if inside else ""))
-            if inside:
-                message = f"measured within [-{tolerance:.0%}, 0] of the target in round {round_number}"
-                return RefineResult(cand, ms, records, round_number, message, window)
-        if research is None or round_number == max_rounds:
-            break
-        search_targets, floors = _research_band(round_records, records, targets, tolerance)
-        say("none within; searching again in " + ", ".join(
-            f"{d} [{floors[d]:.3f}, {t:.3f}] ms" if d in floors else f"{d} <= {t:.3f} ms"
-            for d, t in search_targets.items()) + " (estimated)")
-        try:
-            candidates = list(research(search_targets, floors))
-        except SearchError as error:
-            say(f"re-search failed: {error}")
-            return RefineResult(None, {}, records, round_number,
-                                f"no candidate measured within [-{tolerance:.0%}, 0] of {targets}: the re-search "
-                                f"in round {round_number + 1} failed ({error})", window)
-    ratios = {d: float(np.median([r["measured_over_estimated"] for r in records if r["device"] == d]))
-              for d in targets}
-    message = (f"no candidate measured within [-{tolerance:.0%}, 0] of {targets} after {round_number} round(s) "
-               f"({len(measured)} measured; median measured/estimated {ratios})")
-    return RefineResult(None, {}, records, round_number, message, window)
-
-
-def _research_band(round_records: Sequence[dict], all_records: Sequence[dict], targets: Mapping[str, float],
-                   tolerance: float) -> tuple[dict[str, float], dict[str, float]]:
-    """(search targets, floors) in estimated ms for the next round (see :func:`refine_on_device`)."""
-    def median_of(device: str, column: str) -> float:
-        return float(np.median([r[column] for r in round_records if r["device"] == device]))
-
-    to_estimated = {d: _estimated_for([r for r in all_records if r["device"] == d],
-                                      median_of(d, "measured_over_estimated")) for d in targets}
-    upper = {d: to_estimated[d](t * (1 - tolerance / 4)) for d, t in targets.items()}
-    binding = max(targets, key=lambda d: median_of(d, "measured_ms") / targets[d])
-    return upper, {binding: to_estimated[binding](targets[binding] * (1 - 3 * tolerance / 4))}
-
-
-def _estimated_for(records: Sequence[dict], last_ratio: float) -> Callable[[float], float]:
-    """Measured ms -> the estimated ms that should measure it on one device (``records``: its measurements).
-
-    After one round: the round's median measured / estimated ratio. Once rounds have
-    measured candidates at clearly different estimates (> 2% apart), a straight line
-    ``measured = a * estimated + b`` fitted to all of them: the ratio is not constant across
-    the space (e.g. on OpenVINO it moved from 0.72 to 0.85 between 8 and 10 estimated ms), and a
-    ratio taken from the last round alone then overshoots back and forth around the window;
-    the line interpolates between the rounds (a secant step) instead.
-    """
-    estimated = np.array([r["estimated_ms"] for r in records])
-    measured = np.array([r["measured_ms"] for r in records])
-    if len(records) >= 2 and estimated.max() > 1.02 * estimated.min():
-        slope, intercept = np.polyfit(estimated, measured, 1)
-        if slope > 0:
-            return lambda ms: float((ms - intercept) / slope)
-    return lambda ms: float(ms / last_ratio)
-
-
-def _refine_record(round_number, search_target, floor, arch_id, cand, device, target, measured, bound_by,
-                   inside) -> dict:
-    estimate = cand.latency_ms()[device]
-    return {"round": round_number, "search_target_ms": search_target,
-            "search_floor_ms": math.nan if floor is None else float(floor), "arch_id": arch_id,
-            "predicted_accuracy": cand.predicted_accuracy, "device": device, "target_ms": target,
-            "estimated_ms": estimate, "measured_ms": measured, "measured_over_estimated": measured / estimate,
-            "bound_by": ",".join(bound_by), "within": inside}
-
-
-def _within(measured: Mapping[str, float], window: Mapping[str, tuple[float, float]], lower_bound: bool = True) -> bool:
-    """At most the target everywhere, and (if ``lower_bound``) at most ``tolerance`` below it somewhere."""
-    return (all(measured[d] <= hi for d, (_lo, hi) in window.items())
-            and (not lower_bound or any(measured[d] >= lo for d, (lo, _hi) in window.items())))
-
-
-def _targets_by_device(candidates: Sequence[Candidate], target: float | Mapping[str, float]) -> dict[str, float]:
-    if not candidates:
-        raise SearchError("refine_on_device: no candidates to measure")
-    devices = list(candidates[0].latency_ms())
-    if isinstance(target, Mapping):
-        missing = set(target) - set(devices)
-        if missing:
-            raise SearchError(f"refine_on_device: candidates have no latency estimate for {sorted(missing)}")
-        return {d: float(t) for d, t in target.items()}
-    if len(devices) != 1:
-        raise SearchError(f"refine_on_device: a single target needs candidates for one device; they have {devices}")
-    return {devices[0]: float(target)}
-
-
-def _as_device_ms(value: float | Mapping[str, float], targets: Mapping[str, float]) -> dict[str, float]:
-    if isinstance(value, Mapping):
-        missing = set(targets) - set(value)
-        if missing:
-            raise SearchError(f"measure_fn returned no latency for {sorted(missing)}")
-        return {d: float(value[d]) for d in targets}
-    if len(targets) != 1:
-        raise SearchError("measure_fn returned one number for several devices; return device -> ms")
-    return {next(iter(targets)): float(value)}
-
-
-def device_measure_fn(space: SearchSpace, profiles: Mapping[str, Any], *, num_classes: int = HEAD_CLASSES,
-                      resolution: int | None = None, timing_config=None) -> MeasureFn:
-    """A ``measure_fn`` timing the candidate as a standalone ``SubnetModel`` (random weights:
-    weights do not change latency) on each device profile of this machine with
-    ``nas_core.latency.measure.measure_module``; returns device -> median ms. The pipeline
-    measures through device accesses instead (``nas_core.search_run.device_measure``), so that
-    a board's candidates are timed on the board. The caller holds the machine's exclusive
-    CPU lock around it (nas_core cannot import tasks)."""
-    from .latency.measure import measure_module
-    from .subnet import SubnetModel
-
-    def measure(candidate: Candidate) -> dict[str, float]:
-        out = {}
-        for name, profile in profiles.items():
-            size = resolution or profile.resolution
-            model = SubnetModel(candidate.arch(space), num_classes=num_classes, resolution=size).eval()
-            out[name] = measure_module(model, profile.input_shape(size), profile, config=timing_config).median_ms
-        return out
-
-    return measure

@@ -59,16 +59,18 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from .io import read_json, read_parquet, read_provenance, utc_now, write_json, write_parquet
-from .search_algorithm import Candidate, RefineResult, SearchResult, model_name
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .io import atomic_path, read_json, read_parquet, read_provenance, utc_now, write_json, write_parquet
+from .search_algorithm import Candidate, SearchResult, model_name
+from .search_refine import RefineResult
 from .search_space import SearchSpace
 
 
 # --------------------------------------------------------------------------- tables
 def history_frame(result: SearchResult, round_number: int = 1,
                   search_targets: Mapping[str, float] | None = None):
-    import pandas as pd
-
     frame = pd.DataFrame(result.history)
     targets = search_targets or {c.device: c.target_ms for c in result.constraints.latency}
     frame.insert(0, "round", round_number)
@@ -83,8 +85,6 @@ def history_frame(result: SearchResult, round_number: int = 1,
 def top_frame(top: Sequence[Candidate], space: SearchSpace, devices: Sequence[str],
               measured: Mapping[str, Mapping[str, float]] | None = None):
     """The top-k table (module docstring); ``measured``: arch_id -> device -> ms."""
-    import pandas as pd
-
     rows = []
     for rank, cand in enumerate(top, start=1):
         arch = cand.arch(space)
@@ -136,8 +136,6 @@ def write_search(out_dir: str | os.PathLike, run: str, space: SearchSpace, resul
     the chosen subnet is ``refine.chosen`` when the device check found one, else the best of
     the first round.
     """
-    import pandas as pd
-
     paths = {k: v for k, v in output_paths(out_dir, run).items() if k != "measured"}
     provenance = {**dict(provenance or {}), "written": utc_now()}
     targets = list(search_targets or [None] * len(results))
@@ -216,8 +214,6 @@ class MeasurementCache:
         return out
 
     def __call__(self, candidate: Candidate) -> dict[str, float]:
-        import pandas as pd
-
         arch_id = candidate.arch(self.space).arch_id
         known = self.lookup().get(arch_id, {})
         devices = list(candidate.latency_ms())
@@ -232,15 +228,8 @@ class MeasurementCache:
 
 
 # --------------------------------------------------------------------------- figures
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
+# Figures are built as matplotlib Figure objects, never through pyplot: no global backend to
+# set, no figure registry to close, and nothing changes for a notebook that imports this module.
 def plot_front(front, path: str | os.PathLike, device: str, reference_ms: float | None = None,
                clouds: Sequence | None = None) -> Path:
     """Fig. 5: predicted accuracy against latency on one device, one point per searched target
@@ -249,8 +238,8 @@ def plot_front(front, path: str | os.PathLike, device: str, reference_ms: float 
     ``front`` columns: target_ms, predicted_accuracy, latency_ms, measured_ms (optional).
     ``clouds``: per-target top-k frames (columns ``latency_ms.<device>``, predicted_accuracy).
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.subplots()
     for cloud in clouds or []:
         ax.scatter(cloud[f"latency_ms.{device}"], cloud["predicted_accuracy"], s=8, color="0.75", zorder=1)
     front = front.sort_values("target_ms")
@@ -278,8 +267,8 @@ def plot_sampling(table, path: str | os.PathLike, title: str = "Sampling attempt
     valid subnet found, the value is the number of draws), evolved_attempts_per_valid and,
     optionally, search_attempts_per_valid.
     """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.subplots()
     t = table.sort_values("target_ms")
     found = ~t["uniform_lower_bound"].astype(bool)
     ax.plot(t["target_ms"][found], t["uniform_attempts_per_valid"][found], "o-", color="C0",
@@ -303,8 +292,8 @@ def plot_sampling(table, path: str | os.PathLike, title: str = "Sampling attempt
 def plot_history(histories: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Fig. 4b-like: per generation, Q, the valid rate of fresh draws from P and P's entropy,
     one line per labelled search history (e.g. evolution on / off)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig = Figure(figsize=(12, 3.6))
+    axes = fig.subplots(1, 3)
     for label, frame in histories.items():
         axes[0].plot(frame["generation"], frame["quality"], label=label)
         axes[1].plot(frame["generation"], frame["space_valid_rate"], label=label)
@@ -319,10 +308,7 @@ def plot_history(histories: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    from .io import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
-    _pyplot().close(fig)
     return path

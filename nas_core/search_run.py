@@ -12,7 +12,7 @@ calibrated LUT estimator of each device and the ``search:`` params. :func:`run_s
 one search for latency targets (and optional parameter / MAC bounds): it re-uses a result
 made from the same inputs (``search_report.inputs_key``), otherwise searches
 (``search_algorithm.search``), optionally meets the target on the device itself
-(``search_algorithm.refine_on_device``; measurements are cached across runs) and writes the
+(``search_refine.refine_on_device``; measurements are cached across runs) and writes the
 outputs (``search_report.write_search``). :func:`run_sweep` searches one target after the
 other and writes the accuracy-latency front (Fig. 5).
 
@@ -29,7 +29,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import pandas as pd
+
+from . import search_algorithm, search_constraints, search_refine
+from .accuracy_predictor import PredictorBundle
+from .block_catalog import BlockCatalog
+from .efficiency_predictor import LatencyEstimator
+from .io import code_version, file_sha256, machine_fingerprint, read_parquet, utc_now, write_parquet
+from .latency.devices import check_usable
+from .latency.export import export_onnx
+from .latency.location import LocalDevice, TimingJob, host_lock_mode
+from .latency.timing import ModelEntry
 from .locks import Lock, no_lock
+from .search_algorithm import EvolutionConfig, run_name, search
+from .search_constraints import Constraints, LatencyConstraint
+from .search_refine import RefineConfig, refine_on_device
+from .search_report import (MeasurementCache, inputs_key, is_up_to_date, output_paths, plot_front, read_best,
+                            write_search)
+from .search_space import SPACE_VERSION, SearchSpace
+from .subnet import SubnetModel
 
 REFERENCE_MODEL = "mobilenetv2_100"  # the paper's latency target (Table 3)
 SECTION_KEYS = frozenset({"evolution", "refine", "devices", "targets_vs_mobilenetv2", "num_classes"})
@@ -45,8 +63,6 @@ class MissingArtifact(FileNotFoundError):
 
 def load_accuracy_predictor(path: str | os.PathLike):
     """The accuracy predictor bundle (``nas_core.accuracy_predictor``) at ``path``."""
-    from .accuracy_predictor import PredictorBundle
-
     path = Path(path)
     if not path.exists():
         raise MissingArtifact(f"{path}: no accuracy predictor. Make it with `scan-edge collect-pairs` and then "
@@ -57,8 +73,6 @@ def load_accuracy_predictor(path: str | os.PathLike):
 
 def load_latency_estimator(device: str, lut_dir: str | os.PathLike, profile):
     """The calibrated LUT estimator of ``device`` (``nas_core.efficiency_predictor``)."""
-    from .efficiency_predictor import LatencyEstimator
-
     lut, fit = Path(lut_dir) / f"{device}.parquet", Path(lut_dir) / f"{device}.fit.json"
     if not lut.exists():
         raise MissingArtifact(f"{lut}: no latency lookup table for device {device!r}. Make it with "
@@ -71,8 +85,6 @@ def load_latency_estimator(device: str, lut_dir: str | os.PathLike, profile):
 
 def reference_latency_ms(path: str | os.PathLike, device: str, model: str = REFERENCE_MODEL) -> float:
     """MobileNetV2's measured latency on ``device`` (the paper's target), from a baselines table."""
-    from .io import read_parquet
-
     path = Path(path)
     hint = f"`python benchmarks/baseline_latency.py --devices {device} --models {model}`"
     if not path.exists():
@@ -121,11 +133,6 @@ def load_setup(params: Mapping[str, Any], profiles: Mapping[str, Any], *, predic
     all at the search's resolution), configured by ``params`` (its ``search:`` section),
     reading the predictor at ``predictor`` and ``<lut_dir>/<device>.{parquet,fit.json}``,
     writing under ``out_dir``."""
-    from .block_catalog import BlockCatalog
-    from .io import file_sha256
-    from .search_algorithm import EvolutionConfig, RefineConfig
-    from .search_space import SearchSpace
-
     section = search_section(params)
     resolutions = {device: profile.resolution for device, profile in profiles.items()}
     if len(set(resolutions.values())) != 1:
@@ -154,11 +161,6 @@ def run_search(setup: SearchSetup, targets: Mapping[str, float], max_params: flo
     default this machine; ``measure_fn`` replaces the real measurement), write the outputs.
     Returns (the ``.arch.json`` record, whether it meets every requirement).
     """
-    from .io import code_version, machine_fingerprint, utc_now
-    from .search_algorithm import Constraints, LatencyConstraint, run_name
-    from .search_report import MeasurementCache, inputs_key, is_up_to_date, output_paths, read_best, write_search
-    from .search_space import SPACE_VERSION
-
     constraints = Constraints(setup.catalog, [LatencyConstraint(d, float(t), setup.estimators[d])
                                               for d, t in targets.items()],
                               max_params, max_macs, setup.num_classes)
@@ -197,20 +199,17 @@ def run_search(setup: SearchSetup, targets: Mapping[str, float], max_params: flo
 
 
 def _search_code_digest() -> str:
-    """Hash of the search's code (this module and ``search_algorithm``): a result found by other
-    search or refinement code is not up to date, even when every input is the same."""
-    from . import search_algorithm
-
+    """Hash of the search's code (this module, ``search_algorithm``, ``search_constraints`` and
+    ``search_refine``): a result found by other search or refinement code is not up to date, even
+    when every input is the same."""
     digest = hashlib.sha256()
-    for module_file in (__file__, search_algorithm.__file__):
+    for module_file in (__file__, search_algorithm.__file__, search_constraints.__file__, search_refine.__file__):
         digest.update(Path(module_file).read_bytes())
     return digest.hexdigest()[:16]
 
 
 def _search(setup: SearchSetup, constraints, say: Say, lock: Lock):
     """One search, holding the lock shared (it never overlaps a latency measurement)."""
-    from .search_algorithm import search
-
     with lock("shared"):
         return search(setup.space, setup.predictor, constraints, setup.config,
                       on_generation=_progress(say, setup.config))
@@ -220,8 +219,6 @@ def _meet_target_on_device(setup: SearchSetup, constraints, results: list, round
                            say: Say, lock: Lock, prefetch: Callable | None = None):
     """``refine_on_device`` on the first search's top-k; re-targeted searches are appended to
     ``results`` / ``rounds_targets`` (they go into the history table)."""
-    from .search_algorithm import refine_on_device
-
     def research(search_targets: Mapping[str, float], floors: Mapping[str, float]):
         results.append(_search(setup, constraints.with_latency_targets(search_targets, floors), say, lock))
         rounds_targets.append(dict(search_targets))
@@ -235,7 +232,7 @@ def _meet_target_on_device(setup: SearchSetup, constraints, results: list, round
 
 class DeviceMeasure:
     """The search's on-device measurement (``measure_fn`` and ``prefetch`` of
-    ``search_algorithm.refine_on_device``) through each device's access
+    ``search_refine.refine_on_device``) through each device's access
     (``nas_core.latency.location``): a candidate is exported to ONNX once (a standalone
     ``SubnetModel``; weights do not change latency) and timed where its device runs. On this
     machine one candidate at a time (a round stops at the first one within the window); on
@@ -263,9 +260,6 @@ class DeviceMeasure:
                 self._time(device, candidates)
 
     def _time(self, device: str, candidates) -> None:
-        from .latency.location import TimingJob, host_lock_mode
-        from .latency.timing import ModelEntry
-
         access = self.accesses[device]
         todo = {c.arch(self.setup.space).arch_id: c for c in candidates}
         todo = {a: c for a, c in todo.items() if device not in self.results.get(a, {})}
@@ -285,9 +279,6 @@ class DeviceMeasure:
             self.results.setdefault(row["id"], {})[device] = float(row["median_ms"])
 
     def _onnx(self, candidate, shape) -> Path:
-        from .latency.export import export_onnx
-        from .subnet import SubnetModel
-
         path = self.work / "onnx" / f"{candidate.arch(self.setup.space).arch_id}.onnx"
         if not path.exists():
             model = SubnetModel(candidate.arch(self.setup.space), num_classes=self.setup.num_classes,
@@ -301,9 +292,6 @@ def device_measure(setup: SearchSetup, accesses: Mapping[str, Any] | None = None
                    lock: Lock = no_lock) -> DeviceMeasure:
     """The search's measurement on each device of the set-up: through ``accesses`` (device ->
     ``DeviceAccess``; default this machine's runtimes, which must be usable here)."""
-    from .latency.devices import check_usable
-    from .latency.location import LocalDevice
-
     if accesses is None:
         for name, profile in setup.profiles.items():
             usability = check_usable(profile)
@@ -354,11 +342,6 @@ def run_sweep(setup: SearchSetup, device: str, targets_ms: list[float] | None = 
     1, 1.5) times MobileNetV2's latency on the device from the ``baselines`` table.
     Returns (the front, its Parquet path, whether every search met its requirements).
     """
-    import pandas as pd
-
-    from .io import read_parquet, write_parquet
-    from .search_report import output_paths, plot_front
-
     if not targets_ms and baselines is None:
         raise ValueError("run_sweep: give targets_ms, or the baselines table their multiples refer to")
     reference = None if targets_ms else reference_latency_ms(baselines, device)

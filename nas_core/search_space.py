@@ -29,6 +29,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .presets import PRESETS
+
 SPACE_VERSION = "scan-edge/v1"
 FFN_TYPES = ("unified", "fused")
 ACTIVATIONS = ("gelu", "relu")
@@ -398,8 +400,6 @@ class SearchSpace:
 
     # ---- named architectures
     def preset(self, name: str) -> ArchConfig:
-        from .presets import PRESETS
-
         try:
             builder = PRESETS[name]
         except KeyError:
@@ -407,8 +407,6 @@ class SearchSpace:
         return builder(self)
 
     def preset_names(self) -> list[str]:
-        from .presets import PRESETS
-
         return sorted(PRESETS)
 
     # ---- the sandwich rule's extremes (§4)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 from prefect.deployments import run_deployment
 
 from nas_core.io import read_json
-from nas_core.latency import timing
+from nas_core.latency.bundle import write_runner
 from nas_core.latency.devices import DeviceProfile
 from nas_core.latency.location import (RESULTS_NAME, RUNTIME_REPORT, TimingJob, check_remote_results, copy_rows,
                                        job_folder, read_results, write_job_bundle)
@@ -83,8 +83,7 @@ class WorkerDevice:
     def runtime_version(self) -> str | None:
         folder = self.shared_dir / self.profile.name / "_runtime"
         folder.mkdir(parents=True, exist_ok=True)
-        runner = folder / "run_bundle.py"
-        runner.write_text(Path(_timing_source()).read_text())
+        runner = write_runner(folder)
         report = folder / RUNTIME_REPORT
         if report.exists():
             report.unlink()  # a report left from an earlier check must not answer for this one
@@ -118,10 +117,6 @@ def _finished(results: Path, job: TimingJob) -> bool:
         results.unlink()  # damaged (cut-off copy): the board measures it again
         return False
     return set(job.ids()) <= {row["id"] for row in rows}
-
-
-def _timing_source() -> str:
-    return timing.__file__
 
 
 def _prefect_run_deployment(name: str, parameters: dict, timeout: float):

@@ -133,7 +133,7 @@ def test_stages_hold_the_cpu_lock_in_the_right_mode(smoke_params, tmp_path, monk
         return {"predictor": Path(out_dir) / "predictor.pt"}, {}
 
     monkeypatch.setattr("nas_core.latency.baselines.measure_device_baselines", fake_measure)
-    monkeypatch.setattr("nas_core.accuracy_predictor.fit_and_write", fake_fit)
+    monkeypatch.setattr("nas_core.predictor_training.fit_and_write", fake_fit)
     layout = stages.Layout(tmp_path / "data")
     layout.pairs.parent.mkdir(parents=True)
     layout.pairs.write_text("pairs")

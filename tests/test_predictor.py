@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from nas_core.accuracy_predictor import (AccuracyPredictor, NetworkShape, PredictorBundle, PredictorConfig,
-                                         check_genomes, fit_and_write, fit_predictor, genome_rows, one_hot_genomes,
-                                         ranking_metrics, ridge_fit)
+                                         check_genomes, genome_rows, one_hot_genomes)
 from nas_core.encoding import ArchEncoder
 from nas_core.io import torch_load, torch_save, write_parquet
 from nas_core.pairs import synthetic_pairs
+from nas_core.predictor_training import fit_and_write, fit_predictor, ranking_metrics, ridge_fit
 from nas_core.search_space import ArchError, SearchSpace
 
 SPACE = SearchSpace()

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from nas_core.block_catalog import BlockCatalog
-from nas_core.search_algorithm import (PROB_ATOL, BlockTableEstimator, Candidate, Constraints, EvolutionConfig,
-                                       InfeasibleConstraintError, LatencyConstraint,
-                                       RefineConfig, SamplingBudgetError, SamplingDistribution, SearchError,
-                                       model_name, refine_on_device, run_name, search)
+from nas_core.search_algorithm import (PROB_ATOL, Candidate, EvolutionConfig, SamplingDistribution, model_name,
+                                       run_name, search)
+from nas_core.search_constraints import (BlockTableEstimator, Constraints, InfeasibleConstraintError, LatencyConstraint,
+                                         SamplingBudgetError, SearchError)
+from nas_core.search_refine import RefineConfig, refine_on_device
 from nas_core.search_space import SearchSpace
 
 FAST = dict(population_size=40, generations=25, sample_batch=512, probe_samples=256)
@@ -385,7 +386,7 @@ def test_refine_fits_a_line_once_rounds_measured_different_estimates():
 
 
 def test_estimated_for_falls_back_to_the_ratio_until_estimates_differ():
-    from nas_core.search_algorithm import _estimated_for
+    from nas_core.search_refine import _estimated_for
 
     same = [{"estimated_ms": 10.0, "measured_ms": 8.0}, {"estimated_ms": 10.1, "measured_ms": 8.1}]
     assert _estimated_for(same, 0.8)(8.0) == pytest.approx(10.0)
@@ -430,7 +431,7 @@ def test_device_measure_fn_times_a_real_subnet():
 
     from nas_core.latency.devices import check_usable, get_profile
     from nas_core.latency.timing import TimingConfig
-    from nas_core.search_algorithm import device_measure_fn
+    from nas_core.search_refine import device_measure_fn
 
     profile = dataclasses.replace(get_profile("ort_cpu_fp32"), resolution=64)
     if not check_usable(profile).usable:

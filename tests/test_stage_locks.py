@@ -64,14 +64,13 @@ def test_finetune_trains_sharing_the_lock_and_measures_alone(lock_file, tmp_path
 
 def test_detection_trains_sharing_the_lock_and_measures_alone(lock_file, tmp_path, monkeypatch, quick_timing):
     import nas_core.detection as det
-    import nas_core.finetune as ft
     from nas_core.data.synthetic import generate_detection
 
     shapes = tmp_path / "shapes"
     generate_detection(shapes, seed=1, num_train=8, num_test=2, image_size=64, workers=1)
     seen: list = []
     _record_calls(monkeypatch, det, "train_detector", seen, "train")
-    _record_calls(monkeypatch, ft, "measure_latency", seen, "measure")  # run_detection imports it at call time
+    _record_calls(monkeypatch, det, "measure_latency", seen, "measure")  # run_detection calls it by this name
     config = det.DetectionConfig(resolution=64, epochs=1, batch_size=4, steps_per_epoch=1, opt="adamw", lr=1e-3,
                                  warmup_epochs=0, augment="none", eval_batch_size=2, devices=("ort_cpu_fp32",),
                                  timing=quick_timing)
@@ -103,9 +102,10 @@ class _MacsLatency(_MacsAccuracy):
 
 
 def test_search_shares_the_lock_and_measures_alone(lock_file, tmp_path, monkeypatch):
-    from nas_core import search_algorithm
+    from nas_core import search_run
     from nas_core.block_catalog import BlockCatalog
-    from nas_core.search_algorithm import EvolutionConfig, RefineConfig
+    from nas_core.search_algorithm import EvolutionConfig
+    from nas_core.search_refine import RefineConfig
     from nas_core.search_run import SearchSetup, run_search
     from nas_core.search_space import SearchSpace
 
@@ -118,7 +118,7 @@ def test_search_shares_the_lock_and_measures_alone(lock_file, tmp_path, monkeypa
                                                             probe_samples=64),
                         refine=RefineConfig(measure_top=2, max_rounds=2), num_classes=1000, out_dir=tmp_path)
     seen: list = []
-    _record_calls(monkeypatch, search_algorithm, "search", seen, "search")
+    _record_calls(monkeypatch, search_run, "search", seen, "search")  # search_run calls it by this name
 
     def measure(candidate):
         seen.append(("measure", dict(tasks._held_modes())))

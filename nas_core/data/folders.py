@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 import zlib
 from concurrent.futures import ProcessPoolExecutor
@@ -53,8 +54,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from timm.data import create_transform
 from torch.utils.data import DataLoader, Dataset
 
 from nas_core.io import read_parquet, write_parquet
@@ -248,8 +251,6 @@ def _split_counts(n: int, fraction: float) -> int:
 
 
 def _frame(rows: list[tuple]):
-    import pandas as pd
-
     return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).astype({"label": "int64"})
 
 
@@ -323,8 +324,6 @@ def find_unreadable_images(paths: list[str], workers: int | None = None,
     mtime)``, so only new or changed files are decoded again. ``workers`` processes decode
     (default: all cores; 0 or 1: in this process).
     """
-    import pandas as pd
-
     stats = {p: _size_and_mtime(p) for p in paths}
     known = _read_check_cache(cache_file)
     verdicts: dict[str, str] = {}
@@ -384,8 +383,6 @@ def checked_manifest(manifest, root: str | os.PathLike, skip_bad_images: bool = 
     out instead, listed in ``attrs["skipped_images"]`` (``{relative path: reason}``) and
     reported on stderr.
     """
-    import sys
-
     root = Path(root)
     paths = [str(root / rel) for rel in manifest["path"]]
     bad = find_unreadable_images(paths, workers, check_cache_file(root) if cache else None)
@@ -472,8 +469,6 @@ def build_transform(resolution: int, train: bool, augment: dict | None = None):
     ``re_prob``, ...); eval = resize the shorter side to ``resolution / crop_pct`` and
     centre-crop ``resolution`` (``DEFAULT_EVAL_TRANSFORM``: the whole image; ``augment``
     overrides it for eval, e.g. ``{"crop_pct": 0.95, "interpolation": "bicubic"}``)."""
-    from timm.data import create_transform
-
     if train:
         return create_transform(resolution, is_training=True, **{**DEFAULT_TRAIN_AUGMENT, **(augment or {})})
     return create_transform(resolution, is_training=False, **{**DEFAULT_EVAL_TRANSFORM, **(augment or {})})

@@ -53,8 +53,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageDraw
 
+from nas_core.data.folders import MANIFEST_COLUMNS
 from nas_core.io import read_json, read_parquet, read_provenance, write_json, write_parquet
 
 SHAPES: tuple[str, ...] = ("disk", "triangle", "star", "cross", "ring", "square", "crescent", "arrow")
@@ -316,10 +318,6 @@ def generate_classification(out: str | os.PathLike, *, seed: int = 0, num_classe
 
 
 def _manifest_frame(rows: list[tuple]):
-    import pandas as pd
-
-    from nas_core.data.folders import MANIFEST_COLUMNS
-
     return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS)).astype({"label": "int64"})
 
 

@@ -4,8 +4,9 @@ Modules (import them directly; this package imports nothing heavy):
 
 * ``devices``   -- ``DeviceProfile``, the default profiles, ``load_profiles``, ``get_profile``,
   ``check_usable`` (is the runtime / provider / GPU there, and if not, why).
-* ``timing``    -- torch-free sessions (onnxruntime, OpenVINO, TensorRT), the timing loop,
-  ``profile_models`` (drift checks, checkpoints, resume) and the bundle runner ``main``.
+* ``runner``    -- the torch-free device runner (a package copied into bundles): sessions
+  (onnxruntime, OpenVINO, TensorRT), the timing loop, ``profile_models`` (drift checks,
+  checkpoints, resume) and the bundle runner ``main``; ``timing`` re-exports its names.
 * ``export``    -- ``export_onnx`` (classic exporter, opset 17), ``export_openvino``.
 * ``measure``   -- ``measure_module``, ``measure_onnx``, ``measure_many`` for torch modules.
 * ``bundle``    -- ``make_bundle`` / ``export_bundle``: folders that time models on edge devices.

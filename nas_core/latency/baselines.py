@@ -43,6 +43,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import pandas as pd
 import timm
 
 from nas_core.complexity import module_complexity
@@ -113,8 +114,6 @@ def measure_baselines(profiles: Iterable[DeviceProfile], models: Mapping[str, in
     Returns the table described in the module docstring (provenance in
     ``frame.attrs["provenance"]``) and writes it to ``out_path`` unless that is None.
     """
-    import pandas as pd
-
     models = dict(BASELINE_MODELS if models is None else models)
     config = config or TimingConfig()
     usable, skipped = split_usable(profiles)
@@ -196,8 +195,6 @@ def measure_device_baselines(access: DeviceAccess, models: Mapping[str, int] | N
     fails (e.g. an operator the runtime cannot compile) is retried model by model, so only the
     failing model gets an error row; on a board the job's error is raised, with the folder.
     """
-    import pandas as pd
-
     profile, models = access.profile, dict(BASELINE_MODELS if models is None else models)
     if profile.backend == "torch":
         raise ValueError(f"device {profile.name!r} runs eager torch: use measure_baselines")

@@ -4,7 +4,8 @@ Layout::
 
     BUNDLE_DIR/
       manifest.json    settings (device profile), models (id, path, input_shape), seed, ...
-      run_bundle.py    a verbatim copy of nas_core/latency/timing.py
+      run_bundle.py    the runner's launcher (``write_runner``)
+      scan_edge_runner/  verbatim copies of nas_core/latency/runner/*.py (the device runner)
       models/*.onnx
       README.txt       how to run it
 
@@ -12,7 +13,7 @@ On the device (numpy, pyarrow and the runtime installed; no torch, no nas_core):
 
     python run_bundle.py BUNDLE_DIR --out lut.parquet [--device-name jetson_nano_trt]
 
-The output is ``timing``'s latency table; copy it back and read it with
+The output is the runner's latency table (``nas_core.latency.runner.table``); copy it back and read it with
 ``nas_core.io.read_parquet`` / ``read_provenance``.
 """
 from __future__ import annotations
@@ -23,13 +24,40 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from nas_core.io import code_version, write_json, write_text
-from nas_core.latency import timing
+from nas_core.latency import runner
 from nas_core.latency.devices import DeviceProfile
+from nas_core.latency.export import export_onnx
 from nas_core.latency.measure import safe_file_stem
 from nas_core.latency.timing import MANIFEST_FORMAT, MANIFEST_NAME, ModelEntry, TimingConfig
 
 RUNNER_NAME = "run_bundle.py"
-TIMING_SOURCE = Path(timing.__file__)
+RUNNER_PACKAGE = "scan_edge_runner"  # the runner package's folder name in a bundle (a name no board has installed)
+RUNNER_SOURCE = Path(runner.__file__).parent
+
+# The bundle's entry point: puts the bundle's folder on the path (`python run_bundle.py` does, but
+# `runpy.run_path` does not) and runs the copied runner package.
+_LAUNCHER = f'''"""Times this bundle's models on this device: scan-edge's device runner (nas_core.latency.runner).
+
+    python {RUNNER_NAME} BUNDLE_DIR --out lut.parquet [--device-name NAME]
+"""
+import sys
+from pathlib import Path
+
+sys.dont_write_bytecode = True  # leave the bundle as it was shipped (no __pycache__)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from {RUNNER_PACKAGE}.cli import main  # noqa: E402  (after the bundle's folder is on the path)
+
+sys.exit(main())
+'''
+
+
+def write_runner(folder: str | os.PathLike) -> Path:
+    """The device runner in ``folder``: ``run_bundle.py`` and ``scan_edge_runner/`` (verbatim
+    copies of the modules of ``nas_core.latency.runner``). Returns the launcher's path."""
+    folder = Path(folder)
+    for source in sorted(RUNNER_SOURCE.glob("*.py")):
+        write_text(folder / RUNNER_PACKAGE / source.name, source.read_text())
+    return write_text(folder / RUNNER_NAME, _LAUNCHER)
 
 
 def make_bundle(models: Iterable, profile: DeviceProfile, bundle_dir: str | os.PathLike, *,
@@ -58,8 +86,6 @@ def export_bundle(named_modules: Mapping[str, object], profile: DeviceProfile, b
                   seed: int = 0, config: TimingConfig | None = None, drift_tolerance: float = 0.10,
                   check_every: int = 10) -> Path:
     """Export torch modules straight into a bundle (shapes default to the profile's input)."""
-    from nas_core.latency.export import export_onnx
-
     bundle_dir = Path(bundle_dir)
     listed = []
     for name, module in named_modules.items():
@@ -79,7 +105,7 @@ def _finish(bundle_dir: Path, listed: list[dict], profile: DeviceProfile, refere
         "yardstick_ms": yardstick_ms,
     }
     write_json(bundle_dir / MANIFEST_NAME, manifest)
-    write_text(bundle_dir / RUNNER_NAME, TIMING_SOURCE.read_text())
+    write_runner(bundle_dir)
     write_text(bundle_dir / "README.txt", _readme(profile, len(listed)))
     return bundle_dir
 

@@ -59,60 +59,33 @@ import dataclasses
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
 from nas_core.block_catalog import HEAD_CLASSES, BlockCatalog
+from nas_core.blocks import build_block
 from nas_core.config import SectionConfig
-from nas_core.io import (
-    atomic_path,
-    code_version,
-    file_sha256,
-    machine_fingerprint,
-    read_json,
-    read_provenance,
-    utc_now,
-    write_json,
-    write_parquet,
-)
+from nas_core.io import (atomic_path, code_version, file_sha256, machine_fingerprint, read_json, read_provenance,
+                         utc_now, write_json, write_parquet)
 from nas_core.latency import timing
 from nas_core.latency.devices import DeviceProfile
-from nas_core.latency.latency_model import (
-    PAPER_MODEL,
-    LatencyModel,
-    Selection,
-    error_metrics,
-    parse_model_name,
-    select_model,
-)
+from nas_core.latency.export import export_onnx
+from nas_core.latency.latency_model import (PAPER_MODEL, LatencyModel, Selection, error_metrics, parse_model_name,
+                                            select_model)
 from nas_core.latency.location import DeviceAccess, LocalDevice, TimingJob
-from nas_core.latency.lut import (
-    CLOCKS,
-    LookupTable,
-    LutError,
-    LutPaths,
-    block_input_shape,
-    blocks_of,
-    check_same_code,
-    export_blocks,
-    export_folder,
-    profile_clock,
-    reference_block,
-)
-from nas_core.latency.measure import require_usable
-from nas_core.latency.subnet_sampling import (
-    DEFAULT_BAND,
-    DEFAULT_OUTSIDE,
-    ROLES,
-    SAMPLINGS,
-    Band,
-    SubnetChoice,
-    choose_subnets,
-)
+from nas_core.latency.lut import (CLOCKS, LookupTable, LutError, LutPaths, block_input_shape, blocks_of,
+                                  check_same_code, export_blocks, export_folder, profile_clock, reference_block)
+from nas_core.latency.measure import TorchSession, require_usable
+from nas_core.latency.subnet_sampling import (DEFAULT_BAND, DEFAULT_OUTSIDE, ROLES, SAMPLINGS, Band, SubnetChoice,
+                                              choose_subnets)
 from nas_core.latency.timing import ModelEntry, TimingConfig
 from nas_core.search_space import ArchConfig, SearchSpace
+from nas_core.subnet import SubnetModel
 
 PAPER_N_CALIBRATION = 10  # §5.3: "the end-to-end latency of 10 subnets"
 DEFAULT_N_VALIDATION = 30
@@ -225,9 +198,6 @@ def targets_met(metrics: Mapping) -> dict:
 def export_subnets(choices: Sequence[SubnetChoice], folder: str | os.PathLike, space: SearchSpace,
                    profile: DeviceProfile, progress: bool = True) -> dict[str, Path]:
     """ONNX file of each subnet (``<arch_id>.onnx``, 1000-class head), exporting only missing ones."""
-    from nas_core.latency.export import export_onnx
-    from nas_core.subnet import SubnetModel
-
     folder = Path(folder)
     paths = {c.id: folder / f"{c.arch.arch_id}.onnx" for c in choices}
     missing = [c for c in choices if not paths[c.id].exists()]
@@ -281,10 +251,6 @@ def _subnet_entries(choices, reference, profile, paths, space, seed, progress):
 
 
 def _torch_subnet_opener(choices, reference, profile, space, seed):
-    from nas_core.blocks import build_block
-    from nas_core.latency.measure import TorchSession
-    from nas_core.subnet import SubnetModel
-
     archs = {c.id: c.arch for c in choices}
 
     def open_model(entry: ModelEntry, settings: Mapping):
@@ -300,8 +266,6 @@ def measure_arch(arch: ArchConfig, profile: DeviceProfile, config: TimingConfig 
                  space: SearchSpace | None = None, seed: int = 0) -> timing.TimingResult:
     """One architecture timed end to end as the calibration times its subnets (the profile's
     settings and clock, CPU-pinned); ONNX backends export it to a temporary folder first."""
-    import tempfile
-
     space = space or SearchSpace()
     require_usable(profile)
     clock = CLOCKS[profile_clock(profile)]
@@ -334,8 +298,6 @@ def calibration_frame(choices: Sequence[SubnetChoice], rows: Sequence[Mapping], 
     """One row per subnet: its timing, raw LUT sum, params and MACs (``calibrated_ms`` NaN
     until a fit fills it). A subnet without a timing row or with a block missing from the
     LUT raises, naming it."""
-    import pandas as pd
-
     by_id = {row["id"]: row for row in rows}
     unmeasured = [c.id for c in choices if c.id not in by_id]
     if unmeasured:
@@ -603,19 +565,14 @@ def read_fit(path: str | os.PathLike) -> dict:
 def plot_calibration(frames: Mapping[str, object], path: str | os.PathLike) -> Path:
     """Estimated vs measured latency, one panel per device (Fig. 3): the raw LUT sum and the
     calibrated estimate, calibration subnets outlined, and the y = x line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(frames), figsize=(4.6 * len(frames), 4.4), squeeze=False)
+    fig = Figure(figsize=(4.6 * len(frames), 4.4))  # not pyplot: no global backend, nothing to close
+    axes = fig.subplots(1, len(frames), squeeze=False)
     for ax, (device, frame) in zip(axes[0], frames.items()):
         _plot_device(ax, device, frame)
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=130)
-    plt.close(fig)
     return path
 
 

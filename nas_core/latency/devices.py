@@ -10,6 +10,7 @@ This module imports only the standard library; ``check_usable`` imports the runt
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 from typing import Any, Mapping
 
@@ -254,8 +255,6 @@ def _check_tensorrt(profile: DeviceProfile) -> Usability:
 
 def cuda_gpu_count() -> tuple[int, str]:
     """Number of CUDA GPUs and how that was found, asking the driver (libcuda) without torch."""
-    import ctypes
-
     try:
         driver = ctypes.CDLL("libcuda.so.1")
     except OSError:

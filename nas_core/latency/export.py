@@ -29,7 +29,7 @@ def export_onnx(module, input_shape: Sequence[int], path: str | os.PathLike, ops
     The graph has one input ``input`` and output(s) ``output``/``output_<i>``; the module's
     train/eval mode is restored afterwards.
     """
-    import torch
+    import torch  # on first use: nas_core.latency and nas_core.io import without torch (hosts driving boards)
 
     path = Path(path)
     was_training = module.training
@@ -54,7 +54,7 @@ def export_openvino(onnx_path: str | os.PathLike, out_xml: str | os.PathLike, co
     precision is chosen at compile time anyway (INFERENCE_PRECISION_HINT), which is how
     the NCS2 ran FP16.
     """
-    import openvino
+    import openvino  # an optional runtime: imported only when an OpenVINO model is wanted
 
     out_xml = Path(out_xml)
     out_xml.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,7 @@ def export_openvino(onnx_path: str | os.PathLike, out_xml: str | os.PathLike, co
 def _quiet_exporter():
     """Silence the exporter's expected warnings: the legacy-exporter notice (a deliberate
     choice, see the module docstring) and tracer warnings about fixed shapes."""
-    import torch
+    import torch  # on first use: nas_core.latency and nas_core.io import without torch (hosts driving boards)
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")

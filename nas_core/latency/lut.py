@@ -72,12 +72,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
+import torch
 
 from nas_core.block_catalog import BlockCatalog, BlockSpec
+from nas_core.blocks import build_block
 from nas_core.io import code_version, read_parquet, read_provenance, utc_now, write_parquet
 from nas_core.latency.devices import DeviceProfile, check_usable
+from nas_core.latency.export import ONNX_OPSET, export_onnx
 from nas_core.latency.location import DeviceAccess, LocalDevice, TimingJob, Yardstick
-from nas_core.latency.measure import safe_file_stem
+from nas_core.latency.measure import TorchSession, safe_file_stem
 from nas_core.latency.timing import ModelEntry, TimingConfig
 from nas_core.layout import DATA, LutPaths
 from nas_core.search_space import SearchSpace
@@ -110,10 +114,6 @@ class LutError(ValueError):
 def export_key() -> str:
     """Hash of what decides an exported model: the code that builds blocks and subnets, the
     exporter, the torch version and the ONNX opset."""
-    import torch
-
-    from nas_core.latency.export import ONNX_OPSET
-
     package = Path(__file__).resolve().parent.parent
     digest = hashlib.sha1(f"torch {torch.__version__} opset {ONNX_OPSET}".encode())
     for name in _EXPORT_SOURCES:
@@ -207,9 +207,6 @@ def export_blocks(blocks: Sequence[BlockSpec], folder: str | os.PathLike, space:
     Exports are atomic, so a file that exists is complete: an interrupted export resumes
     where it stopped, and a second device at the same resolution re-uses every file.
     """
-    from nas_core.blocks import build_block
-    from nas_core.latency.export import export_onnx
-
     folder = Path(folder)
     paths = {b.block_id: folder / f"{safe_file_stem(b.block_id)}.onnx" for b in blocks}
     missing = [b for b in blocks if not paths[b.block_id].exists()]
@@ -222,9 +219,6 @@ def export_blocks(blocks: Sequence[BlockSpec], folder: str | os.PathLike, space:
 
 def _torch_block_opener(catalog: BlockCatalog, seed: int):
     """``open_fn`` for the eager torch backend: the block module itself, no ONNX."""
-    from nas_core.blocks import build_block
-    from nas_core.latency.measure import TorchSession
-
     def open_block(entry: ModelEntry, settings: Mapping):
         block = catalog.blocks[catalog.index[entry.id]]
         return TorchSession(build_block(block, catalog.space.spec), entry.input_shape, settings, seed)
@@ -316,8 +310,6 @@ def assemble_lut(rows: Sequence[Mapping], timing_provenance: Mapping, catalog: B
     Rows whose id is not a catalog block (a bundle's subnets) are ignored; a block timed
     with another input shape than the catalog's at this resolution raises.
     """
-    import pandas as pd
-
     by_id = {row["id"]: row for row in rows if row["id"] in catalog.index}
     params, macs = catalog.params_table(), catalog.macs_table()
     records = []

@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+import pandas as pd
+
 from nas_core.io import code_version
 from nas_core.latency import timing
 from nas_core.latency.devices import DeviceProfile, Usability, check_usable
@@ -73,11 +75,9 @@ def measure_many(named_modules: Mapping[str, object], profile: DeviceProfile, ou
     Modules are exported lazily, just before they are timed, to ``workdir`` (so a resumed
     run does not re-export finished ones). Input shapes default to the profile's
     (batch, 3, resolution, resolution). Writes ``out_path`` (default
-    ``workdir/latency.parquet``; the schema is in ``timing``'s docstring) and returns it
+    ``workdir/latency.parquet``; the schema is in ``nas_core.latency.runner.table``'s docstring) and returns it
     as a pandas DataFrame.
     """
-    import pandas as pd
-
     usability = require_usable(profile)
     shapes = {name: tuple(input_shapes[name]) if input_shapes and name in input_shapes else profile.input_shape()
               for name in named_modules}
@@ -105,7 +105,7 @@ class TorchSession:
     _DTYPES = {"fp32": "float32", "default": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
     def __init__(self, module, input_shape: Sequence[int], settings: Mapping, seed: int = 0):
-        import torch
+        import torch  # on first use: nas_core.latency and nas_core.io import without torch (hosts driving boards)
 
         self.torch = torch
         device = torch.device(settings["provider"])

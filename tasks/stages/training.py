@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from nas_core import accuracy_predictor
+from nas_core import accuracy_predictor, predictor_training
 from nas_core.io import read_provenance, write_text
 from nas_core.layout import DATA_ROOT, Layout
 from nas_core.pairs import PairsConfig, plan_identity
@@ -121,11 +121,11 @@ def stage_predictor(params: Mapping[str, Any], root: str | os.PathLike = DATA_RO
 
 def run_predictor(params: Mapping[str, Any], pairs: str | os.PathLike, out_dir: str | os.PathLike) -> Paths:
     """Fit the predictor of ``predictor:`` on the pairs table ``pairs``, holding the CPU lock
-    shared; writes ``out_dir/`` (``nas_core.accuracy_predictor.fit_and_write``) and returns
+    shared; writes ``out_dir/`` (``nas_core.predictor_training.fit_and_write``) and returns
     its paths. The work of the predictor stage and of ``scan-edge fit-predictor``."""
     _require(Path(pairs), "the accuracy pairs (scan-edge stage pairs, or scan-edge collect-pairs)")
     predictor = section(params, "predictor")
     with stage_lock("shared"):
         config = accuracy_predictor.PredictorConfig.from_dict(predictor)
-        paths, _ = accuracy_predictor.fit_and_write(pairs, out_dir, config, params={"predictor": predictor}, log=_say)
+        paths, _ = predictor_training.fit_and_write(pairs, out_dir, config, params={"predictor": predictor}, log=_say)
     return {name: Path(path) for name, path in paths.items()}
