@@ -19,6 +19,7 @@ import timm
 from torch import nn
 
 from .io import read_json, torch_load, torch_save
+from .layout import DATA
 from .search_space import SearchSpace
 from .subnet import SubnetModel
 from .supernet import resize_attention_bias_table
@@ -27,7 +28,7 @@ from .train import load_supernet, space_from_spec
 CLASSIFIER_FORMAT = "scan-edge/classifier/v1"
 MODEL_NAME = "model.pt"
 TIMM_BASELINES = ("mobilenetv2_100",)  # classifiers built with timm rather than from the search space
-DEFAULT_FINETUNE_ROOT = Path("data/finetune")
+DEFAULT_FINETUNE_ROOT = DATA.finetune_root
 
 
 def subnet_at_resolution(model, resolution: int):

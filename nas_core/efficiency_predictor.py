@@ -30,6 +30,7 @@ import numpy as np
 from nas_core.block_catalog import HEAD_CLASSES, BlockCatalog
 from nas_core.io import file_sha256
 from nas_core.latency.calibration import fitted_model, read_fit
+from nas_core.layout import DATA
 from nas_core.latency.latency_model import LatencyModel
 from nas_core.latency.devices import DeviceProfile, get_profile, load_profiles
 from nas_core.latency.lut import LookupTable, LutError, LutPaths
@@ -87,7 +88,7 @@ class LatencyEstimator:
         return cls(catalog, block_ms, device=profile.name, provenance=provenance, model=model)
 
     @classmethod
-    def for_device(cls, profile: DeviceProfile | str, root: str | os.PathLike = "data/lut", **kwargs
+    def for_device(cls, profile: DeviceProfile | str, root: str | os.PathLike = DATA.lut_dir, **kwargs
                    ) -> "LatencyEstimator":
         """``from_files`` with the standard file names under ``root`` (``LutPaths``)."""
         name = profile if isinstance(profile, str) else profile.name

@@ -86,6 +86,7 @@ from .latency.export import export_onnx
 from .latency.location import MeasurementsPending, TimingJob
 from .latency.measure import measure_module, measure_onnx
 from .latency.timing import ModelEntry, TimingConfig
+from .layout import DATA
 from .locks import Lock, no_lock
 from .search_space import SearchSpace
 from .subnet import SubnetModel
@@ -93,8 +94,8 @@ from .train import load_supernet
 
 METRICS_NAME = "metrics.json"
 DEFAULT_OUT = DEFAULT_FINETUNE_ROOT  # where load_classifier looks for a fine-tuned model by name
-DEFAULT_DATA = Path("data/dataset")
-DEFAULT_SUPERNET = Path("data/supernet/supernet.pt")
+DEFAULT_DATA = DATA.dataset
+DEFAULT_SUPERNET = DATA.supernet
 
 
 # --------------------------------------------------------------------------- configuration

@@ -18,12 +18,7 @@ LAYOUT_MODULE = Path("nas_core/layout.py")
 # Re-spellings in modules that concurrent work is rewriting (the trainers merge, the Protocol
 # renames): allowed only while their value is the layout's. Remove an entry once its module
 # takes the path from nas_core.layout.
-PENDING = {
-    ("nas_core/finetune.py", "data/finetune"): DATA.finetune_root,
-    ("nas_core/finetune.py", "data/dataset"): DATA.dataset,
-    ("nas_core/finetune.py", "data/supernet/supernet.pt"): DATA.supernet,
-    ("nas_core/efficiency_predictor.py", "data/lut"): DATA.lut_dir,
-}
+PENDING: dict = {}  # (module, literal) -> the layout path it must equal, while a module is being moved
 
 
 def top_level_names(layout_class=Layout) -> set[str]:

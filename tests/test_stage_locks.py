@@ -70,7 +70,7 @@ def test_detection_trains_sharing_the_lock_and_measures_alone(lock_file, tmp_pat
     generate_detection(shapes, seed=1, num_train=8, num_test=2, image_size=64, workers=1)
     seen: list = []
     _record_calls(monkeypatch, det, "train_detector", seen, "train")
-    _record_calls(monkeypatch, det, "measure_latency", seen, "measure")  # run_detection calls it by this name
+    _record_calls(monkeypatch, det.finetune, "measure_latency", seen, "measure")  # run_detection calls finetune's
     config = det.DetectionConfig(resolution=64, epochs=1, batch_size=4, steps_per_epoch=1, opt="adamw", lr=1e-3,
                                  warmup_epochs=0, augment="none", eval_batch_size=2, devices=("ort_cpu_fp32",),
                                  timing=quick_timing)

@@ -310,12 +310,20 @@ def with_yardstick(job: TimingJob, yardstick: Yardstick | None) -> tuple[TimingJ
 
 class PairedAccess:
     """A device access whose jobs are all timed against the device's ``Yardstick``; the
-    yardstick's own row is dropped from jobs that did not ask for it."""
+    yardstick's own row is dropped from jobs that did not ask for it. ``yardstick`` may be a
+    function giving it (or None: no LUT timed in pairs yet), called at the first job, so that
+    making an access reads no file and exports nothing."""
 
-    def __init__(self, inner: DeviceAccess, yardstick: Yardstick):
+    def __init__(self, inner: DeviceAccess, yardstick: Yardstick | Callable[[], Yardstick | None]):
         self.inner = inner
-        self.yardstick = yardstick
+        self._yardstick = yardstick
         self.profile = inner.profile
+
+    @property
+    def yardstick(self) -> Yardstick | None:
+        if callable(self._yardstick):
+            self._yardstick = self._yardstick()
+        return self._yardstick
 
     @property
     def location(self) -> str:
@@ -332,7 +340,7 @@ class PairedAccess:
 
 def device_access(profile: DeviceProfile, *, bundles_dir: str | os.PathLike | None = None,
                   worker_factory: Callable[[DeviceProfile], DeviceAccess] | None = None,
-                  yardstick: Yardstick | None = None) -> DeviceAccess:
+                  yardstick: Yardstick | Callable[[], Yardstick | None] | None = None) -> DeviceAccess:
     """The access of ``profile``'s location. ``worker`` needs ``worker_factory`` (the caller's
     Prefect side, ``tasks.board_worker``); ``bundle`` uses ``location_options.bundles_dir``
     or ``bundles_dir``. With a ``yardstick`` and the device option ``paired_reference``,

@@ -48,7 +48,7 @@ def device_access(params: Mapping[str, Any], device: str, root: str | os.PathLik
     the scale, so it asks for ``paired=False``."""
     layout = Layout(root)
     profile = device_profile(params, device)
-    scale = yardstick(profile, layout.lut_paths(device)) if paired else None
+    scale = (lambda: yardstick(profile, layout.lut_paths(device))) if paired else None  # read at the first job
     return access_of(profile, bundles_dir=layout.bundles, worker_factory=worker_factory, yardstick=scale)
 
 
