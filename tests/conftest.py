@@ -86,6 +86,20 @@ def image_check_cache(tmp_path_factory):
         os.environ[CACHE_DIR_ENV] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_cpu_lock(tmp_path_factory):
+    """The machine-wide CPU lock (``tasks.cpu_lock``) on a file of this test session: a pipeline
+    or benchmark measuring latency on the same machine neither waits for the tests nor makes
+    them wait (tests of the lock itself point it at their own file)."""
+    previous = os.environ.get("SCAN_EDGE_CPU_LOCK")
+    os.environ["SCAN_EDGE_CPU_LOCK"] = str(tmp_path_factory.mktemp("cpu-lock") / "cpu.lock")
+    yield
+    if previous is None:
+        os.environ.pop("SCAN_EDGE_CPU_LOCK", None)
+    else:
+        os.environ["SCAN_EDGE_CPU_LOCK"] = previous
+
+
 # --------------------------------------------------------------------------- training and transfer tests
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 
