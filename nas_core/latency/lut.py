@@ -334,6 +334,8 @@ def assemble_lut(rows: Sequence[Mapping], timing_provenance: Mapping, catalog: B
         "reference_checks": timing_provenance.get("reference_checks", []),
         "drift_tolerance": timing_provenance.get("drift_tolerance"), "export_key": timing_provenance.get("export_key"),
         "clock": timing_provenance.get("clock", "wall"),
+        # Who timed the rows (the board's runner for a worker or bundle device), not who assembled them.
+        "executor": timing_provenance.get("executor"), "location": timing_provenance.get("location"),
         "catalog_blocks": len(catalog.blocks), "measured_blocks": len(frame),
         "complete": len(frame) == len(catalog.blocks), "code_version": code_version(), "created_at": utc_now(),
     }
