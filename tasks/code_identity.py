@@ -228,6 +228,8 @@ class EntryPoint:
 def entry_point(function: Callable | EntryPoint) -> EntryPoint:
     if isinstance(function, EntryPoint):
         return function
+    if isinstance(getattr(function, "entry_point", None), EntryPoint):  # named, not imported (stages.registry)
+        return function.entry_point
     return EntryPoint(Path(inspect.getsourcefile(function)).resolve(), function.__module__, function.__name__,
                       function.__code__.co_firstlineno)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -9,12 +10,39 @@ from typing import Any, Callable, Iterable, Mapping
 from tasks import code_identity
 from tasks.run_identity import run_identity
 from tasks.stages.common import Paths
-from tasks.stages.data import stage_dataset
-from tasks.stages.downstream import stage_detection, stage_finetune, stage_transfer
-from tasks.stages.latency import stage_baselines, stage_calibration, stage_lut, stage_runtime
-from tasks.stages.report import stage_report
-from tasks.stages.search import stage_search
-from tasks.stages.training import stage_pairs, stage_predictor, stage_supernet
+
+
+@dataclasses.dataclass(frozen=True)
+class StageEntry:
+    """A stage function named by its module and name, imported when it is first called: reading
+    the registry (a step's run key, ``scan-edge status``, a no-op ``reproduce``) loads no stage
+    module, hence no torch or timm. Its code identity is read from the file (``code_identity``
+    parses, never imports); a monkeypatched module attribute is what runs."""
+
+    module: str
+    name: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Paths:
+        return getattr(importlib.import_module(self.module), self.name)(*args, **kwargs)
+
+    @property
+    def entry_point(self) -> code_identity.EntryPoint:
+        return code_identity.EntryPoint(code_identity.module_file(self.module), self.module, self.name)
+
+
+def _entry(module: str, name: str) -> StageEntry:
+    return StageEntry(f"tasks.stages.{module}", name)
+
+
+stage_dataset = _entry("data", "stage_dataset")
+stage_supernet, stage_pairs, stage_predictor = (_entry("training", n) for n in
+                                                ("stage_supernet", "stage_pairs", "stage_predictor"))
+stage_runtime, stage_lut, stage_calibration, stage_baselines = (
+    _entry("latency", n) for n in ("stage_runtime", "stage_lut", "stage_calibration", "stage_baselines"))
+stage_search = _entry("search", "stage_search")
+stage_finetune, stage_transfer, stage_detection = (_entry("downstream", n) for n in
+                                                   ("stage_finetune", "stage_transfer", "stage_detection"))
+stage_report = _entry("report", "stage_report")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +55,7 @@ class StageInfo:
     only what that graph cannot see (a module run by name, imported with ``importlib``).
     """
 
-    function: Callable[..., Paths]
+    function: Callable[..., Paths]  # a StageEntry (tests put plain functions here)
     sections: tuple[str, ...]
     code: tuple[str, ...] = ()
     measures_latency: bool = False
