@@ -81,28 +81,40 @@ def time_callable(run: Callable[[], Any], config: TimingConfig | None = None,
     """Time ``run()`` as described in ``TimingConfig``; each call is timed on its own."""
     config = config or TimingConfig()
     _warm_up(run, config, clock)
-    samples_ns: list[int] = []
+
+    def one_call() -> tuple[float, int]:
+        start = clock()
+        run()
+        elapsed = clock() - start
+        return elapsed, elapsed
+
+    samples_ns, stable = _sample_until_stable(one_call, config)
+    return _summarise(samples_ns, stable)
+
+
+def _sample_until_stable(take: Callable[[], tuple[float, int]], config: TimingConfig) -> tuple[list[float], bool]:
+    """Samples from ``take()`` (each: the value whose median is wanted, and the model's timed
+    ns that count toward ``min_total_ms`` / ``max_total_ms``) until ``config``'s stopping rule
+    says so; returns them and whether the median had converged."""
+    samples: list[float] = []
     total_ns = 0
     previous_median = None
     stable = False
     next_check = config.min_repeats
     while True:
-        start = clock()
-        run()
-        elapsed = clock() - start
-        samples_ns.append(elapsed)
-        total_ns += elapsed
-        count = len(samples_ns)
+        value, timed_ns = take()
+        samples.append(value)
+        total_ns += timed_ns
+        count = len(samples)
         capped = count >= config.max_repeats or total_ns >= config.max_total_ms * 1e6
         if not capped and (count < next_check or total_ns < config.min_total_ms * 1e6):
             continue
-        median = statistics.median(samples_ns)
+        median = statistics.median(samples)
         stable = previous_median is not None and abs(median - previous_median) <= config.stability * previous_median
         if stable or capped:
-            break
+            return samples, stable
         previous_median = median
         next_check = count + max(config.check_every, count // 4)
-    return _summarise(samples_ns, stable)
 
 
 # --------------------------------------------------------------------------------------
@@ -130,13 +142,9 @@ def time_paired(run: Callable[[], Any], reference_run: Callable[[], Any], yardst
     config = config or TimingConfig()
     _warm_up(run, config, clock)
     _warm_up(reference_run, dataclasses.replace(config, warmup_ms=0.0), clock)
-    ratios: list[float] = []
     raw_ns: list[int] = []
-    total_ns = 0
-    previous_median = None
-    stable = False
-    next_check = config.min_repeats
-    while True:
+
+    def one_pair() -> tuple[float, int]:
         start = clock()
         run()
         model_ns = clock() - start
@@ -144,18 +152,9 @@ def time_paired(run: Callable[[], Any], reference_run: Callable[[], Any], yardst
         reference_run()
         reference_ns = clock() - start
         raw_ns.append(model_ns)
-        ratios.append(model_ns / max(reference_ns, 1))
-        total_ns += model_ns
-        count = len(ratios)
-        capped = count >= config.max_repeats or total_ns >= config.max_total_ms * 1e6
-        if not capped and (count < next_check or total_ns < config.min_total_ms * 1e6):
-            continue
-        median = statistics.median(ratios)
-        stable = previous_median is not None and abs(median - previous_median) <= config.stability * previous_median
-        if stable or capped:
-            break
-        previous_median = median
-        next_check = count + max(config.check_every, count // 4)
+        return model_ns / max(reference_ns, 1), model_ns
+
+    ratios, stable = _sample_until_stable(one_pair, config)
     result = _summarise([r * yardstick_ms * 1e6 for r in ratios], stable)
     return dataclasses.replace(result, info={"raw_median_ms": float(statistics.median(raw_ns)) / 1e6,
                                              "yardstick_ms": float(yardstick_ms)})
