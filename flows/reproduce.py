@@ -6,9 +6,11 @@
     baselines trained like ours -> transfer -> detection -> report
 
 ``tasks.stages.pipeline_steps`` lists the steps in dependency order; the flow runs them one
-after the other (each stage already uses the machine: parallel stages would only fight
-over its cores, and latency measurement must run alone anyway), printing one progress
-line per step. A step whose cache key is unchanged (its run key: its params sections, the content
+after the other, printing one progress line per step, with one exception: on a machine with
+two or more CPUs the device measurements (runtime, LUT, baselines, calibration: single-thread
+timing) run in the latency lane, a process pinned to a CPU of its own, while this process
+trains the supernet and collects pairs on the others (``tasks.lanes``); the measured steps are
+then cache hits here. A step whose cache key is unchanged (its run key: its params sections, the content
 of what it reads, the code it imports, the runtimes it measures with) is not executed: a second
 ``reproduce`` with nothing changed runs no stage (only the runtime checks, which are never
 cached and cost a fraction of a second), and changing one parameter re-runs that stage
@@ -35,6 +37,7 @@ from prefect import flow
 from tasks import stages
 from tasks._runners import runner_needs_server
 from tasks._server import prefect_server, require_flow_result
+from tasks.lanes import latency_lane, plan_lane
 from tasks.pairs import runner_params
 from tasks.prefect_tasks import step_arguments, step_task
 from tasks.step_stamps import record_done, step_key
@@ -57,23 +60,36 @@ def run_steps(steps: Sequence[stages.Step], params: Mapping[str, Any], root: str
               refresh: bool = False, finished: dict[str, dict] | None = None) -> dict[str, dict]:
     """Run the steps' cached tasks in order; stop at the first failure (its error is raised).
     ``finished``, when given, is filled as steps complete (so a caller knows what completed
-    before a failure) and returned."""
+    before a failure) and returned.
+
+    On a machine with two or more CPUs the device measurements run in the latency lane
+    (``tasks.lanes``) while this process trains on the other CPUs; this process then
+    reaches those steps as cache hits, in an order that still respects the DAG."""
     outcome: dict[str, dict] = finished if finished is not None else {}
-    for index, step in enumerate(steps, 1):
-        started, cpu_started = time.monotonic(), _cpu_seconds()
-        key = step_key(step, params, root)  # what its cache key is, recorded once it completed
-        task = step_task(step, params, results, root)
-        if refresh:
-            task = task.with_options(refresh_cache=True)
-        state = task(**step_arguments(step, params, root), return_state=True)
-        seconds, cpu = time.monotonic() - started, _cpu_seconds() - cpu_started
-        status = "cached" if state.name == "Cached" else ("ran" if state.is_completed() else state.name.lower())
-        print(f"[{index}/{len(steps)}] {step.id}: {status} ({seconds:.1f} s, {cpu:.1f} s CPU)", flush=True)
-        paths = state.result()  # raises the stage's error for a failed step
-        record_done(step, key, root)
-        outcome[step.id] = {"status": status, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2),
-                            "outputs": paths}
+    plan = None if refresh else plan_lane(steps, params, root)
+    order = plan.order() if plan else list(steps)
+    with latency_lane(plan, params, root) as lane:
+        for index, step in enumerate(order, 1):
+            if lane is not None and index == len(plan.beside) + 1:  # the first step after the lane's
+                lane.wait()
+            outcome[step.id] = _run_step(step, params, root, results, refresh, f"[{index}/{len(order)}]")
     return outcome
+
+
+def _run_step(step: stages.Step, params: Mapping[str, Any], root: str, results: str | None, refresh: bool,
+              counter: str) -> dict:
+    started, cpu_started = time.monotonic(), _cpu_seconds()
+    key = step_key(step, params, root)  # what its cache key is, recorded once it completed
+    task = step_task(step, params, results, root)
+    if refresh:
+        task = task.with_options(refresh_cache=True)
+    state = task(**step_arguments(step, params, root), return_state=True)
+    seconds, cpu = time.monotonic() - started, _cpu_seconds() - cpu_started
+    status = "cached" if state.name == "Cached" else ("ran" if state.is_completed() else state.name.lower())
+    print(f"{counter} {step.id}: {status} ({seconds:.1f} s, {cpu:.1f} s CPU)", flush=True)
+    paths = state.result()  # raises the stage's error for a failed step
+    record_done(step, key, root)
+    return {"status": status, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "outputs": paths}
 
 
 def _cpu_seconds() -> float:

@@ -178,7 +178,8 @@ def _time_through_access(access, module: nn.Module, input_shape: Sequence[int], 
     with tempfile.TemporaryDirectory(prefix="scan-edge-model-") as tmp:
         folder = Path(workdir or tmp)
         path = Path(onnx_path) if onnx_path is not None else export_onnx(module, input_shape, folder / "model.onnx")
-        job = TimingJob(job_name, (ModelEntry(job_name, path, tuple(input_shape)),), job_name, config)
+        job = TimingJob(job_name, (ModelEntry(job_name, path, tuple(input_shape)),), job_name, config,
+                        whole_networks=True)
         try:
             row = access.time(job, folder / f"{profile.name}.timing.parquet", resume=False, progress=False)[0]
         except MeasurementsPending:

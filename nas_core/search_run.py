@@ -271,7 +271,8 @@ class DeviceMeasure:
         digest = hashlib.sha1(",".join(ids).encode()).hexdigest()[:10]
         lut_version = (self.setup.estimators[device].provenance.get("lut_identity") or {}).get("runtime_version")
         job = TimingJob(f"search-{self.run}-{digest}", entries, ids[0], self.config,
-                        expected_runtime_version=None if access.location == "local" else lut_version)
+                        expected_runtime_version=None if access.location == "local" else lut_version,
+                        whole_networks=True)
         mode = host_lock_mode(access.profile)
         with (self.lock(mode) if mode else contextlib.nullcontext()):
             rows = access.time(job, self.work / f"{device}-{digest}.parquet", resume=True, progress=False)

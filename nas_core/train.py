@@ -97,6 +97,7 @@ from .io import code_version, machine_fingerprint, read_parquet, torch_load, tor
 from .recipe import build_mixup, build_teacher, check_mixup, classification_criterion
 from .search_space import SPACE_VERSION, ArchConfig, SearchSpace, SpaceSpec, StageSpec
 from .supernet import Supernet
+from .threads import default_threads, torch_threads
 from .trainer import (CHECKPOINT_NAME, LOG_NAME, StepContext, Trainer, changed_settings, describe_changes,
                       field_defaults)
 
@@ -126,7 +127,8 @@ class SupernetTrainConfig(ClassificationRecipe):
     num_random_subnets: int = 2          # n of the sandwich rule
     inplace_distillation: bool = False   # others learn the largest's soft outputs (extension)
     distillation_head: bool = True       # EfficientFormerV2's head_dist (timm layout)
-    threads: int | None = None           # torch CPU threads per process (None: torch's default)
+    threads: int | None = None           # torch CPU threads per process (None: torch's default, at most the
+                                         # CPUs the process may use: nas_core.threads.default_threads)
 
     def check(self) -> None:
         if self.resolution % 32:
@@ -429,8 +431,13 @@ def train_supernet(config: SupernetTrainConfig, data_root: str | os.PathLike, ou
     if checkpoint.exists() and not (resume or overwrite):
         raise FileExistsError(f"{checkpoint} exists: pass resume to continue that run or overwrite to start "
                               "a new one")
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    with torch_threads(config.threads or default_threads()):
+        return _train_supernet(config, data_root, out_dir, resume, overwrite, params, progress, device)
+
+
+def _train_supernet(config: SupernetTrainConfig, data_root: str | os.PathLike, out_dir: Path, resume: bool,
+                    overwrite: bool, params: Mapping[str, Any] | None, progress: bool, device: str | None) -> Path:
+    checkpoint = out_dir / CHECKPOINT_NAME
     ctx = init_distributed(device)
     if overwrite and not resume and ctx.is_main:
         for name in (CHECKPOINT_NAME, SUPERNET_NAME, LOG_NAME):  # no stale artifact beside the new run

@@ -408,3 +408,76 @@ def test_paired_access_times_every_job_against_the_yardstick_and_hides_its_row(t
     inner = Recorder()
     rows = PairedAccess(inner, yardstick).time(job, tmp_path / "t.parquet")
     assert [r["id"] for r in rows] == ["x"] and inner.job.yardstick_ms == 0.4
+
+
+def test_whole_networks_are_timed_against_the_network_yardstick(tmp_path):
+    from nas_core.latency.location import PairedAccess, TimingJob, Yardstick
+
+    blocks = Yardstick(ModelEntry("ref", None, (1, 3, 8, 8)), 0.4)
+    networks = Yardstick(ModelEntry("mobilenetv2_100", None, (1, 3, 224, 224)), 6.0)
+
+    class Recorder:
+        profile, location = ORT, "local"
+
+        def time(self, job, out_path, **kwargs):
+            self.job = job
+            return [{"id": i, "median_ms": 1.0} for i in job.ids()]
+
+    inner = Recorder()
+    access = PairedAccess(inner, blocks, lambda: networks)
+    subnet = TimingJob("calibration", (ModelEntry("ref", None, (1, 3, 8, 8)), ModelEntry("s", None, (1, 3, 224, 224))),
+                       "ref", yardstick_ms=0.4, whole_networks=True)
+    rows = access.time(subnet, tmp_path / "t.parquet")
+    assert inner.job.reference_id == "mobilenetv2_100" and inner.job.yardstick_ms == 6.0, "the job's block scale yields"
+    assert [r["id"] for r in rows] == ["ref", "s"], "the yardstick's own row is hidden, the job's rows kept"
+    access.time(TimingJob("baselines", (ModelEntry("x", None, (1, 3, 8, 8)),), "x"), tmp_path / "b.parquet")
+    assert inner.job.reference_id == "ref" and inner.job.yardstick_ms == 0.4, "anything else: the block's scale"
+    before_baselines = PairedAccess(inner, blocks, lambda: None)
+    before_baselines.time(subnet, tmp_path / "c.parquet")
+    assert inner.job.reference_id == "ref" and inner.job.yardstick_ms == 0.4
+
+
+class _ContendedHost(_MoodyHost):
+    """Memory contention from other tenants, on for 50 ms, off for 50 ms: it slows what streams
+    weights from memory (networks) by 1.4x and leaves what fits in the caches (a small block) alone."""
+
+    def contended(self) -> bool:
+        return bool((self.clock.now_ns // 50_000_000) % 2)
+
+    def open(self, entry, settings):
+        network = entry.id != "ref"
+        work_ms = 0.2 if entry.id == "ref" else (5.0 if entry.id == "mnv2" else 0.5 * int(entry.id[1:]))
+        return _FakeSession(self.clock, lambda: work_ms * (1.4 if network and self.contended() else 1.0))
+
+
+def test_a_network_yardstick_cancels_what_a_block_yardstick_cannot(tmp_path):
+    def run(reference):
+        host = _ContendedHost()
+        entries = [ModelEntry(reference, None, (1, 3, 8, 8))] + [ModelEntry(f"m{i}", None, (1, 3, 8, 8))
+                                                                 for i in range(8, 16)]
+        settings = {**ORT.to_settings(), "options": {"paired_reference": True}}
+        config = TimingConfig(warmup_runs=1, warmup_ms=0, min_repeats=5, min_total_ms=0, max_repeats=5, check_every=5)
+        rows = profile_models(entries, settings, tmp_path / f"{reference}.parquet", reference_id=reference, config=config,
+                              open_fn=host.open, runtime=("fake", "1"), clock=host.clock, pin_cpus=False,
+                              progress=False, yardstick_ms=1.0)
+        ratio = {r["id"]: r["median_ms"] / (0.5 * int(r["id"][1:])) for r in rows if r["id"] != reference}
+        return max(ratio.values()) / min(ratio.values())  # 1.0: every network on one scale
+
+    assert run("mnv2") < 1.02
+    assert run("ref") > 1.2, "a cache-resident block does not see the contention the networks feel"
+
+
+def test_network_yardstick_is_the_device_s_mobilenetv2_on_the_baselines_scale(tmp_path):
+    import pandas as pd
+
+    from nas_core.latency.baselines import REFERENCE_MODEL, network_yardstick
+
+    table = tmp_path / "ort_cpu_fp32.parquet"
+    assert network_yardstick(ORT, table, tmp_path) is None, "no baselines yet: networks keep the block's scale"
+    row = {"model": REFERENCE_MODEL, "device": ORT.name, "resolution": 224, "median_ms": 6.5}
+    io.write_parquet(table, pd.DataFrame([row, {**row, "device": "openvino_cpu_fp32", "median_ms": 4.0}]))
+    (tmp_path / f"{REFERENCE_MODEL}_224.onnx").write_bytes(b"an export that exists is reused")
+    stick = network_yardstick(ORT, table, tmp_path)
+    assert stick.ms == 6.5 and stick.entry.id == REFERENCE_MODEL and tuple(stick.entry.input_shape) == (1, 3, 224, 224)
+    io.write_parquet(table, pd.DataFrame([{**row, "median_ms": float("nan")}]))  # MobileNetV2 failed to time
+    assert network_yardstick(ORT, table, tmp_path) is None

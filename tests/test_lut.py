@@ -326,6 +326,14 @@ def test_quiet_machine_check_reads_reference_drift_and_load():
     busy = check([1.0, 1.0], [1.0], load=7.5)
     assert not busy["ok"] and busy["reason"] == "load average 7.5 on 2 cores with the wall clock"
     assert check([1.0, 1.0], [1.0], load=7.5, clock="cpu")["ok"]
+    # Subnets paired with the network yardstick (MobileNetV2): the record says so, nothing to judge.
+    paired_lut = LookupTable(pd.DataFrame({"load_average": [0.5]}),
+                             {"reference": {"id": "ref", "baseline_ms": 1.0}, "clock": "cpu",
+                              "settings": {"options": {"paired_reference": True}}})
+    on_networks = calibration.quiet_machine_check(paired_lut, {"reference": {"id": "mobilenetv2_100"}})
+    assert on_networks["ok"] and on_networks["subnet_reference_id"] == "mobilenetv2_100"
+    unpaired = LookupTable(paired_lut.frame, {**paired_lut.provenance, "settings": {}})
+    assert not calibration.quiet_machine_check(unpaired, {"reference": {"id": "mobilenetv2_100"}})["ok"]
 
 
 def test_host_calibration_fits_and_writes_table_fit_and_figure(host_lut):

@@ -181,6 +181,8 @@ class FakeStages:
 def _run(fakes: FakeStages, params: dict, results: Path) -> dict:
     from flows.reproduce import reproduce_flow
 
+    # The fakes live in this process: no latency lane (its process would run the real stages).
+    params = {**params, "pipeline": {**params["pipeline"], "overlap_latency": False}}
     fakes.params, fakes.calls[:] = params, []
     return reproduce_flow(params, str(fakes.root), None, str(results))
 

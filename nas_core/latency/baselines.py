@@ -47,10 +47,10 @@ import pandas as pd
 import timm
 
 from nas_core.complexity import module_complexity
-from nas_core.io import code_version, machine_fingerprint, utc_now, write_parquet
+from nas_core.io import code_version, machine_fingerprint, read_parquet, utc_now, write_parquet
 from nas_core.latency.devices import DeviceProfile, check_usable
 from nas_core.latency.export import export_onnx
-from nas_core.latency.location import DeviceAccess, MeasurementsPending, TimingJob
+from nas_core.latency.location import DeviceAccess, MeasurementsPending, TimingJob, Yardstick
 from nas_core.latency.measure import measure_module, measure_onnx
 from nas_core.latency.timing import ModelEntry, TimingConfig, load_average
 from nas_core.microvit import MICROVIT_CONFIGS, create_microvit, is_microvit
@@ -225,6 +225,26 @@ def measure_device_baselines(access: DeviceAccess, models: Mapping[str, int] | N
     frame.attrs["provenance"] = provenance
     write_parquet(out_path, frame, provenance)
     return frame
+
+
+def network_yardstick(profile: DeviceProfile, table: str | os.PathLike, workdir: str | os.PathLike) -> Yardstick | None:
+    """The device's network yardstick (``location.Yardstick``): its MobileNetV2 at the latency the
+    baselines table ``table`` holds for it. None when the table or its MobileNetV2 row is missing
+    (whole networks are then timed against the block yardstick). The ONNX file is exported
+    again when it has gone from ``workdir``."""
+    table = Path(table)
+    if not table.exists():
+        return None
+    frame = read_parquet(table)
+    row = frame[(frame["model"] == REFERENCE_MODEL) & (frame["device"] == profile.name)]
+    if row.empty or not math.isfinite(float(row["median_ms"].iloc[0])):
+        return None
+    resolution = int(row["resolution"].iloc[0])
+    onnx, _, error = _export_baseline(REFERENCE_MODEL, resolution, Path(workdir))
+    if onnx is None:
+        raise RuntimeError(f"the network yardstick of {profile.name}: {error}")
+    entry = ModelEntry(REFERENCE_MODEL, onnx, (profile.batch_size, 3, resolution, resolution))
+    return Yardstick(entry, float(row["median_ms"].iloc[0]))
 
 
 def _export_baseline(name: str, resolution: int, folder: Path) -> tuple[Path | None, tuple | None, str]:

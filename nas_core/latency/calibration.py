@@ -220,8 +220,9 @@ def measure_subnets(choices: Sequence[SubnetChoice], profile: DeviceProfile, pat
     Same machinery as the LUT (``timing.profile_models``, on ``access``: this machine by
     default): shuffled, drift-checked, checkpointed to ``paths.subnet_timings`` and
     resumable. Returns its rows (the reference's included). ``yardstick_ms``: the LUT's
-    paired-timing scale (None: the LUT was not timed in pairs). The caller holds any
-    machine-wide CPU lock.
+    paired-timing scale (None: the LUT was not timed in pairs); an access with a network
+    yardstick (``location.PairedAccess``) times the subnets against the device's MobileNetV2
+    instead. The caller holds any machine-wide CPU lock.
     """
     space = space or SearchSpace()
     access = access or LocalDevice(profile)
@@ -231,7 +232,7 @@ def measure_subnets(choices: Sequence[SubnetChoice], profile: DeviceProfile, pat
     entries, open_fn = _subnet_entries(choices, reference, profile, paths, space, seed, progress)
     job = TimingJob("calibration", tuple(entries), reference.block_id, config, seed, check_every, drift_tolerance,
                     max_retries, drift_pause_s, {"space": space.version, "export_key": key},
-                    expected_runtime_version=expected_runtime_version, yardstick_ms=yardstick_ms)
+                    expected_runtime_version=expected_runtime_version, yardstick_ms=yardstick_ms, whole_networks=True)
     return access.time(job, paths.subnet_timings, resume=resume, progress=progress, open_fn=open_fn,
                        on_measured=on_measured)
 
@@ -344,6 +345,14 @@ def quiet_machine_check(lut: LookupTable, subnet_provenance: Mapping, subnet_fra
     """
     lut_reference = lut.provenance.get("reference") or {}
     subnet_reference = subnet_provenance.get("reference") or {}
+    # Paired timings are ratios to the reference taken call by call: its own moves cancel and
+    # are kept only as a record of how much the host's speed changed.
+    paired = bool(((lut.provenance.get("settings") or {}).get("options") or {}).get("paired_reference"))
+    if paired and lut_reference.get("baseline_ms") and subnet_reference.get("id") != lut_reference.get("id"):
+        # Subnets timed against the network yardstick (location.Yardstick): nothing to compare,
+        # nothing to judge either; the subnets' own reference checks stay in their table.
+        return {"reference_id": lut_reference["id"], "subnet_reference_id": subnet_reference.get("id"),
+                "paired": True, "ok": True, "reason": "", "clock": lut.provenance.get("clock", "wall")}
     if not lut_reference.get("baseline_ms") or subnet_reference.get("id") != lut_reference.get("id"):
         return {"ok": False, "reason": "the LUT and the subnet timings have no common reference block"}
     lut_times = [lut_reference["baseline_ms"]] + [c["median_ms"] for c in lut.provenance.get("reference_checks", [])]
@@ -355,9 +364,6 @@ def quiet_machine_check(lut: LookupTable, subnet_provenance: Mapping, subnet_fra
     cores = (lut.provenance.get("machine") or {}).get("cores") or os.cpu_count()
     clock = lut.provenance.get("clock", "wall")
     busy = any(load is not None and load >= cores for load in loads.values())
-    # Paired timings are ratios to the reference taken call by call: its own moves cancel and
-    # are kept only as a record of how much the host's speed changed.
-    paired = bool(((lut.provenance.get("settings") or {}).get("options") or {}).get("paired_reference"))
     reasons = ([f"the reference block moved {worst:.1%} (tolerance {tolerance:.0%})"]
                if worst > tolerance and not paired else [])
     reasons += ([f"load average {max(v for v in loads.values() if v is not None):.1f} on {cores} cores with the "

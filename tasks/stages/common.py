@@ -29,7 +29,7 @@ def section(params: Mapping[str, Any], name: str) -> dict:
 def pipeline_section(params: Mapping[str, Any]) -> dict:
     """``pipeline:``, the DAG's shape, with its documented keys checked."""
     known = {"finetune_baselines", "params_constrained", "transfer_models", "transfer_data", "transfer_synthetic",
-             "detection_models", "detection_data", "torchrun"}
+             "detection_models", "detection_data", "torchrun", "overlap_latency"}
     values = section(params, "pipeline")
     unknown = sorted(set(values) - known)
     if unknown:

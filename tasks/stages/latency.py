@@ -44,12 +44,19 @@ def device_access(params: Mapping[str, Any], device: str, root: str | os.PathLik
     """How the pipeline reaches ``device`` (``nas_core.latency.location``): this machine, a
     board's Prefect worker (``tasks.board_worker``), or bundles under ``<root>/bundles/``.
     With ``paired`` (and the device option ``paired_reference``) its jobs are timed against
-    the yardstick of its LUT (``nas_core.latency.lut.yardstick``); the LUT stage itself sets
-    the scale, so it asks for ``paired=False``."""
+    the yardstick of its LUT (``nas_core.latency.lut.yardstick``), whole networks against its
+    MobileNetV2 once the baselines stage timed it (``baselines.network_yardstick``); the LUT
+    stage itself sets the scale, so it asks for ``paired=False``."""
     layout = Layout(root)
     profile = device_profile(params, device)
-    scale = (lambda: yardstick(profile, layout.lut_paths(device))) if paired else None  # read at the first job
-    return access_of(profile, bundles_dir=layout.bundles, worker_factory=worker_factory, yardstick=scale)
+    if not paired:
+        return access_of(profile, bundles_dir=layout.bundles, worker_factory=worker_factory)
+    # Read at the first job that needs them: making an access reads no file.
+    blocks = lambda: yardstick(profile, layout.lut_paths(device))  # noqa: E731
+    networks = lambda: baseline_timing.network_yardstick(profile, layout.baselines(device),  # noqa: E731
+                                                         layout.baselines_work)
+    return access_of(profile, bundles_dir=layout.bundles, worker_factory=worker_factory, yardstick=blocks,
+                     network_yardstick=networks)
 
 
 def _access_of(params: Mapping[str, Any], root: Path) -> Callable:

@@ -1,0 +1,137 @@
+"""The latency lane (tasks/lanes.py): which steps it takes, and its process, pinned and stopped for real."""
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from nas_core.params import load_params
+from tasks import lanes, stages
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+needs_two_cpus = pytest.mark.skipif(len(lanes.allowed_cpus()) < 2, reason="the lane needs two CPUs")
+
+
+@pytest.fixture()
+def smoke_params() -> dict:
+    return copy.deepcopy(load_params(PROJECT_ROOT / "params.yaml", "smoke"))
+
+
+def _valid_order(order: list[stages.Step], every: list[stages.Step]) -> bool:
+    """Every step once, each after the steps that write what it reads."""
+    writer = {p: s.id for s in every for p in s.outputs}
+    seen: set[str] = set()
+    for step in order:
+        if any(writer.get(p) not in seen for p in step.inputs if p in writer):
+            return False
+        seen.add(step.id)
+    return sorted(seen) == sorted(s.id for s in every)
+
+
+def test_plan_measures_the_local_devices_beside_the_training(smoke_params, tmp_path):
+    steps = stages.pipeline_steps(smoke_params, tmp_path)
+    plan = lanes.plan_lane(steps, smoke_params, tmp_path, cpus=[0, 1, 2])
+    assert plan is not None and plan.lane_cpu == 2 and plan.main_cpus == (0, 1)
+    devices = smoke_params["search"]["devices"]
+    assert {s.id for s in plan.lane} == {f"{stage}@{d}" for d in devices for stage in lanes.LANE_STAGES}
+    assert [s.id for s in plan.beside] == ["dataset", "supernet", "pairs", "predictor"]
+    assert plan.after[0].stage == "search"
+    assert _valid_order(plan.order(), steps)
+
+
+def test_no_lane_on_one_cpu_when_switched_off_or_for_a_board(smoke_params, tmp_path):
+    steps = stages.pipeline_steps(smoke_params, tmp_path)
+    assert lanes.plan_lane(steps, smoke_params, tmp_path, cpus=[0]) is None
+    off = {**smoke_params, "pipeline": {**smoke_params["pipeline"], "overlap_latency": False}}
+    assert lanes.plan_lane(steps, off, tmp_path, cpus=[0, 1]) is None
+    # A device timed elsewhere (a board's bundle) has nothing to measure on this machine's cores.
+    board = copy.deepcopy(smoke_params)
+    board["devices"]["ort_cpu_fp32"] = {**board["devices"]["ort_cpu_fp32"], "location": "bundle"}
+    plan = lanes.plan_lane(stages.pipeline_steps(board, tmp_path), board, tmp_path, cpus=[0, 1])
+    assert plan is not None and not any("ort_cpu_fp32" in s.id for s in plan.lane)
+
+
+def test_no_lane_when_the_measurements_are_done(smoke_params, tmp_path, monkeypatch):
+    steps = stages.pipeline_steps(smoke_params, tmp_path)
+    monkeypatch.setattr(lanes, "is_done", lambda step, params, root: step.stage in lanes.LANE_STAGES)
+    assert lanes.plan_lane(steps, smoke_params, tmp_path, cpus=[0, 1]) is None
+    monkeypatch.setattr(lanes, "is_done", lambda step, params, root: step.stage not in lanes.LANE_STAGES)
+    assert lanes.plan_lane(steps, smoke_params, tmp_path, cpus=[0, 1]) is None, "nothing to train beside it"
+
+
+class ScriptLane(lanes.LatencyLane):
+    """The real lane process machinery, running a small script instead of ``reproduce``."""
+
+    script = ""
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", self.script]
+
+
+def _plan(smoke_params, tmp_path) -> lanes.LanePlan:
+    cpus = lanes.allowed_cpus()
+    plan = lanes.plan_lane(stages.pipeline_steps(smoke_params, tmp_path), smoke_params, tmp_path, cpus=cpus)
+    assert plan is not None
+    return plan
+
+
+@needs_two_cpus
+def test_lane_process_is_pinned_and_this_process_gets_its_cpus_back(smoke_params, tmp_path):
+    before = lanes.allowed_cpus()
+    plan = _plan(smoke_params, tmp_path)
+    out = tmp_path / "affinity.txt"
+    lane = ScriptLane(plan, smoke_params, tmp_path)
+    lane.script = f"import os; open({str(out)!r}, 'w').write(repr(sorted(os.sched_getaffinity(0))))"
+    lane.start()
+    during = lanes.allowed_cpus()
+    threads_during = [sorted(os.sched_getaffinity(int(t.name))) for t in Path("/proc/self/task").iterdir()]
+    assert lane.wait() is True
+    assert eval(out.read_text()) == [before[-1]], "the lane runs on the last CPU only"
+    assert during == before[:-1], "this process keeps off the lane's CPU meanwhile"
+    assert all(cpus == before[:-1] for cpus in threads_during), "every thread of it, not only the calling one"
+    assert lanes.allowed_cpus() == before
+    # Threads started before the lane are moved too, and given back after.
+    assert all(sorted(os.sched_getaffinity(int(t.name))) == before for t in Path("/proc/self/task").iterdir())
+
+
+@needs_two_cpus
+def test_a_failed_lane_says_why(smoke_params, tmp_path, capsys):
+    plan = _plan(smoke_params, tmp_path)
+    failing = ScriptLane(plan, smoke_params, tmp_path)
+    failing.script = "import sys; print('lut: the runtime is missing'); sys.exit(3)"
+    failing.start()
+    assert failing.wait() is False
+    assert "exit 3" in capsys.readouterr().err and "the runtime is missing" in failing.log.read_text()
+
+
+
+class SleepingLane(ScriptLane):
+    script = "import time; time.sleep(600)"
+
+
+@needs_two_cpus
+def test_an_interrupted_run_stops_its_lane(smoke_params, tmp_path, monkeypatch):
+    plan = _plan(smoke_params, tmp_path)
+    before = lanes.allowed_cpus()
+    monkeypatch.setattr(lanes, "LatencyLane", SleepingLane)
+    with pytest.raises(KeyboardInterrupt):
+        with lanes.latency_lane(plan, smoke_params, tmp_path) as lane:
+            assert lane.process.poll() is None
+            raise KeyboardInterrupt
+    assert lane.process.poll() is not None, "the lane must not outlive the run"
+    assert lanes.allowed_cpus() == before
+
+
+def test_lane_command_runs_its_steps_under_the_same_profile(smoke_params, tmp_path):
+    plan = lanes.plan_lane(stages.pipeline_steps(smoke_params, tmp_path), smoke_params, tmp_path, cpus=[0, 1])
+    lane = lanes.LatencyLane(plan, smoke_params, tmp_path)
+    argv = lane.command()
+    assert argv[1:4] == ["-m", "flows.cli", "reproduce"] and "--no-dvc-commit" in argv
+    assert argv[argv.index("--only") + 1:] == [s.id for s in plan.lane]
+    params_file = argv[argv.index("--params") + 1]
+    assert load_params(params_file) == smoke_params, "the lane's steps must key on the same params"
+    env = lane.environment()
+    assert env["SCAN_EDGE_CPU_LOCK"] != os.environ.get("SCAN_EDGE_CPU_LOCK") and "lane" in env["PREFECT_HOME"]
