@@ -23,6 +23,7 @@ made. ``stage_flow`` runs a single stage the same way (``scan-edge stage NAME --
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import resource
@@ -68,9 +69,12 @@ def run_steps(steps: Sequence[stages.Step], params: Mapping[str, Any], root: str
     outcome: dict[str, dict] = finished if finished is not None else {}
     plan = None if refresh else plan_lane(steps, params, root)
     order = plan.order() if plan else list(steps)
-    with latency_lane(plan, params, root) as lane:
+    lane = None
+    with contextlib.ExitStack() as stack:
         for index, step in enumerate(order, 1):
-            if lane is not None and index == len(plan.beside) + 1:  # the first step after the lane's
+            if plan is not None and index == len(plan.before) + 1:  # what the lane reads is made: start it
+                lane = stack.enter_context(latency_lane(plan, params, root))
+            if lane is not None and index == len(plan.before) + len(plan.beside) + 1:  # the lane's steps come next
                 lane.wait()
             outcome[step.id] = _run_step(step, params, root, results, refresh, f"[{index}/{len(order)}]")
     return outcome

@@ -7,7 +7,9 @@ CPUs ``reproduce`` therefore runs the measurement steps (``LANE_STAGES`` of the 
 in a separate process pinned to the *last* allowed CPU, while this process trains the supernet
 and collects the pairs on the others (:class:`LatencyLane`). Measured on the 2-core smoke run:
 the measurements (~7 min) disappear behind the supernet instead of following it
-(benchmarks/README.md, "Smoke budget").
+(benchmarks/README.md, "Smoke budget"). After measuring, the lane trains the baselines that are
+fine-tuned from scratch (they read only the dataset, which this process then makes first), so
+that its CPU does not idle while the supernet finishes.
 
 Why this keeps the numbers honest:
 
@@ -33,6 +35,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -66,8 +69,10 @@ def set_process_affinity(cpus: Sequence[int]) -> None:
 
 @dataclass(frozen=True)
 class LanePlan:
-    """Which steps the lane measures, which ones this process runs meanwhile, and the CPUs."""
+    """Which steps run first, which ones the lane takes, which ones this process runs meanwhile,
+    and the CPUs."""
 
+    before: tuple[stages.Step, ...]  # run here before the lane starts (what the lane's fine-tunes read)
     lane: tuple[stages.Step, ...]
     beside: tuple[stages.Step, ...]  # run here while the lane measures
     after: tuple[stages.Step, ...]   # the rest, once the lane is done (the lane's steps first: cache hits)
@@ -76,31 +81,42 @@ class LanePlan:
 
     def order(self) -> list[stages.Step]:
         """Every step in the order this process runs them: a valid order of the DAG."""
-        return [*self.beside, *self.lane, *self.after]
+        return [*self.before, *self.beside, *self.lane, *self.after]
 
 
 def plan_lane(steps: Sequence[stages.Step], params: Mapping[str, Any], root: str | os.PathLike,
               cpus: Sequence[int] | None = None) -> LanePlan | None:
     """The lane for these steps, or None when it would not help: one CPU, nothing to measure,
-    nothing to train meanwhile, or ``pipeline.overlap_latency`` off."""
+    nothing to train meanwhile, or ``pipeline.overlap_latency`` off.
+
+    The lane measures the local devices, then trains the baselines fine-tuned from scratch
+    (they read only the dataset, which is then made first): the measurements end before the
+    supernet does, and the lane's CPU would idle."""
     cpus = list(allowed_cpus() if cpus is None else cpus)
-    if len(cpus) < 2 or not (stages.pipeline_section(params).get("overlap_latency", True)):
+    pipeline = stages.pipeline_section(params)
+    if len(cpus) < 2 or not pipeline.get("overlap_latency", True):
         return None
-    lane = [s for s in steps if s.stage in LANE_STAGES and _measures_here(s, params)]
+    measure = [s for s in steps if s.stage in LANE_STAGES and _measures_here(s, params)]
+    if not measure:
+        return None
+    single_process = int((pipeline.get("torchrun") or {}).get("nproc_per_node") or 1) <= 1
+    before = [s for s in steps if s.stage == "dataset"] if single_process else []
+    ready = {p for s in [*before, *measure] for p in s.outputs}
+    scratch = [s for s in steps if s.stage == "finetune" and s.inputs and set(s.inputs) <= ready]
+    before = before if scratch else []
+    lane = [s for s in steps if s in measure or s in scratch]
     lane_outputs = {p for s in lane for p in s.outputs}
-    first_reader = next((i for i, s in enumerate(steps) if s not in lane and lane_outputs & set(s.inputs)),
-                        len(steps))
-    beside = [s for s in steps[:first_reader] if s not in lane]
+    first_reader = next((i for i, s in enumerate(steps)
+                         if s not in lane and s not in before and lane_outputs & set(s.inputs)), len(steps))
+    beside = [s for s in steps[:first_reader] if s not in lane and s not in before]
     made_beside = {p for s in beside for p in s.outputs}
-    if any(made_beside & set(s.inputs) for s in lane):  # a lane step would read what is made beside it
-        return None
-    if not lane or not beside:
+    if not beside or any(made_beside & set(s.inputs) for s in lane):  # a lane step would read what is made beside it
         return None
     measured = [s for s in lane if s.stage != "runtime"]  # the runtime check always runs (never cached)
     if all(is_done(s, params, root) for s in measured) or all(is_done(s, params, root) for s in beside):
         return None  # nothing to overlap: run in order, in this process
-    after = [s for s in steps[first_reader:] if s not in lane]
-    return LanePlan(tuple(lane), tuple(beside), tuple(after), cpus[-1], tuple(cpus[:-1]))
+    after = [s for s in steps[first_reader:] if s not in lane and s not in before]
+    return LanePlan(tuple(before), tuple(lane), tuple(beside), tuple(after), cpus[-1], tuple(cpus[:-1]))
 
 
 def _measures_here(step: stages.Step, params: Mapping[str, Any]) -> bool:
@@ -117,8 +133,9 @@ class LatencyLane:
         self.folder = stages.Layout(root).resume_stamps / "lane"
         self.log = self.folder / "latency.log"
         self.process: subprocess.Popen | None = None
-        self.started = 0.0
+        self.started = self.finished = 0.0
         self._params = params
+        self._watcher: threading.Thread | None = None
 
     def command(self) -> list[str]:
         name = self._params.get("profile", "smoke")
@@ -144,17 +161,31 @@ class LatencyLane:
                                             preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
         self.started = time.monotonic()
         set_process_affinity(self.plan.main_cpus)
+        # The lane's CPU comes back the moment the lane ends, not when the run next needs the lane
+        # (the pairs that follow the supernet would otherwise collect on one CPU).
+        self._watcher = threading.Thread(target=self._watch, name="latency-lane-watcher", daemon=True)
+        self._watcher.start()
         print(f"latency lane: measuring {', '.join(s.id for s in self.plan.lane)} on CPU {cpu} in process "
               f"{self.process.pid} (log: {self.log}); training here on CPU "
               f"{', '.join(map(str, self.plan.main_cpus))}", flush=True)
         return self
 
+    def _watch(self) -> None:
+        assert self.process is not None
+        self.process.wait()
+        self.finished = time.monotonic()
+        set_process_affinity(self._all_cpus())
+
+    def _all_cpus(self) -> list[int]:
+        return sorted({*self.plan.main_cpus, self.plan.lane_cpu})
+
     def wait(self) -> bool:
         """Wait for the lane; give this process every CPU back. True when it completed."""
-        assert self.process is not None
-        code = self.process.wait()
+        assert self.process is not None and self._watcher is not None
+        self._watcher.join()
+        code = self.process.returncode
         self._give_cpus_back()
-        seconds = time.monotonic() - self.started
+        seconds = self.finished - self.started
         if code == 0:
             print(f"latency lane: done in {seconds:.0f} s", flush=True)
             return True
@@ -177,7 +208,7 @@ class LatencyLane:
             self._give_cpus_back()
 
     def _give_cpus_back(self) -> None:
-        cpus = sorted({*self.plan.main_cpus, self.plan.lane_cpu})
+        cpus = self._all_cpus()
         set_process_affinity(cpus)
         # torch fixes its default thread count when it is imported, from the affinity of that
         # moment: imported beside the lane, it would train everything after it on one thread.

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,10 +37,21 @@ def test_plan_measures_the_local_devices_beside_the_training(smoke_params, tmp_p
     plan = lanes.plan_lane(steps, smoke_params, tmp_path, cpus=[0, 1, 2])
     assert plan is not None and plan.lane_cpu == 2 and plan.main_cpus == (0, 1)
     devices = smoke_params["search"]["devices"]
-    assert {s.id for s in plan.lane} == {f"{stage}@{d}" for d in devices for stage in lanes.LANE_STAGES}
-    assert [s.id for s in plan.beside] == ["dataset", "supernet", "pairs", "predictor"]
+    scratch = [f"finetune-baseline@{m}" for m, init in smoke_params["pipeline"]["finetune_baselines"].items()
+               if init == "scratch"]
+    assert scratch, "the smoke profile trains a baseline from scratch"
+    assert {s.id for s in plan.lane} == {f"{stage}@{d}" for d in devices for stage in lanes.LANE_STAGES} | set(scratch)
+    assert [s.id for s in plan.before] == ["dataset"], "what the lane's fine-tune reads is made first"
+    assert [s.id for s in plan.beside] == ["supernet", "pairs", "predictor"]
     assert plan.after[0].stage == "search"
     assert _valid_order(plan.order(), steps)
+    # Fine-tuned from the supernet, a baseline cannot go in the lane; with no fine-tune there, nothing runs first.
+    inherited = copy.deepcopy(smoke_params)
+    inherited["pipeline"]["finetune_baselines"] = {m: "supernet" for m in inherited["pipeline"]["finetune_baselines"]}
+    steps = stages.pipeline_steps(inherited, tmp_path)
+    plan = lanes.plan_lane(steps, inherited, tmp_path, cpus=[0, 1])
+    assert plan.before == () and [s.id for s in plan.beside] == ["dataset", "supernet", "pairs", "predictor"]
+    assert all(s.stage in lanes.LANE_STAGES for s in plan.lane) and _valid_order(plan.order(), steps)
 
 
 def test_no_lane_on_one_cpu_when_switched_off_or_for_a_board(smoke_params, tmp_path):
@@ -56,9 +68,10 @@ def test_no_lane_on_one_cpu_when_switched_off_or_for_a_board(smoke_params, tmp_p
 
 def test_no_lane_when_the_measurements_are_done(smoke_params, tmp_path, monkeypatch):
     steps = stages.pipeline_steps(smoke_params, tmp_path)
-    monkeypatch.setattr(lanes, "is_done", lambda step, params, root: step.stage in lanes.LANE_STAGES)
+    in_lane = {s.id for s in lanes.plan_lane(steps, smoke_params, tmp_path, cpus=[0, 1]).lane}
+    monkeypatch.setattr(lanes, "is_done", lambda step, params, root: step.id in in_lane)
     assert lanes.plan_lane(steps, smoke_params, tmp_path, cpus=[0, 1]) is None
-    monkeypatch.setattr(lanes, "is_done", lambda step, params, root: step.stage not in lanes.LANE_STAGES)
+    monkeypatch.setattr(lanes, "is_done", lambda step, params, root: step.id not in in_lane)
     assert lanes.plan_lane(steps, smoke_params, tmp_path, cpus=[0, 1]) is None, "nothing to train beside it"
 
 
@@ -83,11 +96,19 @@ def test_lane_process_is_pinned_and_this_process_gets_its_cpus_back(smoke_params
     before = lanes.allowed_cpus()
     plan = _plan(smoke_params, tmp_path)
     out = tmp_path / "affinity.txt"
+    go = tmp_path / "go"
     lane = ScriptLane(plan, smoke_params, tmp_path)
-    lane.script = f"import os; open({str(out)!r}, 'w').write(repr(sorted(os.sched_getaffinity(0))))"
+    lane.script = (f"import os, time; open({str(out)!r}, 'w').write(repr(sorted(os.sched_getaffinity(0))))\n"
+                   f"while not os.path.exists({str(go)!r}): time.sleep(0.01)")
     lane.start()
     during = lanes.allowed_cpus()
     threads_during = [sorted(os.sched_getaffinity(int(t.name))) for t in Path("/proc/self/task").iterdir()]
+    go.touch()  # the lane may end now
+    deadline = time.monotonic() + 10
+    while lane.process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    lane._watcher.join(timeout=10)
+    assert lanes.allowed_cpus() == before, "the CPU comes back as soon as the lane ends, before anyone waits"
     assert lane.wait() is True
     assert eval(out.read_text()) == [before[-1]], "the lane runs on the last CPU only"
     assert during == before[:-1], "this process keeps off the lane's CPU meanwhile"
