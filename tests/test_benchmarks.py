@@ -116,3 +116,15 @@ def test_seeds_of_reused_runs_put_the_seed_that_trained_every_subnet_first(tmp_p
     rows[0]["standalone_runs"]["1"] = rows[0]["standalone_runs"]["0"]   # seed 1: only the first subnet
     write_json(tmp_path / "a.json", {"subnets": rows})
     assert svs.source_seeds(str(tmp_path / "a.json")) == [0, 1]
+
+
+def test_yardstick_noise_scores_how_far_a_retiming_moves_a_subnet_and_fails_clearly_without_a_pipeline(tmp_path):
+    import yardstick_noise
+
+    times = np.array([[1.0, 2.0], [1.1, 2.0], [1.0, 2.2]])
+    # pass p against a later pass q, subnet by subnet: (0,1) |1/1.1-1| and 0; (0,2) 0 and |2/2.2-1|;
+    # (1,2) |1.1/1-1| and |2/2.2-1|
+    moves = [(1 / 11 + 0) / 2, (0 + 1 / 11) / 2, (0.1 + 1 / 11) / 2]
+    assert yardstick_noise.pass_to_pass_pct(times) == pytest.approx(100 * sum(moves) / 3)
+    with pytest.raises(FileNotFoundError, match="no such table .has the stage that writes it run"):
+        yardstick_noise.main(["--root", str(tmp_path), "--out", str(tmp_path / "x.json")])
