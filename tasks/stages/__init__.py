@@ -61,10 +61,10 @@ _EXPORTS = {
     "detection_dataset": "downstream", "run_detection": "downstream", "run_finetune": "downstream",
     "run_transfer": "downstream", "stage_detection": "downstream", "stage_finetune": "downstream",
     "stage_transfer": "downstream",
-    "_BOARD_VERSIONS": "latency", "BOARD_VERSION_TTL_S": "latency", "_access_of": "latency",
-    "_measurable": "latency", "device_access": "latency", "device_profile": "latency",
-    "device_runtime_version": "latency", "run_calibration": "latency", "run_lut": "latency",
-    "runtime_identity": "latency", "stage_baselines": "latency", "stage_calibration": "latency",
+    "_BOARD_VERSIONS": "runtimes", "BOARD_VERSION_TTL_S": "runtimes", "_access_of": "latency",
+    "_measurable": "latency", "device_access": "latency", "device_profile": "runtimes",
+    "device_runtime_version": "runtimes", "run_calibration": "latency", "run_lut": "latency",
+    "runtime_identity": "runtimes", "stage_baselines": "latency", "stage_calibration": "latency",
     "stage_lut": "latency", "stage_runtime": "latency",
     "STAGE_NAMES": "planner", "Step": "planner", "find_step": "planner", "pipeline_steps": "planner",
     "STAGES": "registry", "StageInfo": "registry", "_step_devices": "registry", "params_for": "registry",
@@ -75,7 +75,8 @@ _EXPORTS = {
     "stage_pairs": "training", "stage_predictor": "training", "stage_supernet": "training",
     "torchrun_command": "training",
 }
-SUBMODULES = ("common", "data", "training", "latency", "search", "downstream", "report", "registry", "planner")
+SUBMODULES = ("common", "data", "training", "runtimes", "latency", "search", "downstream", "report", "registry",
+              "planner")
 __all__ = sorted(_EXPORTS)
 
 

@@ -7,18 +7,16 @@ machine, a board's Prefect worker, or bundles), holding the CPU lock as
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from nas_core.io import machine_fingerprint, read_provenance, write_json
+from nas_core.io import read_provenance, write_json
 from nas_core.latency import baselines as baseline_timing
 from nas_core.latency.calibration import CalibrationSettings, calibrate
-from nas_core.latency.devices import check_usable, get_profile, load_profiles
+from nas_core.latency.devices import check_usable
 from nas_core.latency.location import device_access as access_of
 from nas_core.latency.location import host_lock_mode
 from nas_core.latency.lut import build_lut, yardstick
@@ -28,15 +26,7 @@ from nas_core.search_run import REFERENCE_MODEL, reference_latency_ms
 from tasks import stage_lock
 from tasks.board_worker import worker_factory
 from tasks.stages.common import Paths, _require, _say, input_digest, resume_or_restart, section
-
-
-def device_profile(params: Mapping[str, Any], device: str):
-    """The device profile ``device`` (``devices:`` over the built-in ones) at ``search_space.resolution``."""
-    profile = get_profile(device, load_profiles(section(params, "devices")))
-    resolution = section(params, "search_space").get("resolution")
-    if resolution and int(resolution) != profile.resolution:
-        profile = dataclasses.replace(profile, resolution=int(resolution))
-    return profile
+from tasks.stages.runtimes import device_profile, runtime_identity
 
 
 def device_access(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT,
@@ -68,42 +58,6 @@ def _locked(profile):
     """The CPU lock around a measurement on ``profile`` (``location.host_lock_mode``)."""
     mode = host_lock_mode(profile)
     return stage_lock(mode) if mode else contextlib.nullcontext()
-
-
-_BOARD_VERSIONS: dict[tuple, tuple[float, str | None]] = {}
-BOARD_VERSION_TTL_S = 300.0  # a board's version is asked at most every 5 minutes per process
-
-
-def device_runtime_version(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> str | None:
-    """The runtime version ``device`` runs: installed here for a local device, reported by the
-    board for a ``worker`` / ``bundle`` device (the version ``reprofile`` compares)."""
-    profile = device_profile(params, device)
-    if profile.is_local:
-        return check_usable(profile).runtime_version
-    key = (device, json.dumps(profile.location_options, sort_keys=True, default=str), str(root))
-    cached = _BOARD_VERSIONS.get(key)
-    if cached is None or time.monotonic() - cached[0] > BOARD_VERSION_TTL_S:
-        cached = (time.monotonic(), device_access(params, device, root, paired=False).runtime_version())
-        _BOARD_VERSIONS[key] = cached
-    return cached[1]
-
-
-def runtime_identity(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> dict[str, Any]:
-    """What a latency on ``device`` depends on besides the model: the profile's settings, the
-    runtime's name and version (the board's, for a board), and the machine (this one for a
-    local device; the location for a board). (Prefect cache keys and the ``runtime`` stage's
-    file, on which DVC's device stages depend.)"""
-    profile = device_profile(params, device)
-    if not profile.is_local:
-        return {"device": device, "settings": profile.to_settings(), "runtime": profile.backend,
-                "runtime_version": device_runtime_version(params, device, root), "usable": True,
-                "location": profile.location, "machine": {"location": profile.location,
-                                                          **{k: str(v) for k, v in profile.location_options.items()}}}
-    usability = check_usable(profile)
-    machine = machine_fingerprint()
-    return {"device": device, "settings": profile.to_settings(), "runtime": usability.runtime_name,
-            "runtime_version": usability.runtime_version, "usable": usability.usable,
-            "machine": {k: machine[k] for k in ("id", "cpu", "cores", "machine", "system")}}
 
 
 def stage_runtime(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> Paths:
