@@ -78,7 +78,7 @@ from .classifiers import (DEFAULT_FINETUNE_ROOT, MODEL_NAME, TIMM_BASELINES, bui
 from .complexity import count_macs, count_params
 from .config import ClassificationRecipe
 from .deploy import export_all
-from .distributed import init_distributed
+from .distributed import init_distributed, seed_everything
 from .evaluate import evaluate, recalibrate_bn
 from .io import code_version, file_sha256, machine_fingerprint, read_json, utc_now, write_json
 from .latency.devices import check_usable, get_profile, load_profiles
@@ -280,6 +280,7 @@ def finetune(ref: str, *, data_root: str | os.PathLike = DEFAULT_DATA,
         net = _supernet_for(ref, init, supernet_path)
         resolution = config.resolution or _supernet_resolution(net, supernet_path)
         data = classification_data(data_root, resolution, config)
+        seed_everything(config.seed)  # a model from scratch starts from the same weights every run
         model, described, record = _initial_model(ref, net, data.num_classes, resolution, config.drop_path)
         space = net.space if net is not None else None
         name = name or (described["name"] + ("_scratch" if init == "scratch" and described["kind"] == "subnet" else ""))
