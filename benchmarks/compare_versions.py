@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -56,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--before-patch", type=Path,
                         help="a patch applied to the --before worktree (e.g. a fix of a bug both versions share)")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--compare-only", action="store_true",
+                        help="compare the artifacts of an earlier run in --work without running the stages again")
     return parser.parse_args(argv)
 
 
@@ -130,12 +133,18 @@ def compare_table(a: Path, b: Path) -> dict:
 def flat(obj, prefix: str = "") -> dict:
     if isinstance(obj, dict):
         return {k: v for key, value in obj.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+    if isinstance(obj, list):
+        return {k: v for i, value in enumerate(obj) for k, v in flat(value, f"{prefix}{i}.").items()}
     return {prefix.rstrip("."): obj}
+
+
+def same_value(a, b) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def compare_json(a: Path, b: Path) -> dict:
     fa, fb = flat(json.loads(a.read_text())), flat(json.loads(b.read_text()))
-    return {"keys_differing": sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))}
+    return {"keys_differing": sorted(k for k in set(fa) | set(fb) if not same_value(fa.get(k), fb.get(k)))}
 
 
 def compare(before: Path, after: Path) -> dict:
@@ -167,6 +176,12 @@ def compare(before: Path, after: Path) -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="compare_versions."))
+    if args.compare_only:
+        if args.work is None:
+            sys.exit("--compare-only needs the --work folder of an earlier run")
+        report = {"before": args.before, "before_patch": str(args.before_patch or ""), "after": args.after or "working tree",
+                  **compare(work / "before" / "data", work / "after" / "data")}
+        return write_report(report)
     trees = []
     try:
         before_tree = worktree(args.before, work / "before-tree")
@@ -183,6 +198,10 @@ def main(argv=None) -> None:
     finally:
         for tree in trees:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=PROJECT_ROOT, capture_output=True)
+    write_report(report)
+
+
+def write_report(report: dict) -> None:
     print(f"dataset: {report['dataset_identical']}/{report['dataset_files']} files byte-identical")
     for rel, verdict in report["artifacts"].items():
         detail = {k: v for k, v in verdict.items() if k != "verdict" and v}

@@ -1,14 +1,18 @@
 """The benchmark scripts' own logic (their figures come from real runs, see benchmarks/README.md)."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import compare_versions as cv  # noqa: E402
 import supernet_vs_standalone as svs  # noqa: E402
 
 from nas_core.search_space import SearchSpace  # noqa: E402
@@ -128,3 +132,22 @@ def test_yardstick_noise_scores_how_far_a_retiming_moves_a_subnet_and_fails_clea
     assert yardstick_noise.pass_to_pass_pct(times) == pytest.approx(100 * sum(moves) / 3)
     with pytest.raises(FileNotFoundError, match="no such table .has the stage that writes it run"):
         yardstick_noise.main(["--root", str(tmp_path), "--out", str(tmp_path / "x.json")])
+
+
+def test_compare_versions_tells_identical_from_different_artifacts(tmp_path):
+    before, after = tmp_path / "before", tmp_path / "after"
+    for root, weight, seconds in ((before, 1.0, 3.0), (after, 2.0, 4.0)):
+        (root / "dataset").mkdir(parents=True)
+        (root / "dataset" / "x.png").write_bytes(b"same")
+        (root / "m").mkdir()
+        torch.save({"w": torch.tensor([1.0]), "b": torch.tensor([weight])}, root / "m" / "model.pt")
+        pd.DataFrame({"top1": [0.5], "seconds": [seconds]}).to_parquet(root / "m" / "t.parquet")
+        (root / "m" / "metrics.json").write_text(json.dumps({"rho": float("nan"), "runs": [{"s": seconds}]}))
+        (root / "m" / "same.txt").write_text("x")
+    report = cv.compare(before, after)
+    verdicts = report["artifacts"]
+    assert report["dataset_files"] == report["dataset_identical"] == 1
+    assert verdicts["m/same.txt"]["verdict"] == "byte-identical"
+    assert verdicts["m/model.pt"]["tensors_differing"] == ["/b"] and verdicts["m/model.pt"]["tensors"] == 2
+    assert verdicts["m/t.parquet"]["columns_differing"] == ["seconds"]
+    assert verdicts["m/metrics.json"]["keys_differing"] == ["runs.0.s"]  # NaN equals NaN
