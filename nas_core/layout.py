@@ -37,7 +37,7 @@ One device's LUT folder (:class:`LutPaths`; ``lut/`` above, or any ``--root``)::
     <device>.calibration.parquet     measured subnets (calibration)
     <device>.fit.json                the fitted latency model
     <device>.calibration.png         its figure
-    _work/<device>/timings.parquet   raw, resumable block timings (+ subnet_timings.parquet)
+    _work/<device>/timings.parquet   raw, resumable block timings (+ subnet_timings[.passN].parquet)
     _work/onnx/                      exported blocks and subnets, shared by every device
 """
 from __future__ import annotations
@@ -96,6 +96,10 @@ class LutPaths:
     @property
     def subnet_timings(self) -> Path:
         return self.work / "subnet_timings.parquet"
+
+    def subnet_timings_pass(self, index: int) -> Path:
+        """The raw subnet timings of calibration pass ``index`` (0: ``subnet_timings``)."""
+        return self.subnet_timings if index == 0 else self.work / f"subnet_timings.pass{index + 1}.parquet"
 
     @property
     def exports(self) -> Path:

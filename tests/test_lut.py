@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -358,6 +359,36 @@ def test_host_calibration_fits_and_writes_table_fit_and_figure(host_lut):
     # One architecture timed alone (scan-edge latency --measure) agrees with its calibration timing.
     alone = calibration.measure_arch(ARCHS[2], dataclasses.replace(ORT64, options={"clock": "cpu"}), FAST)
     assert alone.median_ms == pytest.approx(frame["median_ms"].iloc[2], rel=0.5)
+
+
+def test_calibration_passes_take_each_subnets_median_over_passes(host_lut, tmp_path, exports):
+    paths = LutPaths.for_device(ORT64.name, tmp_path, exports)
+    paths.lut.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(host_lut.lut, paths.lut)
+    settings = calibration.CalibrationSettings(passes=2, seed=3)
+    calibration.calibrate(ORT64, paths, subnets=SUBNETS, settings=settings, **QUIET)
+    assert paths.subnet_timings_pass(0) == paths.subnet_timings and paths.subnet_timings_pass(1).is_file()
+    passes = [{row["id"]: row["median_ms"] for row in timing.read_rows(paths.subnet_timings_pass(i))[0]}
+              for i in range(2)]
+    frame = io.read_parquet(paths.calibration)
+    for choice, (_, row) in zip(SUBNETS, frame.iterrows()):
+        times = [passes[0][choice.id], passes[1][choice.id]]
+        assert row["median_ms"] == pytest.approx(np.median(times))  # two passes: their mean
+        assert row["pass_spread_pct"] == pytest.approx(100 * abs(times[0] - times[1]) / np.median(times))
+    assert json.loads(paths.fit.read_text())["passes"] == 2
+    with pytest.raises(ValueError, match="passes must be at least 1"):
+        calibration.CalibrationSettings(passes=0)
+
+
+def test_combine_passes_keeps_the_first_row_and_the_median_of_its_passes():
+    rows = calibration.combine_passes([[{"id": "a", "median_ms": 1.0, "p10_ms": 0.9}, {"id": "b", "median_ms": 2.0}],
+                                       [{"id": "a", "median_ms": 1.3}, {"id": "b", "median_ms": 2.0}],
+                                       [{"id": "a", "median_ms": 1.1}]])
+    by_id = {row["id"]: row for row in rows}
+    assert by_id["a"]["median_ms"] == pytest.approx(1.1) and by_id["a"]["p10_ms"] == 0.9
+    assert by_id["a"]["pass_medians_ms"] == [1.0, 1.3, 1.1]
+    assert by_id["a"]["pass_spread_pct"] == pytest.approx(100 * 0.3 / 1.1)
+    assert by_id["b"]["median_ms"] == 2.0 and by_id["b"]["pass_spread_pct"] == 0.0  # missing from pass 3
 
 
 # ----------------------------------------------------------------------------- remote devices

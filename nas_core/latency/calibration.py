@@ -30,6 +30,7 @@ Files (``LutPaths``)::
     <device>.fit.json              the model, a/b of the paper's line, metrics, provenance (FIT_SCHEMA)
     <device>.calibration.png       estimated vs measured, raw and calibrated (Fig. 3)
     _work/<device>/subnet_timings.parquet   raw, resumable timings (``timing``'s schema)
+    _work/<device>/subnet_timings.passN.parquet   the further passes (``passes`` > 1)
 
 Calibration table
 -----------------
@@ -38,8 +39,10 @@ column            type   meaning
 ================  =====  ===============================================================
 arch_id           str    ``ArchConfig.arch_id``
 role              str    calibration (fits the model) | validation (held out)
-median_ms         f64    measured end-to-end latency (median of the timed calls)
-p10_ms, p90_ms    f64    10th / 90th percentile of the timed calls
+median_ms         f64    measured end-to-end latency (median of the timed calls; with
+                         ``passes`` > 1 the median over the passes of each pass's median)
+pass_spread_pct   f64    (max - min) / median of the passes' medians, in % (0 with one pass)
+p10_ms, p90_ms    f64    10th / 90th percentile of the timed calls (first pass)
 repeats           i64    timed calls
 stable            bool   the median converged before the timing caps
 drift_flag        bool   the reference still drifted around this measurement
@@ -101,7 +104,7 @@ FIT_SCHEMA = """\
   model           the chosen LatencyModel: {name, scales, per_block_ms, intercept_ms}
   selection       {chosen, rule, candidates: {name: {cv: METRICS, fit}}} (leave-one-out on calibration)
   a, b            §5.3's line ``measured_ms = a * lut_sum_ms + b`` (least squares, calibration subnets)
-  n_calibration, n_validation, seed, sampling, band ({reference_ms, low, high} or null)
+  n_calibration, n_validation, passes, seed, sampling, band ({reference_ms, low, high} or null)
   metrics         {calibration|validation: {lut_sum|paper_line|calibrated|macs|params: METRICS}}
                   METRICS = latency_model.error_metrics: n, spearman, rmse_ms, mape_pct, rmspe_pct,
                   max_abs_err_ms, max_ape_pct, within_5_pct, within_10_pct, bias_ms
@@ -214,7 +217,8 @@ def measure_subnets(choices: Sequence[SubnetChoice], profile: DeviceProfile, pat
                     config: TimingConfig | None = None, check_every: int = 10, drift_tolerance: float = 0.10,
                     max_retries: int = 2, drift_pause_s: float = 2.0, progress: bool = True,
                     on_measured: Callable | None = None, access: DeviceAccess | None = None,
-                    expected_runtime_version: str | None = None, yardstick_ms: float | None = None) -> list[dict]:
+                    expected_runtime_version: str | None = None, yardstick_ms: float | None = None,
+                    out: str | os.PathLike | None = None) -> list[dict]:
     """Time every subnet end to end, with the LUT's reference block as drift yardstick.
 
     Same machinery as the LUT (``timing.profile_models``, on ``access``: this machine by
@@ -222,19 +226,39 @@ def measure_subnets(choices: Sequence[SubnetChoice], profile: DeviceProfile, pat
     resumable. Returns its rows (the reference's included). ``yardstick_ms``: the LUT's
     paired-timing scale (None: the LUT was not timed in pairs); an access with a network
     yardstick (``location.PairedAccess``) times the subnets against the device's MobileNetV2
-    instead. The caller holds any machine-wide CPU lock.
+    instead. ``out``: the raw table (default ``paths.subnet_timings``; a further pass has its
+    own). The caller holds any machine-wide CPU lock.
     """
     space = space or SearchSpace()
     access = access or LocalDevice(profile)
     catalog = BlockCatalog(space, profile.resolution)
     reference = reference_block(catalog, reference_id, [])
-    key = check_same_code(paths.subnet_timings, resume)
+    out = Path(out or paths.subnet_timings)
+    key = check_same_code(out, resume)
     entries, open_fn = _subnet_entries(choices, reference, profile, paths, space, seed, progress)
     job = TimingJob("calibration", tuple(entries), reference.block_id, config, seed, check_every, drift_tolerance,
                     max_retries, drift_pause_s, {"space": space.version, "export_key": key},
                     expected_runtime_version=expected_runtime_version, yardstick_ms=yardstick_ms, whole_networks=True)
-    return access.time(job, paths.subnet_timings, resume=resume, progress=progress, open_fn=open_fn,
-                       on_measured=on_measured)
+    return access.time(job, out, resume=resume, progress=progress, open_fn=open_fn, on_measured=on_measured)
+
+
+def combine_passes(passes: Sequence[Sequence[Mapping]]) -> list[dict]:
+    """One row per model from several passes' rows: the first pass's row with ``median_ms``
+    the median of the passes' medians and ``pass_spread_pct`` their range (% of it). A model
+    missing from a pass keeps the passes that have it."""
+    medians: dict[str, list[float]] = {}
+    first: dict[str, dict] = {}
+    for rows in passes:
+        for row in rows:
+            first.setdefault(row["id"], dict(row))
+            medians.setdefault(row["id"], []).append(float(row["median_ms"]))
+    combined = []
+    for model_id, row in first.items():
+        values = medians[model_id]
+        median = float(np.median(values))
+        combined.append({**row, "median_ms": median, "pass_medians_ms": values,
+                         "pass_spread_pct": 100.0 * (max(values) - min(values)) / median if median > 0 else 0.0})
+    return combined
 
 
 def _subnet_entries(choices, reference, profile, paths, space, seed, progress):
@@ -289,8 +313,8 @@ def measure_arch(arch: ArchConfig, profile: DeviceProfile, config: TimingConfig 
 # --------------------------------------------------------------------------- the calibration table
 _ROW_PROVENANCE = ["device", "runtime", "runtime_version", "precision", "precision_actual", "threads", "batch_size",
                    "resolution", "machine_id", "timestamp"]
-CALIBRATION_COLUMNS = ["arch_id", "role", "median_ms", "p10_ms", "p90_ms", "repeats", "stable", "drift_flag",
-                       "load_average", "lut_sum_ms", "paper_line_ms", "calibrated_ms", "params", "macs", "arch"]
+CALIBRATION_COLUMNS = ["arch_id", "role", "median_ms", "pass_spread_pct", "p10_ms", "p90_ms", "repeats", "stable",
+                       "drift_flag", "load_average", "lut_sum_ms", "paper_line_ms", "calibrated_ms", "params", "macs", "arch"]
 CALIBRATION_COLUMNS += _ROW_PROVENANCE
 
 
@@ -316,6 +340,7 @@ def calibration_frame(choices: Sequence[SubnetChoice], rows: Sequence[Mapping], 
         records.append({"arch_id": choice.arch.arch_id, "role": choice.role,
                         **{k: row.get(k) for k in ("median_ms", "p10_ms", "p90_ms", "repeats", "stable", "drift_flag",
                                                    "load_average")},
+                        "pass_spread_pct": float(row.get("pass_spread_pct", 0.0)),
                         "lut_sum_ms": float(lut_sum[index]), "paper_line_ms": math.nan, "calibrated_ms": math.nan,
                         "params": int(params[index]), "macs": int(macs[index]), "arch": choice.arch.to_json(),
                         **{k: row.get(k) for k in _ROW_PROVENANCE}, "device": device})
@@ -435,8 +460,17 @@ class CalibrationSettings(SectionConfig):
     # of the fit and of the held-out figures, so its own noise shows up in them undamped; a
     # block's noise averages out over the ~40 blocks of a subnet's sum.
     timing: Mapping[str, Any] | None = None
+    # Passes over all subnets, each in its own shuffled order; a subnet's latency is the median
+    # of its passes. The paper times each subnet once (1). A machine's disturbances last seconds,
+    # longer than one subnet's timing, so repeats in one pass share them while passes minutes
+    # apart do not (benchmarks/yardstick_noise.py: held-out MAPE 2.1-2.9 % per pass, 2.15 % and
+    # a max of 6.2 instead of 10.8 % on the median of three).
+    passes: int = 1
 
     def __post_init__(self):
+        if int(self.passes) < 1:
+            raise ValueError(f"calibration.passes must be at least 1, not {self.passes!r}")
+        object.__setattr__(self, "passes", int(self.passes))
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"calibration.sampling must be one of {SAMPLINGS}, not {self.sampling!r}")
         for name in self.models:
@@ -477,15 +511,18 @@ def calibrate(profile: DeviceProfile, paths: LutPaths | None = None, *, space: S
         raise LutError(f"{paths.lut} lacks {len(lacking)} blocks the subnets use (e.g. {', '.join(lacking[:5])}); "
                        f"complete it first (scan-edge lut build --device {profile.name} --resume)")
     config = config or TimingConfig.from_dict(settings.timing or lut.provenance.get("timing"))
-    rows = measure_subnets(subnets, profile, paths, lut.provenance["reference"]["id"], space=space, resume=resume,
-                           seed=settings.seed, config=config, check_every=check_every, drift_tolerance=drift_tolerance,
-                           max_retries=max_retries, drift_pause_s=drift_pause_s, progress=progress, access=access,
-                           expected_runtime_version=None if access.location == "local"
-                           else lut.identity.get("runtime_version"),
-                           yardstick_ms=(lut.provenance.get("reference") or {}).get("yardstick_ms"))
-    frame = calibration_frame(subnets, rows, lut_ms, catalog, profile.name)
+    passes = [measure_subnets(subnets, profile, paths, lut.provenance["reference"]["id"], space=space,
+                              resume=resume, seed=settings.seed + index, config=config, check_every=check_every,
+                              drift_tolerance=drift_tolerance, max_retries=max_retries, drift_pause_s=drift_pause_s,
+                              progress=progress, access=access,
+                              expected_runtime_version=None if access.location == "local"
+                              else lut.identity.get("runtime_version"),
+                              yardstick_ms=(lut.provenance.get("reference") or {}).get("yardstick_ms"),
+                              out=paths.subnet_timings_pass(index))
+              for index in range(settings.passes)]  # each pass in its own order (seed + index)
+    frame = calibration_frame(subnets, combine_passes(passes), lut_ms, catalog, profile.name)
     described = {"n_calibration": _count(subnets, "calibration"), "n_validation": _count(subnets, "validation"),
-                 "seed": settings.seed, "sampling": "given" if given else settings.sampling,
+                 "passes": settings.passes, "seed": settings.seed, "sampling": "given" if given else settings.sampling,
                  "band": None if band is None else dataclasses.asdict(band), "models": list(settings.models)}
     return finish_calibration(frame, lut, read_provenance(paths.subnet_timings), profile, paths, described,
                               drift_tolerance, figure, settings.models)
