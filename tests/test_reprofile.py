@@ -28,16 +28,22 @@ import _fake_stages
 from benchmarks.runtime_venv import installed_version, make_runtime_venv
 from flows import reprofile
 from flows.reproduce import dvc_upstream
-from nas_core.io import read_parquet, read_provenance, write_json, write_parquet
+from nas_core import finetune
+from nas_core.io import read_json, read_parquet, read_provenance, write_json, write_parquet
+from nas_core.latency import measure, timing
+from nas_core.latency.bundle import RUNNER_NAME
+from nas_core.latency.location import JOB_SIDECAR, RESULTS_NAME, RUNTIME_REPORT, MeasurementsPending
 from nas_core.latency.lut_change import ChangeRule, compare_luts, drift_floor, median_standard_error
 from nas_core.latency.timing import median_ci
 from nas_core.params import load_params
 from nas_core.search_space import SearchSpace
 from tasks import stages
-from tasks.stages import STAGES, StageInfo
+from tasks.stages import STAGES, StageInfo, runtimes
+from tests._bundles import run_without_torch
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEVICE = "ort_cpu_fp32"
+HOST_ORT = __import__("onnxruntime").__version__
 BLOCKS = "s1/ffn/w32/unified/k3/*/relu"  # 3 blocks, + the drift reference block
 # Enough calls that a block of a few microseconds does not move 50 % between two LUTs by chance (5 calls
 # after 1 ms of warm-up did, about one run in three on this shared machine); still well under a second.
@@ -140,15 +146,15 @@ def test_a_runtime_upgrade_reprofiles_the_device_brings_the_pipeline_up_to_date_
     _install_fakes(monkeypatch, root, calls)
     measured = []
     monkeypatch.setattr(reprofile, "measure_arch",
-                        lambda params, device, arch, root: measured.append(arch.arch_id) or 2.05)
+                        lambda params, device, arch, root, version: measured.append((arch.arch_id, version)) or 2.05)
     installed = read_provenance(lut)["identity"]["runtime_version"]
 
-    monkeypatch.setattr(reprofile, "installed_runtime_version", lambda params, device: installed)
+    monkeypatch.setattr(reprofile, "installed_runtime_version", lambda params, device, root: installed)
     unchanged = reprofile.reprofile_flow(str(params_file), None, str(root), results=str(tmp_path / "results"))
     assert unchanged["devices"] == {DEVICE: {"status": "unchanged", "runtime_version": installed}}
     assert calls == [] and unchanged["downstream"] == {}
 
-    monkeypatch.setattr(reprofile, "installed_runtime_version", lambda params, device: "99.0-simulated")
+    monkeypatch.setattr(reprofile, "installed_runtime_version", lambda params, device, root: "99.0-simulated")
     flow = reprofile.reprofile_flow(str(params_file), None, str(root), results=str(tmp_path / "results"),
                                     rule={"z": 3.0, "min_change": 0.5})
     outcome = flow["devices"][DEVICE]
@@ -176,7 +182,7 @@ def test_a_runtime_upgrade_reprofiles_the_device_brings_the_pipeline_up_to_date_
     assert deployed["target_old_ms"] == 2.1 and deployed["target_new_ms"] == 2.0 and deployed["meets_target"] is False
     assert chosen["arch_id"] == _arch(2).arch_id and chosen["measured_new_ms"] == 1.97 and chosen["meets_target"]
     assert deployed["calibrated_new_ms"] is None, "a partial LUT gives no calibrated estimate"
-    assert measured == [_arch(1).arch_id], "the deployed model is measured on the new runtime"
+    assert measured == [(_arch(1).arch_id, "99.0-simulated")], "the deployed model is measured on the new runtime"
     text = Path(outcome["markdown"]).read_text()
     assert "99.0-simulated" in text and slowed[0] in text and "**misses its target**" in text
     assert f"The new search chose `{_arch(2).arch_id}`, which **meets its target**" in text
@@ -191,7 +197,7 @@ def test_force_reprofiles_an_unchanged_runtime_and_searches_only_leaves_the_rest
     _old_state(params, root)
     calls: list[str] = []
     _install_fakes(monkeypatch, root, calls)
-    monkeypatch.setattr(reprofile, "measure_arch", lambda params, device, arch, root: 2.0)
+    monkeypatch.setattr(reprofile, "measure_arch", lambda params, device, arch, root, version: 2.0)
     flow = reprofile.reprofile_flow(str(params_file), None, str(root), results=str(tmp_path / "results"),
                                     force=True, searches_only=True)
     outcome = flow["devices"][DEVICE]
@@ -200,6 +206,93 @@ def test_force_reprofiles_an_unchanged_runtime_and_searches_only_leaves_the_rest
     document = json.loads(Path(outcome["json"]).read_text())
     assert document["forced"] and document["old_runtime_version"] == document["new_runtime_version"]
     assert "no version change: a noise baseline" in Path(outcome["markdown"]).read_text()
+
+
+# --------------------------------------------------------------------------- a board's models are timed on the board
+BOARD = {"backend": "onnxruntime", "provider": "CPUExecutionProvider", "precision": "fp32", "threads": 1}
+
+
+def _never_here(monkeypatch) -> list:
+    """Every way this process times a model, replaced by a recorder that fails."""
+    timed = []
+
+    def here(*args, **kwargs):
+        timed.append(args)
+        raise AssertionError("a model was timed on this machine")
+
+    for module, name in ((timing, "profile_models"), (measure, "measure_module"), (measure, "measure_onnx"),
+                         (finetune, "measure_module"), (finetune, "measure_onnx")):
+        monkeypatch.setattr(module, name, here)
+    return timed
+
+
+def test_a_bundle_boards_deployed_model_is_timed_on_the_board_in_a_job_of_the_new_runtime(
+        tmp_path, monkeypatch, capsys):
+    params = _small_params()
+    params["devices"] = {**params["devices"], "board": {**BOARD, "location": "bundle"}}
+    root = tmp_path / "data"
+    monkeypatch.setenv("SCAN_EDGE_CPU_LOCK", str(tmp_path / "cpu.lock"))
+    monkeypatch.setattr(runtimes, "_BOARD_VERSIONS", {})
+    timed_here = _never_here(monkeypatch)
+    arch, version = _arch(1), HOST_ORT  # the board's runner (a torch-free process here) runs this machine's ORT
+
+    with pytest.raises(MeasurementsPending) as pending:
+        reprofile.measure_arch(params, "board", arch, root, version)
+    folder = pending.value.job_dir
+    assert folder == root / "bundles" / "board" / f"reprofile-{version}-{arch.arch_id}"
+    assert read_json(folder / JOB_SIDECAR)["ids"] == [arch.arch_id]
+    board = run_without_torch(folder / RUNNER_NAME, str(folder), "--out", str(folder / RESULTS_NAME), "--quiet",
+                              "--runtime-report", str(folder / RUNTIME_REPORT), cwd=folder, timeout=300)
+    assert board.returncode == 0, board.stderr[-2000:]
+    on_board = {row["id"]: row for row in timing.read_rows(folder / RESULTS_NAME)[0]}
+    assert reprofile.measure_arch(params, "board", arch, root, version) == on_board[arch.arch_id]["median_ms"] > 0
+    # the version reprofile compares is the board's report, in the bundles under the root it was given
+    assert reprofile.installed_runtime_version(params, "board", root) == version
+
+    # a later re-profile (another runtime) never reads this job's results: a job of its own goes out
+    with pytest.raises(MeasurementsPending) as later:
+        reprofile.measure_arch(params, "board", arch, root, "9.9.9")
+    assert later.value.job_dir.name == f"reprofile-9.9.9-{arch.arch_id}" and later.value.job_dir != folder
+    # and results timed on another runtime than the new LUT's are refused, not reported as the new latency
+    shutil.copy2(folder / RESULTS_NAME, later.value.job_dir / RESULTS_NAME)
+    shutil.copy2(folder / RUNTIME_REPORT, later.value.job_dir / RUNTIME_REPORT)
+    assert reprofile.measure_arch(params, "board", arch, root, "9.9.9") is None
+    assert "9.9.9" in capsys.readouterr().out
+    assert timed_here == [], "nothing was timed on this machine"
+
+
+class _RecordingBoard:
+    """A board's worker: records the jobs it is given and answers with known latencies."""
+
+    location = "worker"
+
+    def __init__(self, profile):
+        self.profile, self.jobs = profile, []
+
+    def runtime_version(self) -> str:
+        return "7.1-board"
+
+    def time(self, job, out_path, **kwargs) -> list[dict]:
+        self.jobs.append(job)
+        return [{"id": entry.id, "median_ms": 4.25 + index} for index, entry in enumerate(job.entries)]
+
+
+def test_a_worker_boards_deployed_model_goes_to_its_worker_never_timed_here(setup, tmp_path, monkeypatch):
+    params, params_file, root = setup
+    boards: list[_RecordingBoard] = []
+    monkeypatch.setattr(stages.latency, "worker_factory", lambda profile: boards.append(_RecordingBoard(profile))
+                        or boards[-1])
+    monkeypatch.setattr(runtimes, "_BOARD_VERSIONS", {})
+    timed_here = _never_here(monkeypatch)
+    params["devices"] = {**params["devices"], "board": {**BOARD, "location": "worker",
+                                                        "location_options": {"shared_dir": str(tmp_path)}}}
+    assert reprofile.installed_runtime_version(params, "board", root) == "7.1-board"
+    assert reprofile.measure_arch(params, "board", _arch(1), root, "7.1-board") == 4.25
+    job = boards[-1].jobs[-1]
+    assert job.name == f"reprofile-7.1-board-{_arch(1).arch_id}" and job.whole_networks
+    assert job.expected_runtime_version == "7.1-board" and job.ids() == [_arch(1).arch_id]
+    assert tuple(job.entries[0].input_shape) == (1, 3, 64, 64)
+    assert timed_here == []
 
 
 def test_a_device_without_a_lut_is_skipped(setup):
