@@ -29,9 +29,11 @@ from benchmarks.runtime_venv import installed_version, make_runtime_venv
 from flows import reprofile
 from flows.reproduce import dvc_upstream
 from nas_core import finetune
-from nas_core.io import read_json, read_parquet, read_provenance, write_json, write_parquet
+from nas_core.block_catalog import BlockCatalog
+from nas_core.io import file_sha256, read_json, read_parquet, read_provenance, write_json, write_parquet
 from nas_core.latency import measure, timing
 from nas_core.latency.bundle import RUNNER_NAME
+from nas_core.latency.calibration import FIT_KIND
 from nas_core.latency.location import JOB_SIDECAR, RESULTS_NAME, RUNTIME_REPORT, MeasurementsPending
 from nas_core.latency.lut_change import ChangeRule, compare_luts, drift_floor, median_standard_error
 from nas_core.latency.timing import median_ci
@@ -206,6 +208,104 @@ def test_force_reprofiles_an_unchanged_runtime_and_searches_only_leaves_the_rest
     document = json.loads(Path(outcome["json"]).read_text())
     assert document["forced"] and document["old_runtime_version"] == document["new_runtime_version"]
     assert "no version change: a noise baseline" in Path(outcome["markdown"]).read_text()
+
+
+# --------------------------------------------------------------------------- what to decide, on full LUTs
+OLD_FIT, NEW_FIT = (0.9, 0.5), (1.1, 0.2)  # a, b of the calibration before and after
+
+
+def _full_lut(provenance: dict, runtime_version: str, slower: float = 1.0) -> tuple[pd.DataFrame, dict]:
+    """Every block of the catalog (so the calibrated estimator accepts it), with known medians:
+    0.05-0.35 ms, attention blocks ``slower`` times that."""
+    catalog = BlockCatalog(SearchSpace(), 64)
+    medians = np.array([0.05 * (1 + index % 7) * (slower if block.kind == "mhsa" else 1.0)
+                        for index, block in enumerate(catalog.blocks)])
+    frame = pd.DataFrame({"block_id": [b.block_id for b in catalog.blocks], "kind": [b.kind for b in catalog.blocks],
+                          "median_ms": medians, "median_ci_low_ms": medians * 0.99,
+                          "median_ci_high_ms": medians * 1.01, "p10_ms": medians * 0.98, "p90_ms": medians * 1.02,
+                          "repeats": 100})
+    identity = {**provenance["identity"], "runtime_version": runtime_version}
+    quiet = {k: v for k, v in provenance.items() if k != "reference_checks"}  # no drift floor: known noise only
+    return frame, {**quiet, "identity": identity}
+
+
+def _write_fit(paths, a: float, b: float) -> None:
+    write_json(paths.fit, {"kind": FIT_KIND, "device": DEVICE, "a": a, "b": b,
+                           "lut": {"sha256": file_sha256(paths.lut)}, "metrics": {}})
+
+
+def _calibrated(frame: pd.DataFrame, arch, fit: tuple[float, float]) -> float:
+    """a x (the LUT sum of the architecture's blocks) + b, summed here from the table."""
+    medians = frame.set_index("block_id")["median_ms"]
+    return fit[0] * float(sum(medians[block] for block in BlockCatalog(SearchSpace(), 64).block_ids(arch))) + fit[1]
+
+
+def test_what_to_decide_on_full_luts_gives_old_and_new_latency_and_whether_each_meets_its_target(
+        prefect_harness, setup, tmp_path, monkeypatch):
+    """The report's first part on a complete LUT and a real calibration fit before and after:
+    calibrated estimates from both, measured latency old and new, the verdict per model."""
+    params, params_file, root = setup
+    layout = stages.Layout(root)
+    paths = layout.lut_paths(DEVICE)
+    stages.stage_lut(params, DEVICE, root)  # a real LUT of 3 blocks: its provenance is a real one
+    installed = read_provenance(paths.lut)["identity"]["runtime_version"]
+    old_lut, provenance = _full_lut(read_provenance(paths.lut), installed)
+    write_parquet(paths.lut, old_lut, provenance)
+    _write_fit(paths, *OLD_FIT)
+    _write_search(layout, f"{DEVICE}@1.0x", _arch(1), 2.1, 2.05)  # deployed: met its old target of 2.1 ms
+    calls: list[str] = []
+    _install_fakes(monkeypatch, root, calls)
+    new_lut, new_provenance = _full_lut(provenance, "99.0-simulated", slower=1.5)
+
+    def lut(params, device, root):  # the new runtime: attention 50 % slower
+        calls.append(f"lut@{device}")
+        write_parquet(paths.lut, new_lut, new_provenance)
+        return {"lut": paths.lut}
+
+    def calibration(params, device, root):
+        calls.append(f"calibration@{device}")
+        _write_fit(paths, *NEW_FIT)
+        return {"fit": paths.fit}
+
+    for name, fake in (("lut", lut), ("calibration", calibration)):
+        info = STAGES[name]
+        monkeypatch.setitem(STAGES, name, StageInfo(fake, info.sections, info.code, info.measures_latency))
+    monkeypatch.setattr(reprofile, "installed_runtime_version", lambda params, device, root: "99.0-simulated")
+    monkeypatch.setattr(reprofile, "measure_arch", lambda params, device, arch, root, version: 2.3)
+
+    flow = reprofile.reprofile_flow(str(params_file), None, str(root), results=str(tmp_path / "results"),
+                                    rule={"z": 3.0, "min_change": 0.1, "session_floor": 0.02})
+    outcome = flow["devices"][DEVICE]
+    assert outcome["status"] == "reprofiled" and outcome["blocks_compared"] == len(old_lut)
+    assert outcome["blocks_flagged"] == int((old_lut["kind"] == "mhsa").sum()), "exactly the attention blocks moved"
+    document = json.loads(Path(outcome["json"]).read_text())
+    deployed, chosen = document["models"]
+    old_arch, new_arch = _arch(1), _arch(2)
+    assert (deployed["model"], deployed["arch_id"], chosen["model"], chosen["arch_id"]) == \
+        ("deployed", old_arch.arch_id, "new", new_arch.arch_id)
+    for row, arch in ((deployed, old_arch), (chosen, new_arch)):
+        assert row["calibrated_old_ms"] == pytest.approx(_calibrated(old_lut, arch, OLD_FIT), rel=1e-9)
+        assert row["calibrated_new_ms"] == pytest.approx(_calibrated(new_lut, arch, NEW_FIT), rel=1e-9)
+        assert row["calibrated_new_ms"] > row["calibrated_old_ms"] > 0.5
+        assert (row["target_old_ms"], row["target_new_ms"]) == (2.1, 2.0)
+    # the deployed model: 2.05 ms before (within 2.1), 2.3 ms now against 2.0: it misses, by 15 %
+    assert (deployed["measured_old_ms"], deployed["measured_new_ms"]) == (2.05, 2.3)
+    assert deployed["meets_target"] is False and deployed["margin"] == pytest.approx(0.15)
+    # the new search's choice: 1.97 ms measured now against 2.0: it meets it, 1.5 % under
+    assert (chosen["measured_old_ms"], chosen["measured_new_ms"]) == (None, 1.97)
+    assert chosen["meets_target"] is True and chosen["margin"] == pytest.approx(-0.015)
+    assert document["fit_before"]["a"] == OLD_FIT[0] and document["fit_after"]["b"] == NEW_FIT[1]
+
+    text = Path(outcome["markdown"]).read_text()
+    decide = text.split("## What to decide")[1].split("##")[0]
+    assert (f"the deployed model `{old_arch.arch_id}` **misses its target** on the new runtime: 2.300 ms measured "
+            "vs 2.000 ms (+15.0%)") in decide
+    assert (f"The new search chose `{new_arch.arch_id}`, which **meets its target** on the new runtime: 1.970 ms "
+            "measured vs 2.000 ms (-1.5%)") in decide
+    calibrated = f"{_calibrated(old_lut, old_arch, OLD_FIT):.3f} → {_calibrated(new_lut, old_arch, NEW_FIT):.3f}"
+    assert (f"| `{DEVICE}@1.0x` | deployed | `{old_arch.arch_id}` | 2.100 → 2.000 | {calibrated} | 2.050 → 2.300 "
+            "| **no** |") in text
+    assert {f"lut@{DEVICE}", f"calibration@{DEVICE}", f"search@{DEVICE}@1.0x", "report"} <= set(calls)
 
 
 # --------------------------------------------------------------------------- a board's models are timed on the board
