@@ -106,12 +106,20 @@ def _dvc(argv: list[str], capture: bool = False) -> int | subprocess.CompletedPr
 
 
 # --------------------------------------------------------------------------- status
-def explain_dvc_status(status: dict, stage_ids: list[str]) -> list[dict]:
+def explain_dvc_status(status: dict, stage_ids: list[str], upstream: dict[str, set[str]] | None = None
+                       ) -> list[dict]:
     """``dvc status --json`` as one row per stage: ``{"stage", "state", "why"}``.
 
     state: ``up to date``, ``never run`` (dvc.lock has no record of it), ``stale`` (a
     dependency, parameter or output changed: ``why`` says which) or ``always runs`` (the
     runtime check). Stages DVC lists that the plan does not know are appended.
+
+    ``dvc status`` names only the stages whose own dependencies changed; ``dvc repro`` and
+    ``scan-edge reproduce`` also run what follows them. With ``upstream`` (stage -> its
+    transitive upstream stages, ``dvc dag``), a stage after a stale or never-run one is
+    ``stale`` too (``why``: after which), so the rows list what ``reproduce`` will run. The
+    runtime checks, which always run, make nothing stale: their record changes only with
+    the runtime.
     """
     rows = []
     for stage in [*stage_ids, *[s for s in status if s not in stage_ids]]:
@@ -133,6 +141,11 @@ def explain_dvc_status(status: dict, stage_ids: list[str]) -> list[dict]:
                             for path, what in changes.items()]
         state = "never run" if never_run else ("always runs" if reasons == ["always changed"] else "stale")
         rows.append({"stage": stage, "state": state, "why": "" if never_run else "; ".join(reasons)})
+    to_run = [row["stage"] for row in rows if row["state"] in ("stale", "never run")]
+    for row in rows if upstream else ():
+        after = [stage for stage in to_run if stage in upstream.get(row["stage"], ())]
+        if row["state"] == "up to date" and after:
+            row.update(state="stale", why="after " + ", ".join(after) + " (upstream, to be run)")
     return rows
 
 
@@ -150,7 +163,16 @@ def cmd_status(args) -> int:
     if done.returncode != 0:
         raise ValueError(f"dvc status failed: {done.stderr.strip()[-800:]}")
     status = json.loads(done.stdout or "{}")
-    rows = explain_dvc_status(status, [step.id for step in pipeline_steps(_profile_params(args), DATA_ROOT)])
+    upstream = None
+    if any(entries != ["always changed"] for entries in status.values()):  # something to run: and what follows it
+        from flows.dvc_graph import upstream_from_dot
+
+        dag = _dvc(["dag", "--dot"], capture=True)
+        if dag.returncode != 0:
+            raise ValueError(f"dvc dag failed: {dag.stderr.strip()[-800:]}")
+        upstream = upstream_from_dot(dag.stdout)
+    rows = explain_dvc_status(status, [step.id for step in pipeline_steps(_profile_params(args), DATA_ROOT)],
+                              upstream)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -614,3 +615,108 @@ def test_a_real_onnxruntime_upgrade_leaves_every_door_in_agreement(prefect_harne
     assert ran == [] and f"Running stage 'runtime@{DEVICE}'" in out and "Running stage 'lut@" not in out
     assert _sha(lut) == lut_digest, "no door measured the LUT again"
     assert set(doors.dvc_status()) == {f"runtime@{DEVICE}"}
+
+
+# --------------------------------------------------------------------------- --searches-only: every door agrees
+def _dvc_json(*argv: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "dvc", *argv, "--json"], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout or "{}")
+
+
+def _dvc_repro(project: Path, tmp: Path) -> list[str]:
+    """``dvc repro`` in ``project``: the stages it ran (its ``scan-edge stage`` commands run the
+    project with the fakes, runtime and LUT real: ``tests/_fake_stages.py``)."""
+    bin_dir = _fake_stages.write_wrapper(tmp / "bin", sys.executable, project).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_STAGES_REAL": "runtime,lut",
+           "FAKE_STAGES_LOG": str(tmp / "dvc-ran.log")}
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return re.findall(r"^Running stage '([^']+)'", done.stdout, re.MULTILINE)
+
+
+class SearchesOnly:
+    """A DVC project (a copy of this one, small params) after ``scan-edge reproduce`` and then
+    ``scan-edge reprofile --force --searches-only``, every door run in this process with the
+    expensive stages faked (runtime and LUT real): ``door(*argv)`` runs a ``scan-edge`` command
+    and returns (fake steps run, output)."""
+
+    probes = {f"runtime@{DEVICE}"}  # always run under DVC (README, "Why dvc repro always runs the runtime probe")
+
+    def __init__(self, tmp_path: Path, monkeypatch, capsys):
+        self.project, self.tmp, self.capsys = tmp_path / "project", tmp_path, capsys
+        self.project.mkdir()
+        _project_copy(self.project)
+        params = yaml.safe_load((self.project / "params.yaml").read_text())
+        params["pipeline"]["overlap_latency"] = False  # the lane's process would run the real stages, not fakes
+        (self.project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        monkeypatch.chdir(self.project)
+        self.log, spec = tmp_path / "ran.log", tmp_path / "spec.json"
+        spec.write_text(json.dumps(_dvc_outs(self.project)))
+        for name, value in {"FAKE_STAGES_SPEC": spec, "FAKE_STAGES_LOG": self.log,
+                            "SCAN_EDGE_CPU_LOCK": tmp_path / "cpu.lock", "SCAN_EDGE_RESULTS_DIR": tmp_path / "results",
+                            "DVC_NO_ANALYTICS": "1"}.items():
+            monkeypatch.setenv(name, str(value))
+        for name in ("PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"):
+            monkeypatch.delenv(name, raising=False)  # the CLI sets them (setdefault): restored afterwards
+        for name, info in list(STAGES.items()):
+            if name not in ("runtime", "lut"):
+                monkeypatch.setitem(STAGES, name, StageInfo(_fake_stages.fake(name), info.sections, info.code,
+                                                            info.measures_latency))
+        monkeypatch.setattr(reprofile, "measure_arch", lambda params, device, arch, root, version: 2.0)
+
+        ran, _ = self.door("reproduce")
+        assert "report" in ran and f"search@{DEVICE}-1.0" in ran
+        assert self.stale_in_status() == set() and set(_dvc_json("status")) == self.probes
+        ran, out = self.door("reprofile", "--force", "--searches-only")
+        assert f"search@{DEVICE}-1.0" in ran and f"calibration@{DEVICE}" in ran, out
+        assert not [step for step in ran if step.startswith(("finetune", "transfer", "detection", "report"))]
+        self.stale = self.stale_in_status()
+
+    def door(self, *argv: str) -> tuple[list[str], str]:
+        from flows.cli import main
+
+        self.log.write_text("")
+        self.capsys.readouterr()
+        assert main(list(argv)) == 0
+        return self.log.read_text().split(), self.capsys.readouterr().out
+
+    def stale_in_status(self) -> set[str]:
+        rows = json.loads(self.door("status", "--json")[1])
+        assert {row["state"] for row in rows if row["stage"].startswith("runtime@")} == {"always runs"}
+        return {row["stage"] for row in rows if row["state"] in ("stale", "never run")}
+
+
+def test_after_reprofile_searches_only_status_dvc_status_and_reproduce_agree(prefect_harness, tmp_path,
+                                                                             monkeypatch, capsys):
+    """After ``--searches-only``, ``scan-edge status`` names the steps downstream of the re-made
+    searches as stale and nothing else; ``dvc status`` names the first of them (it does not follow
+    the graph; the rest follows them in ``dvc dag``); ``scan-edge reproduce`` (Prefect) runs exactly
+    the steps status named, and then no door has anything to do."""
+    state = SearchesOnly(tmp_path, monkeypatch, capsys)
+    loaded = load_params("params.yaml")
+    device_steps = [s.id for s in reprofile.device_steps(loaded, DEVICE, "data")]
+    upstream = dvc_upstream()
+    downstream = {s.id for s in reprofile.dependent_steps(stages.pipeline_steps(loaded, "data"), device_steps,
+                                                          [DEVICE], loaded, upstream)}
+    stale = state.stale
+    assert {f"finetune@{DEVICE}-1.0", "transfer", "detection", "report"} <= stale <= downstream
+    assert not stale & {*device_steps, "dataset", "supernet", "pairs", "predictor"}
+    first = set(_dvc_json("status")) - state.probes
+    assert first and first <= stale and f"finetune@{DEVICE}-1.0" in first
+    assert all(upstream[step] & first for step in stale - first), "the rest follows what dvc status names"
+
+    ran, out = state.door("reproduce")
+    assert sorted(ran) == sorted(stale), "scan-edge reproduce (Prefect) runs what status named"
+    assert state.stale_in_status() == set() and set(_dvc_json("status")) == state.probes
+    assert state.door("reproduce")[0] == []
+
+
+@pytest.mark.slow  # ~2 min: dvc repro starts a scan-edge process per stage it runs
+def test_after_reprofile_searches_only_dvc_repro_runs_what_status_names(prefect_harness, tmp_path, monkeypatch,
+                                                                        capsys):
+    """DVC's own door on the same state: ``dvc repro`` runs exactly the steps ``scan-edge status``
+    named stale (besides the runtime probe), as ``scan-edge reproduce`` does."""
+    state = SearchesOnly(tmp_path, monkeypatch, capsys)
+    assert set(_dvc_repro(state.project, tmp_path)) - state.probes == state.stale
+    assert set(_dvc_json("status")) == state.probes and state.stale_in_status() == set()
