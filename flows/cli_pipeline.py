@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -49,7 +50,7 @@ def cmd_reproduce(args) -> int:
         if args.profile or args.only:
             raise ValueError("--dvc runs dvc.yaml as it is: choose the profile with params.yaml's `profile:` "
                              "(or `dvc exp run -S profile=NAME`) and stages with `dvc repro STAGE`")
-        return _dvc(["repro"])
+        return _dvc_repro()
     started = time.monotonic()
     params = _profile_params(args)
     if not (args.dry_run or args.only) and _nothing_to_do(params, args.root, args.no_dvc_commit, started):
@@ -95,14 +96,40 @@ def _nothing_to_do(params: dict, root: str, no_dvc_commit: bool, started: float)
     return True
 
 
-def _dvc(argv: list[str], capture: bool = False) -> int | subprocess.CompletedProcess:
-    """``dvc ARGV`` in this project with analytics off; ``scan-edge`` on the PATH of its stages."""
+def _dvc_env() -> dict[str, str]:
+    """DVC's environment: analytics off; ``scan-edge`` on the PATH of its stages."""
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+
+
+def _dvc(argv: list[str], capture: bool = False) -> int | subprocess.CompletedProcess:
+    """``dvc ARGV`` in this project (:func:`_dvc_env`)."""
     command = [sys.executable, "-m", "dvc", *argv]
     if capture:
-        return subprocess.run(command, env=env, capture_output=True, text=True)
-    return subprocess.run(command, env=env).returncode
+        return subprocess.run(command, env=_dvc_env(), capture_output=True, text=True)
+    return subprocess.run(command, env=_dvc_env()).returncode
+
+
+def _dvc_repro() -> int:
+    """``dvc repro`` (its output passed through), then which stages it ran: the runtime probes
+    (``runtime@<device>``, ``always_changed`` in dvc.yaml) run every time, since asking each
+    device its runtime is the only way DVC sees an upgrade; the others ran because something
+    changed."""
+    ran = []
+    # stdout only: the stages' stderr (progress bars, which look for a terminal there) is left alone
+    with subprocess.Popen([sys.executable, "-m", "dvc", "repro"], env=_dvc_env(), stdout=subprocess.PIPE, text=True,
+                          bufsize=1) as dvc:
+        for line in dvc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            ran += re.findall(r"^Running stage '([^']+)'", line)
+    if dvc.returncode == 0:
+        probes = [stage for stage in ran if stage.startswith("runtime@")]
+        others = [stage for stage in ran if not stage.startswith("runtime@")]
+        print(f"reproduce --dvc: {len(others)} stages ran" + (f" ({', '.join(others)})" if others else "") +
+              (f", besides the {len(probes)} runtime probes, which always run (a runtime upgrade changes no file "
+               "DVC could see; README, Re-profiling)" if probes else ""))
+    return dvc.returncode
 
 
 # --------------------------------------------------------------------------- status

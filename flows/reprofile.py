@@ -25,9 +25,11 @@ baseline of the change report):
 5. every step that ran is recorded in ``dvc.lock`` (``dvc commit`` of those stages) when
    the root is the DVC project's ``data/``.
 
-So afterwards every door agrees: ``scan-edge status`` / ``dvc status`` show nothing stale
-and ``reproduce`` / ``reproduce --dvc`` run no stage; with ``searches_only`` they agree that
-the fine-tunes and what follows them are stale.
+So afterwards every door agrees: ``scan-edge status`` / ``dvc status`` show nothing stale,
+``reproduce`` runs no stage and ``reproduce --dvc`` only the runtime probes (``always_changed``:
+README, "Why dvc repro always runs the runtime probe"), which change nothing; with
+``searches_only`` they agree that the steps downstream of the re-made searches (fine-tunes,
+transfer, detection, report) are stale, and nothing else.
 
 A device whose runtime did not change is left alone; one without a LUT is skipped (run
 ``scan-edge reproduce`` first). ``scan-edge schedule reprofile --cron "0 3 * * 1"`` serves

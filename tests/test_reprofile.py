@@ -613,6 +613,7 @@ def test_a_real_onnxruntime_upgrade_leaves_every_door_in_agreement(prefect_harne
     assert ran == [] and ", 0 ran," in out
     ran, out = doors.run("new", "reproduce", "--dvc")
     assert ran == [] and f"Running stage 'runtime@{DEVICE}'" in out and "Running stage 'lut@" not in out
+    assert "reproduce --dvc: 0 stages ran, besides the 1 runtime probes, which always run" in out
     assert _sha(lut) == lut_digest, "no door measured the LUT again"
     assert set(doors.dvc_status()) == {f"runtime@{DEVICE}"}
 
