@@ -226,7 +226,8 @@ def _full_lut(provenance: dict, runtime_version: str, slower: float = 1.0) -> tu
                           "median_ci_high_ms": medians * 1.01, "p10_ms": medians * 0.98, "p90_ms": medians * 1.02,
                           "repeats": 100})
     identity = {**provenance["identity"], "runtime_version": runtime_version}
-    quiet = {k: v for k, v in provenance.items() if k != "reference_checks"}  # no drift floor: known noise only
+    # no drift floor (the reference block's timings through the run): the noise is the CI's only
+    quiet = {k: v for k, v in provenance.items() if k not in ("reference", "reference_checks")}
     return frame, {**quiet, "identity": identity}
 
 
@@ -279,6 +280,9 @@ def test_what_to_decide_on_full_luts_gives_old_and_new_latency_and_whether_each_
     outcome = flow["devices"][DEVICE]
     assert outcome["status"] == "reprofiled" and outcome["blocks_compared"] == len(old_lut)
     assert outcome["blocks_flagged"] == int((old_lut["kind"] == "mhsa").sum()), "exactly the attention blocks moved"
+    # each block's uncertainty: its two medians' CIs (±1 %) and the session floor of 2 %, nothing else
+    sigma = np.sqrt(2 * (np.log(1.01 / 0.99) / (2 * 1.959964)) ** 2 + 2 * 0.02 ** 2)
+    assert read_parquet(outcome["blocks"])["uncertainty"].to_numpy() == pytest.approx(np.expm1(sigma), rel=1e-3)
     document = json.loads(Path(outcome["json"]).read_text())
     deployed, chosen = document["models"]
     old_arch, new_arch = _arch(1), _arch(2)
