@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -49,7 +50,7 @@ def cmd_reproduce(args) -> int:
         if args.profile or args.only:
             raise ValueError("--dvc runs dvc.yaml as it is: choose the profile with params.yaml's `profile:` "
                              "(or `dvc exp run -S profile=NAME`) and stages with `dvc repro STAGE`")
-        return _dvc(["repro"])
+        return _dvc_repro()
     started = time.monotonic()
     params = _profile_params(args)
     if not (args.dry_run or args.only) and _nothing_to_do(params, args.root, args.no_dvc_commit, started):
@@ -95,23 +96,57 @@ def _nothing_to_do(params: dict, root: str, no_dvc_commit: bool, started: float)
     return True
 
 
-def _dvc(argv: list[str], capture: bool = False) -> int | subprocess.CompletedProcess:
-    """``dvc ARGV`` in this project with analytics off; ``scan-edge`` on the PATH of its stages."""
+def _dvc_env() -> dict[str, str]:
+    """DVC's environment: analytics off; ``scan-edge`` on the PATH of its stages."""
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+
+
+def _dvc(argv: list[str], capture: bool = False) -> int | subprocess.CompletedProcess:
+    """``dvc ARGV`` in this project (:func:`_dvc_env`)."""
     command = [sys.executable, "-m", "dvc", *argv]
     if capture:
-        return subprocess.run(command, env=env, capture_output=True, text=True)
-    return subprocess.run(command, env=env).returncode
+        return subprocess.run(command, env=_dvc_env(), capture_output=True, text=True)
+    return subprocess.run(command, env=_dvc_env()).returncode
+
+
+def _dvc_repro() -> int:
+    """``dvc repro`` (its output passed through), then which stages it ran: the runtime probes
+    (``runtime@<device>``, ``always_changed`` in dvc.yaml) run every time, since asking each
+    device its runtime is the only way DVC sees an upgrade; the others ran because something
+    changed."""
+    ran = []
+    # stdout only: the stages' stderr (progress bars, which look for a terminal there) is left alone
+    with subprocess.Popen([sys.executable, "-m", "dvc", "repro"], env=_dvc_env(), stdout=subprocess.PIPE, text=True,
+                          bufsize=1) as dvc:
+        for line in dvc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            ran += re.findall(r"^Running stage '([^']+)'", line)
+    if dvc.returncode == 0:
+        probes = [stage for stage in ran if stage.startswith("runtime@")]
+        others = [stage for stage in ran if not stage.startswith("runtime@")]
+        print(f"reproduce --dvc: {len(others)} stages ran" + (f" ({', '.join(others)})" if others else "") +
+              (f", besides the {len(probes)} runtime probes, which always run (a runtime upgrade changes no file "
+               "DVC could see; README, Re-profiling)" if probes else ""))
+    return dvc.returncode
 
 
 # --------------------------------------------------------------------------- status
-def explain_dvc_status(status: dict, stage_ids: list[str]) -> list[dict]:
+def explain_dvc_status(status: dict, stage_ids: list[str], upstream: dict[str, set[str]] | None = None
+                       ) -> list[dict]:
     """``dvc status --json`` as one row per stage: ``{"stage", "state", "why"}``.
 
     state: ``up to date``, ``never run`` (dvc.lock has no record of it), ``stale`` (a
     dependency, parameter or output changed: ``why`` says which) or ``always runs`` (the
     runtime check). Stages DVC lists that the plan does not know are appended.
+
+    ``dvc status`` names only the stages whose own dependencies changed; ``dvc repro`` and
+    ``scan-edge reproduce`` also run what follows them. With ``upstream`` (stage -> its
+    transitive upstream stages, ``dvc dag``), a stage after a stale or never-run one is
+    ``stale`` too (``why``: after which), so the rows list what ``reproduce`` will run. The
+    runtime checks, which always run, make nothing stale: their record changes only with
+    the runtime.
     """
     rows = []
     for stage in [*stage_ids, *[s for s in status if s not in stage_ids]]:
@@ -133,6 +168,11 @@ def explain_dvc_status(status: dict, stage_ids: list[str]) -> list[dict]:
                             for path, what in changes.items()]
         state = "never run" if never_run else ("always runs" if reasons == ["always changed"] else "stale")
         rows.append({"stage": stage, "state": state, "why": "" if never_run else "; ".join(reasons)})
+    to_run = [row["stage"] for row in rows if row["state"] in ("stale", "never run")]
+    for row in rows if upstream else ():
+        after = [stage for stage in to_run if stage in upstream.get(row["stage"], ())]
+        if row["state"] == "up to date" and after:
+            row.update(state="stale", why="after " + ", ".join(after) + " (upstream, to be run)")
     return rows
 
 
@@ -150,7 +190,16 @@ def cmd_status(args) -> int:
     if done.returncode != 0:
         raise ValueError(f"dvc status failed: {done.stderr.strip()[-800:]}")
     status = json.loads(done.stdout or "{}")
-    rows = explain_dvc_status(status, [step.id for step in pipeline_steps(_profile_params(args), DATA_ROOT)])
+    upstream = None
+    if any(entries != ["always changed"] for entries in status.values()):  # something to run: and what follows it
+        from flows.dvc_graph import upstream_from_dot
+
+        dag = _dvc(["dag", "--dot"], capture=True)
+        if dag.returncode != 0:
+            raise ValueError(f"dvc dag failed: {dag.stderr.strip()[-800:]}")
+        upstream = upstream_from_dot(dag.stdout)
+    rows = explain_dvc_status(status, [step.id for step in pipeline_steps(_profile_params(args), DATA_ROOT)],
+                              upstream)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

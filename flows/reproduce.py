@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from typing import Any, Mapping, Sequence
 
 from prefect import flow
 
+from flows.dvc_graph import upstream_from_dot
 from tasks import stages
 from tasks._runners import runner_needs_server
 from tasks._server import prefect_server, require_flow_result
@@ -173,24 +173,7 @@ def dvc_upstream(cwd: str | os.PathLike = ".") -> dict[str, set[str]]:
     if done.returncode != 0:
         print(f"warning: could not read DVC's stage graph (dvc dag): {done.stderr.strip()[-800:]}", file=sys.stderr)
         return {}
-    direct: dict[str, set[str]] = {}
-    for upstream, downstream in _DOT_EDGE.findall(done.stdout):
-        direct.setdefault(downstream, set()).add(upstream)
-    return {stage: _closure(stage, direct) for stage in direct}
-
-
-_DOT_EDGE = re.compile(r'^"([^"]+)" -> "([^"]+)";$', re.MULTILINE)
-
-
-def _closure(stage: str, direct: Mapping[str, set[str]]) -> set[str]:
-    seen: set[str] = set()
-    todo = list(direct.get(stage, ()))
-    while todo:
-        name = todo.pop()
-        if name not in seen:
-            seen.add(name)
-            todo.extend(direct.get(name, ()))
-    return seen
+    return upstream_from_dot(done.stdout)
 
 
 def _dvc(argv: Sequence[str], cwd: str | os.PathLike) -> subprocess.CompletedProcess:

@@ -13,7 +13,8 @@ baseline of the change report):
    from scratch), calibration, baselines (the ``<k>x`` targets follow MobileNetV2), and
    every search for the device (with its device measurements);
 3. the architecture each search had chosen before (*deployed*) is measured on the new
-   runtime, and a change report is written (``nas_core.reprofile_report``):
+   runtime where the device runs (:func:`measure_arch`: through the device's access, never
+   here for a board), and a change report is written (``nas_core.reprofile_report``):
    ``reprofile/<device>-<time>.md`` (readable), ``.json`` (the same facts) and
    ``.blocks.parquet`` (every block's move with its uncertainty, ``flagged`` beyond it:
    ``nas_core.latency.lut_change``);
@@ -24,9 +25,11 @@ baseline of the change report):
 5. every step that ran is recorded in ``dvc.lock`` (``dvc commit`` of those stages) when
    the root is the DVC project's ``data/``.
 
-So afterwards every door agrees: ``scan-edge status`` / ``dvc status`` show nothing stale
-and ``reproduce`` / ``reproduce --dvc`` run no stage; with ``searches_only`` they agree that
-the fine-tunes and what follows them are stale.
+So afterwards every door agrees: ``scan-edge status`` / ``dvc status`` show nothing stale,
+``reproduce`` runs no stage and ``reproduce --dvc`` only the runtime probes (``always_changed``:
+README, "Why dvc repro always runs the runtime probe"), which change nothing; with
+``searches_only`` they agree that the steps downstream of the re-made searches (fine-tunes,
+transfer, detection, report) are stale, and nothing else.
 
 A device whose runtime did not change is left alone; one without a LUT is skipped (run
 ``scan-edge reproduce`` first). ``scan-edge schedule reprofile --cron "0 3 * * 1"`` serves
@@ -34,8 +37,10 @@ it as a Prefect deployment on a cron schedule (:func:`reprofile_deployment`).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -44,14 +49,17 @@ from prefect import flow, serve
 from flows.reproduce import dvc_commit, dvc_tracks, dvc_upstream, run_steps
 from nas_core.efficiency_predictor import LatencyEstimator
 from nas_core.io import read_json, read_parquet, read_provenance, utc_now, write_json, write_parquet, write_text
+from nas_core.latency.export import export_onnx
+from nas_core.latency.location import MeasurementsPending, TimingJob, host_lock_mode
 from nas_core.latency.lut import LutError
 from nas_core.latency.lut_change import ChangeRule, LutComparison, compare_luts
+from nas_core.latency.timing import ModelEntry
 from nas_core.params import load_params
 from nas_core.reprofile_report import change_report_markdown, searched_model_row
 from nas_core.finetune import measure_latency
 from nas_core.search_space import ArchConfig, SearchSpace
 from nas_core.subnet import SubnetModel
-from tasks import stages
+from tasks import stage_lock, stages
 from tasks._server import prefect_server
 from tasks.prefect_tasks import measured_devices
 
@@ -59,9 +67,12 @@ DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00: a quiet hour for timing
 
 
 # --------------------------------------------------------------------------- what changed
-def installed_runtime_version(params: Mapping[str, Any], device: str) -> str | None:
-    """The version of the device's runtime installed on this machine (tests replace this lookup)."""
-    return stages.runtime_identity(params, device)["runtime_version"]
+def installed_runtime_version(params: Mapping[str, Any], device: str,
+                              root: str | Path = stages.DATA_ROOT) -> str | None:
+    """The version of the device's runtime: installed on this machine for a local device, the
+    one its board reports for a ``worker`` / ``bundle`` device (its bundles under ``root``)
+    (tests replace this lookup)."""
+    return stages.device_runtime_version(params, device, root)
 
 
 def recorded_runtime_version(lut_path: Path) -> str | None:
@@ -178,21 +189,58 @@ def read_arch(path: Path | None) -> ArchConfig | None:
     return None if path is None else SearchSpace().from_json(Path(path).read_text())
 
 
-def measure_arch(params: Mapping[str, Any], device: str, arch: ArchConfig, root: Path) -> float | None:
-    """``arch`` as a standalone subnet, timed where ``device`` is (this machine under the
-    exclusive CPU lock, or its board) through the device's access, as the search's check
-    times candidates; None when the device cannot time it (the reason is printed)."""
+def measure_arch(params: Mapping[str, Any], device: str, arch: ArchConfig, root: Path,
+                 runtime_version: str | None = None) -> float | None:
+    """``arch`` as a standalone subnet (random weights: weights do not change latency), timed
+    where ``device`` runs, as the search's on-device check times its candidates
+    (``nas_core.search_run.DeviceMeasure``): through the device's access
+    (``tasks.stages.device_access``: this machine under the exclusive CPU lock, or its board's
+    worker or bundles; paired with the device's network yardstick when it has one) as one
+    whole-network job. A ``worker`` or ``bundle`` device is never timed here.
+
+    ``runtime_version`` is the runtime the new LUT was measured with: it names the job (a
+    board's job folder of an earlier re-profile, timed on another runtime, is never read as
+    this one's) and a board's results must have been timed with it. None when the device
+    cannot time the model (the reason is printed); a bundle device stops with
+    ``MeasurementsPending`` until the board's results are copied back."""
     profile = stages.device_profile(params, device)
     num_classes = int(stages.section(params, "search").get("num_classes", 1000))
     model = SubnetModel(arch, num_classes=num_classes, resolution=profile.resolution).eval()
-    with stages._locked(profile):  # this machine's CPU when the device is here; nothing for a board
-        result = measure_latency(model, profile.input_shape(profile.resolution), [device],
-                                 stages.section(params, "devices"), stages.section(params, "lut").get("timing"),
-                                 access_of=stages._access_of(params, root), job_name=f"reprofile-{arch.arch_id}")
-    if "median_ms" not in result[device]:
-        print(f"{device}: cannot measure {arch.arch_id} ({result[device].get('skipped')})", flush=True)
+    shape = profile.input_shape(profile.resolution)
+    if profile.backend == "torch":  # an eager model has no access: a torch device is only ever this machine
+        with _host_lock(profile):
+            result = measure_latency(model, shape, [device], stages.section(params, "devices"))[device]
+        return _median_or_none(device, arch, result)
+    access = stages.device_access(params, device, root)
+    name = f"reprofile-{runtime_version or 'unknown'}-{arch.arch_id}"
+    with tempfile.TemporaryDirectory(prefix="scan-edge-reprofile-") as tmp:
+        with stage_lock("shared"):  # exporting is CPU work, like the search's candidates
+            onnx = export_onnx(model, shape, Path(tmp) / f"{arch.arch_id}.onnx")
+        entry = ModelEntry(arch.arch_id, onnx, tuple(shape))
+        job = TimingJob(name, (entry,), entry.id, whole_networks=True,
+                        expected_runtime_version=None if access.location == "local" else runtime_version)
+        try:
+            with _host_lock(profile):  # this machine's CPU when the device is here; nothing for a board
+                rows = access.time(job, Path(tmp) / "timing.parquet", resume=True, progress=False)
+        except MeasurementsPending:
+            raise
+        except Exception as err:  # a runtime that cannot compile this model: say why, go on
+            return _median_or_none(device, arch, {"skipped": f"{type(err).__name__}: {err}"})
+    row = next((r for r in rows if r["id"] == entry.id), None)
+    return _median_or_none(device, arch, {"skipped": "no timing came back"} if row is None else row)
+
+
+def _host_lock(profile):
+    """The machine's CPU lock around a measurement on ``profile`` (``location.host_lock_mode``)."""
+    mode = host_lock_mode(profile)
+    return stage_lock(mode) if mode else contextlib.nullcontext()
+
+
+def _median_or_none(device: str, arch: ArchConfig, result: Mapping[str, Any]) -> float | None:
+    if result.get("median_ms") is None:
+        print(f"{device}: cannot measure {arch.arch_id} ({result.get('skipped')})", flush=True)
         return None
-    return float(result[device]["median_ms"])
+    return float(result["median_ms"])
 
 
 def _estimate(estimator: LatencyEstimator | None, arch: ArchConfig | None) -> float | None:
@@ -205,10 +253,12 @@ def _device_value(values: Mapping[str, float] | None, device: str) -> float | No
 
 
 def searched_models(params: Mapping[str, Any], device: str, layout: stages.Layout, before: Before,
-                    runs: Sequence[stages.SearchRun], estimators: Mapping[str, LatencyEstimator | None]) -> list[dict]:
+                    runs: Sequence[stages.SearchRun], estimators: Mapping[str, LatencyEstimator | None],
+                    runtime_version: str | None = None) -> list[dict]:
     """The deployed (before) and new architecture of each search: target, calibrated and
     measured latency, old vs new (``nas_core.reprofile_report`` rows). The deployed one is
-    measured on the new runtime here, unless the new search chose it and measured it."""
+    measured on the new runtime (``runtime_version``) where the device runs
+    (:func:`measure_arch`), unless the new search chose it and measured it."""
     after = _summaries(layout, runs)
     rows = []
     for run in runs:
@@ -219,11 +269,12 @@ def searched_models(params: Mapping[str, Any], device: str, layout: stages.Layou
                    "target_new_ms": _device_value((new or {}).get("targets_ms"), device)}
         new_measured = _device_value((new or {}).get("measured_ms"), device)
         if new_arch is not None and new_measured is None:
-            new_measured = measure_arch(params, device, new_arch, layout.root)
+            new_measured = measure_arch(params, device, new_arch, layout.root, runtime_version)
         if old_arch is not None and new_arch is not None and old_arch.arch_id == new_arch.arch_id:
             deployed_now = new_measured
         else:
-            deployed_now = measure_arch(params, device, old_arch, layout.root) if old_arch is not None else None
+            deployed_now = (measure_arch(params, device, old_arch, layout.root, runtime_version)
+                            if old_arch is not None else None)
         rows.append(searched_model_row(
             run.key, device, "deployed", old, **targets,
             calibrated={"old": _estimate(estimators["old"], old_arch), "new": _estimate(estimators["new"], old_arch)},
@@ -248,7 +299,7 @@ def reprofile_device(params: Mapping[str, Any], device: str, root: str = str(sta
     paths = layout.lut_paths(device)
     if not paths.lut.exists():
         return {"status": "skipped", "reason": f"{paths.lut} does not exist yet (run scan-edge reproduce)"}
-    recorded, installed = recorded_runtime_version(paths.lut), installed_runtime_version(params, device)
+    recorded, installed = recorded_runtime_version(paths.lut), installed_runtime_version(params, device, root)
     if recorded == installed and not force:
         return {"status": "unchanged", "runtime_version": installed}
     why = f"runtime {recorded} -> {installed}" if recorded != installed else f"runtime {installed}, --force"
@@ -262,7 +313,7 @@ def reprofile_device(params: Mapping[str, Any], device: str, root: str = str(sta
 
     estimators = {"old": estimator_or_none(params, device, before.lut, before.fit, recorded),
                   "new": estimator_or_none(params, device, paths.lut, paths.fit, installed)}
-    models = searched_models(params, device, layout, before, runs, estimators)
+    models = searched_models(params, device, layout, before, runs, estimators, installed)
     comparison = compare_luts(read_parquet(before.lut), read_parquet(paths.lut), rule,
                               read_provenance(before.lut), read_provenance(paths.lut))
     report = write_change_report(layout.reprofile_report(device, stamp), device, recorded, installed,

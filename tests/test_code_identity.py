@@ -7,6 +7,8 @@ dependents follow through the content of its outputs); editing a module no stage
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -151,6 +153,20 @@ def test_every_module_the_issue_names_is_code_of_a_stage_and_benchmarks_of_none(
     assert not any(f.startswith(("benchmarks/", "scripts/", "tests/")) for f in every)
     assert "nas_core/train.py" in files["supernet"] and "nas_core/train.py" not in files["lut"]
     assert "nas_core/latency/lut.py" in files["lut"] and "nas_core/latency/lut.py" not in files["dataset"]
+
+
+def test_the_runtime_probe_is_light(tmp_path):
+    """DVC runs the runtime stage on every ``dvc repro`` (README, "Why dvc repro always runs the
+    runtime probe"): its code is the runtime's identity, not the measuring stages' (torch, timm)."""
+    files = _stage_files()["runtime"]
+    assert "tasks/stages/runtime_record.py" in files and "tasks/stages/runtimes.py" in files
+    assert not {"tasks/stages/latency.py", "nas_core/latency/baselines.py", "nas_core/supernet.py"} & files
+    probe = ("import sys; from nas_core.params import load_params; from tasks.stages import STAGES; "
+             f"out = STAGES['runtime'].function(load_params('params.yaml'), 'ort_cpu_fp32', {str(tmp_path)!r}); "
+             "print(sorted(m for m in ('torch', 'timm') if m in sys.modules), out['runtime'].exists())")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == "[] True"
 
 
 def test_editing_a_real_module_changes_the_code_digest_of_exactly_its_importers(monkeypatch):

@@ -263,6 +263,21 @@ def test_status_explains_dvc_status():
                                  "why": "outs data/predictor/predictor.pt: deleted"}
     assert rows["search@ort_cpu_fp32-1.0"]["why"] == "deps params.yaml: search.evolution modified"
 
+    # With DVC's graph, what follows a stale stage is stale too (dvc status names only the first):
+    # the rows list what reproduce will run. The runtime check, which always runs, makes nothing stale.
+    search, runtime = "search@ort_cpu_fp32-1.0", "runtime@ort_cpu_fp32"
+    upstream = {"lut@ort_cpu_fp32": {runtime}, search: {runtime, "lut@ort_cpu_fp32"},
+                "finetune@ort_cpu_fp32-1.0": {search, runtime, "lut@ort_cpu_fp32"},
+                "transfer": {"finetune@ort_cpu_fp32-1.0", search, runtime, "lut@ort_cpu_fp32"}}
+    order = ["dataset", runtime, "lut@ort_cpu_fp32", search, "finetune@ort_cpu_fp32-1.0", "transfer"]
+    rows = {r["stage"]: r for r in explain_dvc_status({search: status[search], runtime: status[runtime]}, order,
+                                                      upstream)}
+    assert {stage: row["state"] for stage, row in rows.items()} == {
+        "dataset": "up to date", runtime: "always runs", "lut@ort_cpu_fp32": "up to date", search: "stale",
+        "finetune@ort_cpu_fp32-1.0": "stale", "transfer": "stale"}
+    assert rows["transfer"]["why"] == f"after {search} (upstream, to be run)"
+    assert rows[search]["why"] == "deps params.yaml: search.evolution modified"
+
 
 # --------------------------------------------------------------------------- the report
 def _finetune_metrics(name: str, top1: float, params: int, latency: dict) -> dict:

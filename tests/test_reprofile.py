@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,16 +29,24 @@ import _fake_stages
 from benchmarks.runtime_venv import installed_version, make_runtime_venv
 from flows import reprofile
 from flows.reproduce import dvc_upstream
-from nas_core.io import read_parquet, read_provenance, write_json, write_parquet
+from nas_core import finetune
+from nas_core.block_catalog import BlockCatalog
+from nas_core.io import file_sha256, read_json, read_parquet, read_provenance, write_json, write_parquet
+from nas_core.latency import measure, timing
+from nas_core.latency.bundle import RUNNER_NAME
+from nas_core.latency.calibration import FIT_KIND
+from nas_core.latency.location import JOB_SIDECAR, RESULTS_NAME, RUNTIME_REPORT, MeasurementsPending
 from nas_core.latency.lut_change import ChangeRule, compare_luts, drift_floor, median_standard_error
 from nas_core.latency.timing import median_ci
 from nas_core.params import load_params
 from nas_core.search_space import SearchSpace
 from tasks import stages
-from tasks.stages import STAGES, StageInfo
+from tasks.stages import STAGES, StageInfo, runtimes
+from tests._bundles import run_without_torch
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEVICE = "ort_cpu_fp32"
+HOST_ORT = __import__("onnxruntime").__version__
 BLOCKS = "s1/ffn/w32/unified/k3/*/relu"  # 3 blocks, + the drift reference block
 # Enough calls that a block of a few microseconds does not move 50 % between two LUTs by chance (5 calls
 # after 1 ms of warm-up did, about one run in three on this shared machine); still well under a second.
@@ -140,15 +149,15 @@ def test_a_runtime_upgrade_reprofiles_the_device_brings_the_pipeline_up_to_date_
     _install_fakes(monkeypatch, root, calls)
     measured = []
     monkeypatch.setattr(reprofile, "measure_arch",
-                        lambda params, device, arch, root: measured.append(arch.arch_id) or 2.05)
+                        lambda params, device, arch, root, version: measured.append((arch.arch_id, version)) or 2.05)
     installed = read_provenance(lut)["identity"]["runtime_version"]
 
-    monkeypatch.setattr(reprofile, "installed_runtime_version", lambda params, device: installed)
+    monkeypatch.setattr(reprofile, "installed_runtime_version", lambda params, device, root: installed)
     unchanged = reprofile.reprofile_flow(str(params_file), None, str(root), results=str(tmp_path / "results"))
     assert unchanged["devices"] == {DEVICE: {"status": "unchanged", "runtime_version": installed}}
     assert calls == [] and unchanged["downstream"] == {}
 
-    monkeypatch.setattr(reprofile, "installed_runtime_version", lambda params, device: "99.0-simulated")
+    monkeypatch.setattr(reprofile, "installed_runtime_version", lambda params, device, root: "99.0-simulated")
     flow = reprofile.reprofile_flow(str(params_file), None, str(root), results=str(tmp_path / "results"),
                                     rule={"z": 3.0, "min_change": 0.5})
     outcome = flow["devices"][DEVICE]
@@ -176,7 +185,7 @@ def test_a_runtime_upgrade_reprofiles_the_device_brings_the_pipeline_up_to_date_
     assert deployed["target_old_ms"] == 2.1 and deployed["target_new_ms"] == 2.0 and deployed["meets_target"] is False
     assert chosen["arch_id"] == _arch(2).arch_id and chosen["measured_new_ms"] == 1.97 and chosen["meets_target"]
     assert deployed["calibrated_new_ms"] is None, "a partial LUT gives no calibrated estimate"
-    assert measured == [_arch(1).arch_id], "the deployed model is measured on the new runtime"
+    assert measured == [(_arch(1).arch_id, "99.0-simulated")], "the deployed model is measured on the new runtime"
     text = Path(outcome["markdown"]).read_text()
     assert "99.0-simulated" in text and slowed[0] in text and "**misses its target**" in text
     assert f"The new search chose `{_arch(2).arch_id}`, which **meets its target**" in text
@@ -191,7 +200,7 @@ def test_force_reprofiles_an_unchanged_runtime_and_searches_only_leaves_the_rest
     _old_state(params, root)
     calls: list[str] = []
     _install_fakes(monkeypatch, root, calls)
-    monkeypatch.setattr(reprofile, "measure_arch", lambda params, device, arch, root: 2.0)
+    monkeypatch.setattr(reprofile, "measure_arch", lambda params, device, arch, root, version: 2.0)
     flow = reprofile.reprofile_flow(str(params_file), None, str(root), results=str(tmp_path / "results"),
                                     force=True, searches_only=True)
     outcome = flow["devices"][DEVICE]
@@ -200,6 +209,195 @@ def test_force_reprofiles_an_unchanged_runtime_and_searches_only_leaves_the_rest
     document = json.loads(Path(outcome["json"]).read_text())
     assert document["forced"] and document["old_runtime_version"] == document["new_runtime_version"]
     assert "no version change: a noise baseline" in Path(outcome["markdown"]).read_text()
+
+
+# --------------------------------------------------------------------------- what to decide, on full LUTs
+OLD_FIT, NEW_FIT = (0.9, 0.5), (1.1, 0.2)  # a, b of the calibration before and after
+
+
+def _full_lut(provenance: dict, runtime_version: str, slower: float = 1.0) -> tuple[pd.DataFrame, dict]:
+    """Every block of the catalog (so the calibrated estimator accepts it), with known medians:
+    0.05-0.35 ms, attention blocks ``slower`` times that."""
+    catalog = BlockCatalog(SearchSpace(), 64)
+    medians = np.array([0.05 * (1 + index % 7) * (slower if block.kind == "mhsa" else 1.0)
+                        for index, block in enumerate(catalog.blocks)])
+    frame = pd.DataFrame({"block_id": [b.block_id for b in catalog.blocks], "kind": [b.kind for b in catalog.blocks],
+                          "median_ms": medians, "median_ci_low_ms": medians * 0.99,
+                          "median_ci_high_ms": medians * 1.01, "p10_ms": medians * 0.98, "p90_ms": medians * 1.02,
+                          "repeats": 100})
+    identity = {**provenance["identity"], "runtime_version": runtime_version}
+    # no drift floor (the reference block's timings through the run): the noise is the CI's only
+    quiet = {k: v for k, v in provenance.items() if k not in ("reference", "reference_checks")}
+    return frame, {**quiet, "identity": identity}
+
+
+def _write_fit(paths, a: float, b: float) -> None:
+    write_json(paths.fit, {"kind": FIT_KIND, "device": DEVICE, "a": a, "b": b,
+                           "lut": {"sha256": file_sha256(paths.lut)}, "metrics": {}})
+
+
+def _calibrated(frame: pd.DataFrame, arch, fit: tuple[float, float]) -> float:
+    """a x (the LUT sum of the architecture's blocks) + b, summed here from the table."""
+    medians = frame.set_index("block_id")["median_ms"]
+    return fit[0] * float(sum(medians[block] for block in BlockCatalog(SearchSpace(), 64).block_ids(arch))) + fit[1]
+
+
+def test_what_to_decide_on_full_luts_gives_old_and_new_latency_and_whether_each_meets_its_target(
+        prefect_harness, setup, tmp_path, monkeypatch):
+    """The report's first part on a complete LUT and a real calibration fit before and after:
+    calibrated estimates from both, measured latency old and new, the verdict per model."""
+    params, params_file, root = setup
+    layout = stages.Layout(root)
+    paths = layout.lut_paths(DEVICE)
+    stages.stage_lut(params, DEVICE, root)  # a real LUT of 3 blocks: its provenance is a real one
+    installed = read_provenance(paths.lut)["identity"]["runtime_version"]
+    old_lut, provenance = _full_lut(read_provenance(paths.lut), installed)
+    write_parquet(paths.lut, old_lut, provenance)
+    _write_fit(paths, *OLD_FIT)
+    _write_search(layout, f"{DEVICE}@1.0x", _arch(1), 2.1, 2.05)  # deployed: met its old target of 2.1 ms
+    calls: list[str] = []
+    _install_fakes(monkeypatch, root, calls)
+    new_lut, new_provenance = _full_lut(provenance, "99.0-simulated", slower=1.5)
+
+    def lut(params, device, root):  # the new runtime: attention 50 % slower
+        calls.append(f"lut@{device}")
+        write_parquet(paths.lut, new_lut, new_provenance)
+        return {"lut": paths.lut}
+
+    def calibration(params, device, root):
+        calls.append(f"calibration@{device}")
+        _write_fit(paths, *NEW_FIT)
+        return {"fit": paths.fit}
+
+    for name, fake in (("lut", lut), ("calibration", calibration)):
+        info = STAGES[name]
+        monkeypatch.setitem(STAGES, name, StageInfo(fake, info.sections, info.code, info.measures_latency))
+    monkeypatch.setattr(reprofile, "installed_runtime_version", lambda params, device, root: "99.0-simulated")
+    monkeypatch.setattr(reprofile, "measure_arch", lambda params, device, arch, root, version: 2.3)
+
+    flow = reprofile.reprofile_flow(str(params_file), None, str(root), results=str(tmp_path / "results"),
+                                    rule={"z": 3.0, "min_change": 0.1, "session_floor": 0.02})
+    outcome = flow["devices"][DEVICE]
+    assert outcome["status"] == "reprofiled" and outcome["blocks_compared"] == len(old_lut)
+    assert outcome["blocks_flagged"] == int((old_lut["kind"] == "mhsa").sum()), "exactly the attention blocks moved"
+    # each block's uncertainty: its two medians' CIs (±1 %) and the session floor of 2 %, nothing else
+    sigma = np.sqrt(2 * (np.log(1.01 / 0.99) / (2 * 1.959964)) ** 2 + 2 * 0.02 ** 2)
+    assert read_parquet(outcome["blocks"])["uncertainty"].to_numpy() == pytest.approx(np.expm1(sigma), rel=1e-3)
+    document = json.loads(Path(outcome["json"]).read_text())
+    deployed, chosen = document["models"]
+    old_arch, new_arch = _arch(1), _arch(2)
+    assert (deployed["model"], deployed["arch_id"], chosen["model"], chosen["arch_id"]) == \
+        ("deployed", old_arch.arch_id, "new", new_arch.arch_id)
+    for row, arch in ((deployed, old_arch), (chosen, new_arch)):
+        assert row["calibrated_old_ms"] == pytest.approx(_calibrated(old_lut, arch, OLD_FIT), rel=1e-9)
+        assert row["calibrated_new_ms"] == pytest.approx(_calibrated(new_lut, arch, NEW_FIT), rel=1e-9)
+        assert row["calibrated_new_ms"] > row["calibrated_old_ms"] > 0.5
+        assert (row["target_old_ms"], row["target_new_ms"]) == (2.1, 2.0)
+    # the deployed model: 2.05 ms before (within 2.1), 2.3 ms now against 2.0: it misses, by 15 %
+    assert (deployed["measured_old_ms"], deployed["measured_new_ms"]) == (2.05, 2.3)
+    assert deployed["meets_target"] is False and deployed["margin"] == pytest.approx(0.15)
+    # the new search's choice: 1.97 ms measured now against 2.0: it meets it, 1.5 % under
+    assert (chosen["measured_old_ms"], chosen["measured_new_ms"]) == (None, 1.97)
+    assert chosen["meets_target"] is True and chosen["margin"] == pytest.approx(-0.015)
+    assert document["fit_before"]["a"] == OLD_FIT[0] and document["fit_after"]["b"] == NEW_FIT[1]
+
+    text = Path(outcome["markdown"]).read_text()
+    decide = text.split("## What to decide")[1].split("##")[0]
+    assert (f"the deployed model `{old_arch.arch_id}` **misses its target** on the new runtime: 2.300 ms measured "
+            "vs 2.000 ms (+15.0%)") in decide
+    assert (f"The new search chose `{new_arch.arch_id}`, which **meets its target** on the new runtime: 1.970 ms "
+            "measured vs 2.000 ms (-1.5%)") in decide
+    calibrated = f"{_calibrated(old_lut, old_arch, OLD_FIT):.3f} → {_calibrated(new_lut, old_arch, NEW_FIT):.3f}"
+    assert (f"| `{DEVICE}@1.0x` | deployed | `{old_arch.arch_id}` | 2.100 → 2.000 | {calibrated} | 2.050 → 2.300 "
+            "| **no** |") in text
+    assert {f"lut@{DEVICE}", f"calibration@{DEVICE}", f"search@{DEVICE}@1.0x", "report"} <= set(calls)
+
+
+# --------------------------------------------------------------------------- a board's models are timed on the board
+BOARD = {"backend": "onnxruntime", "provider": "CPUExecutionProvider", "precision": "fp32", "threads": 1}
+
+
+def _never_here(monkeypatch) -> list:
+    """Every way this process times a model, replaced by a recorder that fails."""
+    timed = []
+
+    def here(*args, **kwargs):
+        timed.append(args)
+        raise AssertionError("a model was timed on this machine")
+
+    for module, name in ((timing, "profile_models"), (measure, "measure_module"), (measure, "measure_onnx"),
+                         (finetune, "measure_module"), (finetune, "measure_onnx")):
+        monkeypatch.setattr(module, name, here)
+    return timed
+
+
+def test_a_bundle_boards_deployed_model_is_timed_on_the_board_in_a_job_of_the_new_runtime(
+        tmp_path, monkeypatch, capsys):
+    params = _small_params()
+    params["devices"] = {**params["devices"], "board": {**BOARD, "location": "bundle"}}
+    root = tmp_path / "data"
+    monkeypatch.setenv("SCAN_EDGE_CPU_LOCK", str(tmp_path / "cpu.lock"))
+    monkeypatch.setattr(runtimes, "_BOARD_VERSIONS", {})
+    timed_here = _never_here(monkeypatch)
+    arch, version = _arch(1), HOST_ORT  # the board's runner (a torch-free process here) runs this machine's ORT
+
+    with pytest.raises(MeasurementsPending) as pending:
+        reprofile.measure_arch(params, "board", arch, root, version)
+    folder = pending.value.job_dir
+    assert folder == root / "bundles" / "board" / f"reprofile-{version}-{arch.arch_id}"
+    assert read_json(folder / JOB_SIDECAR)["ids"] == [arch.arch_id]
+    board = run_without_torch(folder / RUNNER_NAME, str(folder), "--out", str(folder / RESULTS_NAME), "--quiet",
+                              "--runtime-report", str(folder / RUNTIME_REPORT), cwd=folder, timeout=300)
+    assert board.returncode == 0, board.stderr[-2000:]
+    on_board = {row["id"]: row for row in timing.read_rows(folder / RESULTS_NAME)[0]}
+    assert reprofile.measure_arch(params, "board", arch, root, version) == on_board[arch.arch_id]["median_ms"] > 0
+    # the version reprofile compares is the board's report, in the bundles under the root it was given
+    assert reprofile.installed_runtime_version(params, "board", root) == version
+
+    # a later re-profile (another runtime) never reads this job's results: a job of its own goes out
+    with pytest.raises(MeasurementsPending) as later:
+        reprofile.measure_arch(params, "board", arch, root, "9.9.9")
+    assert later.value.job_dir.name == f"reprofile-9.9.9-{arch.arch_id}" and later.value.job_dir != folder
+    # and results timed on another runtime than the new LUT's are refused, not reported as the new latency
+    shutil.copy2(folder / RESULTS_NAME, later.value.job_dir / RESULTS_NAME)
+    shutil.copy2(folder / RUNTIME_REPORT, later.value.job_dir / RUNTIME_REPORT)
+    assert reprofile.measure_arch(params, "board", arch, root, "9.9.9") is None
+    assert "9.9.9" in capsys.readouterr().out
+    assert timed_here == [], "nothing was timed on this machine"
+
+
+class _RecordingBoard:
+    """A board's worker: records the jobs it is given and answers with known latencies."""
+
+    location = "worker"
+
+    def __init__(self, profile):
+        self.profile, self.jobs = profile, []
+
+    def runtime_version(self) -> str:
+        return "7.1-board"
+
+    def time(self, job, out_path, **kwargs) -> list[dict]:
+        self.jobs.append(job)
+        return [{"id": entry.id, "median_ms": 4.25 + index} for index, entry in enumerate(job.entries)]
+
+
+def test_a_worker_boards_deployed_model_goes_to_its_worker_never_timed_here(setup, tmp_path, monkeypatch):
+    params, params_file, root = setup
+    boards: list[_RecordingBoard] = []
+    monkeypatch.setattr(stages.latency, "worker_factory", lambda profile: boards.append(_RecordingBoard(profile))
+                        or boards[-1])
+    monkeypatch.setattr(runtimes, "_BOARD_VERSIONS", {})
+    timed_here = _never_here(monkeypatch)
+    params["devices"] = {**params["devices"], "board": {**BOARD, "location": "worker",
+                                                        "location_options": {"shared_dir": str(tmp_path)}}}
+    assert reprofile.installed_runtime_version(params, "board", root) == "7.1-board"
+    assert reprofile.measure_arch(params, "board", _arch(1), root, "7.1-board") == 4.25
+    job = boards[-1].jobs[-1]
+    assert job.name == f"reprofile-7.1-board-{_arch(1).arch_id}" and job.whole_networks
+    assert job.expected_runtime_version == "7.1-board" and job.ids() == [_arch(1).arch_id]
+    assert tuple(job.entries[0].input_shape) == (1, 3, 64, 64)
+    assert timed_here == []
 
 
 def test_a_device_without_a_lut_is_skipped(setup):
@@ -339,7 +537,8 @@ class Doors:
         spec = {step: outs for step, outs in _dvc_outs(project).items()}
         (tmp / "spec.json").write_text(json.dumps(spec))
         self.env = {**os.environ, "DVC_NO_ANALYTICS": "1", "FAKE_STAGES_SPEC": str(tmp / "spec.json"),
-                    "FAKE_STAGES_LOG": str(self.log), "FAKE_STAGES_REAL": "runtime,lut",
+                    # baselines real too: the deployed model is timed against the device's MobileNetV2
+                    "FAKE_STAGES_LOG": str(self.log), "FAKE_STAGES_REAL": "runtime,lut,baselines",
                     "SCAN_EDGE_CPU_LOCK": str(tmp / "cpu.lock"), "SCAN_EDGE_RESULTS_DIR": str(tmp / "results"),
                     "PREFECT_API_URL": PREFECT_API_URL.value() or "", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 
@@ -419,5 +618,111 @@ def test_a_real_onnxruntime_upgrade_leaves_every_door_in_agreement(prefect_harne
     assert ran == [] and ", 0 ran," in out
     ran, out = doors.run("new", "reproduce", "--dvc")
     assert ran == [] and f"Running stage 'runtime@{DEVICE}'" in out and "Running stage 'lut@" not in out
+    assert "reproduce --dvc: 0 stages ran, besides the 1 runtime probes, which always run" in out
     assert _sha(lut) == lut_digest, "no door measured the LUT again"
     assert set(doors.dvc_status()) == {f"runtime@{DEVICE}"}
+
+
+# --------------------------------------------------------------------------- --searches-only: every door agrees
+def _dvc_json(*argv: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "dvc", *argv, "--json"], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout or "{}")
+
+
+def _dvc_repro(project: Path, tmp: Path) -> list[str]:
+    """``dvc repro`` in ``project``: the stages it ran (its ``scan-edge stage`` commands run the
+    project with the fakes, runtime and LUT real: ``tests/_fake_stages.py``)."""
+    bin_dir = _fake_stages.write_wrapper(tmp / "bin", sys.executable, project).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_STAGES_REAL": "runtime,lut",
+           "FAKE_STAGES_LOG": str(tmp / "dvc-ran.log")}
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=project, env=env, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return re.findall(r"^Running stage '([^']+)'", done.stdout, re.MULTILINE)
+
+
+class SearchesOnly:
+    """A DVC project (a copy of this one, small params) after ``scan-edge reproduce`` and then
+    ``scan-edge reprofile --force --searches-only``, every door run in this process with the
+    expensive stages faked (runtime and LUT real): ``door(*argv)`` runs a ``scan-edge`` command
+    and returns (fake steps run, output)."""
+
+    probes = {f"runtime@{DEVICE}"}  # always run under DVC (README, "Why dvc repro always runs the runtime probe")
+
+    def __init__(self, tmp_path: Path, monkeypatch, capsys):
+        self.project, self.tmp, self.capsys = tmp_path / "project", tmp_path, capsys
+        self.project.mkdir()
+        _project_copy(self.project)
+        params = yaml.safe_load((self.project / "params.yaml").read_text())
+        params["pipeline"]["overlap_latency"] = False  # the lane's process would run the real stages, not fakes
+        (self.project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        monkeypatch.chdir(self.project)
+        self.log, spec = tmp_path / "ran.log", tmp_path / "spec.json"
+        spec.write_text(json.dumps(_dvc_outs(self.project)))
+        for name, value in {"FAKE_STAGES_SPEC": spec, "FAKE_STAGES_LOG": self.log,
+                            "SCAN_EDGE_CPU_LOCK": tmp_path / "cpu.lock", "SCAN_EDGE_RESULTS_DIR": tmp_path / "results",
+                            "DVC_NO_ANALYTICS": "1"}.items():
+            monkeypatch.setenv(name, str(value))
+        for name in ("PREFECT_SERVER_ANALYTICS_ENABLED", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"):
+            monkeypatch.delenv(name, raising=False)  # the CLI sets them (setdefault): restored afterwards
+        for name, info in list(STAGES.items()):
+            if name not in ("runtime", "lut"):
+                monkeypatch.setitem(STAGES, name, StageInfo(_fake_stages.fake(name), info.sections, info.code,
+                                                            info.measures_latency))
+        monkeypatch.setattr(reprofile, "measure_arch", lambda params, device, arch, root, version: 2.0)
+
+        ran, _ = self.door("reproduce")
+        assert "report" in ran and f"search@{DEVICE}-1.0" in ran
+        assert self.stale_in_status() == set() and set(_dvc_json("status")) == self.probes
+        ran, out = self.door("reprofile", "--force", "--searches-only")
+        assert f"search@{DEVICE}-1.0" in ran and f"calibration@{DEVICE}" in ran, out
+        assert not [step for step in ran if step.startswith(("finetune", "transfer", "detection", "report"))]
+        self.stale = self.stale_in_status()
+
+    def door(self, *argv: str) -> tuple[list[str], str]:
+        from flows.cli import main
+
+        self.log.write_text("")
+        self.capsys.readouterr()
+        assert main(list(argv)) == 0
+        return self.log.read_text().split(), self.capsys.readouterr().out
+
+    def stale_in_status(self) -> set[str]:
+        rows = json.loads(self.door("status", "--json")[1])
+        assert {row["state"] for row in rows if row["stage"].startswith("runtime@")} == {"always runs"}
+        return {row["stage"] for row in rows if row["state"] in ("stale", "never run")}
+
+
+def test_after_reprofile_searches_only_status_dvc_status_and_reproduce_agree(prefect_harness, tmp_path,
+                                                                             monkeypatch, capsys):
+    """After ``--searches-only``, ``scan-edge status`` names the steps downstream of the re-made
+    searches as stale and nothing else; ``dvc status`` names the first of them (it does not follow
+    the graph; the rest follows them in ``dvc dag``); ``scan-edge reproduce`` (Prefect) runs exactly
+    the steps status named, and then no door has anything to do."""
+    state = SearchesOnly(tmp_path, monkeypatch, capsys)
+    loaded = load_params("params.yaml")
+    device_steps = [s.id for s in reprofile.device_steps(loaded, DEVICE, "data")]
+    upstream = dvc_upstream()
+    downstream = {s.id for s in reprofile.dependent_steps(stages.pipeline_steps(loaded, "data"), device_steps,
+                                                          [DEVICE], loaded, upstream)}
+    stale = state.stale
+    assert {f"finetune@{DEVICE}-1.0", "transfer", "detection", "report"} <= stale <= downstream
+    assert not stale & {*device_steps, "dataset", "supernet", "pairs", "predictor"}
+    first = set(_dvc_json("status")) - state.probes
+    assert first and first <= stale and f"finetune@{DEVICE}-1.0" in first
+    assert all(upstream[step] & first for step in stale - first), "the rest follows what dvc status names"
+
+    ran, out = state.door("reproduce")
+    assert sorted(ran) == sorted(stale), "scan-edge reproduce (Prefect) runs what status named"
+    assert state.stale_in_status() == set() and set(_dvc_json("status")) == state.probes
+    assert state.door("reproduce")[0] == []
+
+
+@pytest.mark.slow  # ~2 min: dvc repro starts a scan-edge process per stage it runs
+def test_after_reprofile_searches_only_dvc_repro_runs_what_status_names(prefect_harness, tmp_path, monkeypatch,
+                                                                        capsys):
+    """DVC's own door on the same state: ``dvc repro`` runs exactly the steps ``scan-edge status``
+    named stale (besides the runtime probe), as ``scan-edge reproduce`` does."""
+    state = SearchesOnly(tmp_path, monkeypatch, capsys)
+    assert set(_dvc_repro(state.project, tmp_path)) - state.probes == state.stale
+    assert set(_dvc_json("status")) == state.probes and state.stale_in_status() == set()

@@ -37,8 +37,9 @@ def _entry(module: str, name: str) -> StageEntry:
 stage_dataset = _entry("data", "stage_dataset")
 stage_supernet, stage_pairs, stage_predictor = (_entry("training", n) for n in
                                                 ("stage_supernet", "stage_pairs", "stage_predictor"))
-stage_runtime, stage_lut, stage_calibration, stage_baselines = (
-    _entry("latency", n) for n in ("stage_runtime", "stage_lut", "stage_calibration", "stage_baselines"))
+stage_runtime = _entry("runtime_record", "stage_runtime")  # light: DVC's probe imports no torch
+stage_lut, stage_calibration, stage_baselines = (
+    _entry("latency", n) for n in ("stage_lut", "stage_calibration", "stage_baselines"))
 stage_search = _entry("search", "stage_search")
 stage_finetune, stage_transfer, stage_detection = (_entry("downstream", n) for n in
                                                    ("stage_finetune", "stage_transfer", "stage_detection"))
