@@ -153,7 +153,7 @@ def search_gain_table(table3, controls: Mapping[str, Any] | None, confidence: fl
             continue
         interval = difference_interval(ours["top1_seeds"], [r["top1_mean"] for r in randoms], confidence)
         sampling = entry.get("sampling") or {}
-        rows.append({"comparison": "ours vs random (same latency window, same supernet, same recipe and seeds)",
+        rows.append({"comparison": f"{ours['model']} vs random (same window, supernet, recipe and seeds)",
                      "model": ours["model"], "other": f"random controls of {run} ({len(randoms)})",
                      "setting": "equal: both inherited from the supernet, fine-tuned alike",
                      **_interval_columns(interval),
@@ -171,7 +171,8 @@ def search_gain_table(table3, controls: Mapping[str, Any] | None, confidence: fl
                        "equal images seen, baseline from scratch" if equal else
                        "paper's: ours from the supernet, baseline from scratch with the fine-tune budget only "
                        "(the gap includes the supernet's initialisation)")
-            rows.append({"comparison": f"ours vs {other['model']}", "model": ours["model"], "other": other["model"],
+            rows.append({"comparison": f"{ours['model']} vs {other['model']}", "model": ours["model"],
+                         "other": other["model"],
                          "setting": setting, **_interval_columns(interval),
                          "claim": claim(ours["model"], other["model"], interval), "note": ""})
     return pd.DataFrame(rows)

@@ -1,8 +1,9 @@
 """The controls stage: random architectures at the same latency, trained like ours (issue 16).
 
 For each controlled search (``controls.searches``: the first, or all) it draws
-``controls.count`` subnets uniformly from the search space under the search's constraints
-(``nas_core.controls``): the estimated latency in the target window and the params bound,
+``controls.count`` subnets from the search space's uniform distribution conditioned on the
+search's constraints (``nas_core.controls``, Gibbs sampling: no uniform draw reaches the
+targets): the estimated latency in the target window and the params bound,
 then each draw measured on the device the way the search's on-device check measures
 (``nas_core.search_run.DeviceMeasure`` through the device's access, so a board's draws are
 timed on the board) and kept only when measured within ``[-tolerance, 0]`` of the target
@@ -19,19 +20,21 @@ Writes ``controls/<run>/`` (``draws.json``, ``random<i>.arch.json``, ``random<i>
 fine-tunes, ``window.parquet``) and ``controls/summary.json``::
 
     {"seeds": [...], "config": {...}, "runs": {<run>: {
-        "run", "targets_ms", "tolerance", "params_m", "sampling": {rounds, uniform_draws,
+        "run", "targets_ms", "tolerance", "params_m", "sampling": {rounds, sampler, sweeps, genomes_evaluated,
         measured, accepted, requested, measured_on_device, message},
         "draws": [{arch_id, estimated_ms, measured_ms, within, round, params}],
         "controls": [{name, arch_id, compact, arch_json, predicted, estimated_ms, measured_ms,
                       params, inherited_top1, seeds, top1, top1_mean, top1_std, sources}],
         "predictor_window": {n, spearman, top_k, top_k_precision, chance, target,
-                             ours_rank, ours_percentile} | null}}}
+                             ours_inherited_top1, ours_percentile, window_ms, source} | null,
+        "seconds": {draw, finetune, window}}}}
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -91,12 +94,15 @@ def control_run(params: Mapping[str, Any], config: ControlsConfig, seeds: Sequen
     setup = search_setup(params, list(run.devices), predictor=layout.predictor, lut_dir=layout.lut_dir, out_dir=out)
     max_params = None if run.params_m is None else float(run.params_m) * 1e6
     draws_path = out / "draws.json"
+    started = time.perf_counter()
     if resume and draws_path.exists():
         drawn = read_json(draws_path)
     else:
         drawn = _draw(params, config, setup, run, targets, tolerance, max_params, summary, layout, index)
         write_json(draws_path, drawn)
     _say(f"controls {run.key}: {drawn['sampling']['message']}")
+    seconds = {"draw": round(time.perf_counter() - started, 1)}
+    started = time.perf_counter()
     accepted = [d for d in drawn["draws"] if d["within"]]
     genomes = np.array([d["genome"] for d in accepted], dtype=np.int64).reshape(len(accepted), -1)
     predicted = setup.predictor.predict_genomes(genomes) if len(accepted) else np.empty(0)
@@ -122,10 +128,13 @@ def control_run(params: Mapping[str, Any], config: ControlsConfig, seeds: Sequen
                          "train_images": (runs[0].get("train") or {}).get("images"),
                          "supernet_images": (runs[0].get("supernet") or {}).get("images"),
                          "sources": [str(out / name / f"seed{s}" / "metrics.json") for s in seeds]})
+    seconds["finetune"] = round(time.perf_counter() - started, 1)
+    started = time.perf_counter()
     window = _predictor_window(params, config, setup, run, targets, tolerance, max_params, drawn, layout, out, index)
+    seconds["window"] = round(time.perf_counter() - started, 1)
     return {"run": run.key, "targets_ms": targets, "tolerance": tolerance, "params_m": run.params_m,
             "sampling": drawn["sampling"], "draws": drawn["draws"], "controls": controls,
-            "predictor_window": window}
+            "predictor_window": window, "seconds": seconds}
 
 
 def _draw(params, config: ControlsConfig, setup, run: SearchRun, targets, tolerance, max_params, summary,
@@ -141,7 +150,8 @@ def _draw(params, config: ControlsConfig, setup, run: SearchRun, targets, tolera
     rng = np.random.default_rng([config.sample_seed, index])
     draws, sampling = draw_controls(setup.space, setup.catalog, setup.estimators, targets, config.count, measure_fn,
                                     rng, tolerance=tolerance, max_params=max_params, initial_ratio=ratio,
-                                    max_measured=config.measurement_budget, batch=config.batch,
+                                    max_measured=config.measurement_budget, method=config.sampler,
+                                    sweeps=config.sweeps, batch=config.batch,
                                     max_draws=config.max_draws, num_classes=setup.num_classes, log=_say)
     records = [{**dataclasses.asdict(d), "arch_id": setup.space.decode(np.asarray(d.genome)).arch_id}
                for d in draws]
@@ -162,8 +172,8 @@ def _predictor_window(params, config: ControlsConfig, setup, run: SearchRun, tar
     constraints = window_constraints(setup.catalog, setup.estimators, window, max_params, setup.num_classes)
     taken = {np.ascontiguousarray(d["genome"], dtype=np.int8).tobytes() for d in drawn["draws"]}
     rng = np.random.default_rng([config.sample_seed, index, 1])
-    genomes, _ = sample_in_window(setup.space, constraints, config.window_subnets, rng, batch=config.batch,
-                                  max_draws=config.max_draws, exclude=taken)
+    genomes, _ = sample_in_window(setup.space, constraints, config.window_subnets, rng, method=config.sampler,
+                                  sweeps=config.sweeps, batch=config.batch, max_draws=config.max_draws, exclude=taken)
     kinds = ["random"] * len(genomes)
     controls = [d["genome"] for d in drawn["draws"] if d["within"]]
     ours = setup.space.encode(resolve_arch(str(searched_arch(layout, run.key)), setup.space)[0])
