@@ -248,3 +248,35 @@ def test_equal_budget_epochs_count_the_supernet_s_images(tmp_path):
     params = {"finetune": {"epochs": 2, "batch_size": 64, "steps_per_epoch": 25}}
     # ours: 3,200 supernet images + 2 x 25 x 64 = 3,200 of its own; a baseline sees 6,400 in 4 epochs
     assert equal_budget_epochs(params, layout) == 4
+
+
+def test_finetune_seeds_keep_the_first_seed_s_model_and_add_the_others(tmp_path, monkeypatch):
+    from nas_core.io import read_json
+    from tasks import stages
+    from tasks.stages import downstream
+
+    calls = []
+
+    def fake_run(params, ref, *, data, supernet, out_root, name, init, resume, overwrite, progress):
+        finetune = params["finetune"]
+        calls.append((name, finetune.get("seed", 0), finetune.get("measure", True), Path(out_root)))
+        metrics = {"name": name, "finetuned": {"top1": 0.5 + 0.01 * finetune.get("seed", 0)}}
+        write_json(Path(out_root) / name / "metrics.json", metrics)
+        return metrics
+
+    monkeypatch.setattr(downstream, "run_finetune", fake_run)
+    layout = stages.Layout(tmp_path)
+    layout.manifest.parent.mkdir(parents=True)
+    layout.manifest.write_text("m")
+    params = {"finetune": {"seeds": [0, 2]}, "devices": {}, "pipeline": {"finetune_baselines":
+                                                                         {"mobilenetv2_100": "scratch"}}}
+    stages.stage_finetune(params, "mobilenetv2_100", tmp_path)
+    assert calls == [("mobilenetv2_100", 0, True, layout.finetune_root),  # the model, measured, where it always was
+                     ("seed2", 2, False, layout.finetune_seeds_root("mobilenetv2_100"))]  # a repeat, not re-timed
+    seeds = read_json(layout.finetune_metrics("mobilenetv2_100"))["seeds"]
+    assert seeds["seeds"] == [0, 2] and seeds["top1"] == [0.5, 0.52]
+    assert seeds["top1_mean"] == pytest.approx(0.51) and seeds["top1_std"] == pytest.approx(np.std([0.5, 0.52],
+                                                                                                    ddof=1))
+    calls.clear()
+    stages.stage_finetune(params, "mobilenetv2_100", tmp_path)  # the same inputs: the repeat is read back
+    assert [c[0] for c in calls] == ["mobilenetv2_100"]

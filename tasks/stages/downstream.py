@@ -118,7 +118,7 @@ def finetune_once(params: Mapping[str, Any], ref: str, layout: Layout, *, out_ro
         _launch_ranks(params, nproc, ["finetune", ref, "--data", str(layout.dataset), "--supernet", str(layout.supernet),
                                       "--out", str(out_root), "--name", name, "--init", init,
                                       *_restart_flag(resume)], layout)
-        return read_json(metrics_path)
+        return read_json(metrics_path) if metrics_path.exists() else {}  # rank 0 wrote it (unless stubbed)
     return run_finetune(params, ref, data=layout.dataset, supernet=layout.supernet, out_root=out_root,
                         name=name, init=init, resume=resume, overwrite=not resume, progress=sys.stderr.isatty())
 
