@@ -10,8 +10,10 @@ From a finished pipeline (``scan-edge reproduce``), for each search (``--searche
    same recipe and every seed of ``--seeds``; with ``--window-subnets`` more uniform subnets of the
    window score the accuracy predictor where the search uses it;
 3. the search gain: mean top-1 of ours (over seeds) minus the mean of the controls (each over
-   seeds), a 95 % Welch t-interval, and the sentence the report would word
-   (``nas_core.controls.claim``: "beats" only when the interval excludes zero).
+   seeds), a 95 % t-interval with seeds as blocks and the architectures drawn as a sample
+   (``nas_core.controls.blocked_difference_interval``; Welch's, which ignores the shared seeds,
+   beside it), and the sentence the report would word (``nas_core.controls.claim``: "beats"
+   only when the interval excludes zero).
 
 Everything is written under ``--work`` (a scratch root whose inputs link to ``--root``), so the
 pipeline's ``data/`` is left as it was; the figures go to ``--out``.
@@ -29,7 +31,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from nas_core.controls import ControlsConfig, claim, difference_interval, mean_std  # noqa: E402
+from nas_core.controls import (ControlsConfig, blocked_difference_interval, claim, difference_interval,  # noqa: E402
+                               mean_std)
 from nas_core.io import code_version, machine_fingerprint, read_json, utc_now, write_json  # noqa: E402
 from nas_core.layout import Layout  # noqa: E402
 from nas_core.params import load_params  # noqa: E402
@@ -103,7 +106,9 @@ def main(argv=None) -> int:
         ours = ours_seeds(params, root, work, run, args.seeds)
         entry = control_run(params, config, list(args.seeds), run, work, index)
         randoms = [c["top1_mean"] for c in entry["controls"]]
-        interval = difference_interval(ours["top1"], randoms)
+        interval = blocked_difference_interval(dict(zip(ours["seeds"], ours["top1"])),
+                                               [dict(zip(c["seeds"], c["top1"])) for c in entry["controls"]])
+        welch = difference_interval(ours["top1"], randoms)  # ignores that the seeds are shared: wider
         ours_mean, ours_std = mean_std(ours["top1"])
         random_mean, random_std = mean_std(randoms)
         row = {"run": run.key, "targets_ms": entry["targets_ms"], "ours": {**ours, "mean": ours_mean, "std": ours_std},
@@ -112,6 +117,7 @@ def main(argv=None) -> int:
                             for c in entry["controls"]],
                "random_mean": random_mean, "random_std_between_architectures": random_std,
                "gain": interval, "claim": claim(f"ours ({run.key})", "random at the same latency", interval),
+               "gain_welch": welch, "claim_welch": claim(f"ours ({run.key})", "random at the same latency", welch),
                "sampling": entry["sampling"], "predictor_window": entry["predictor_window"],
                "seconds": round(time.monotonic() - t0, 1)}
         rows.append(row)

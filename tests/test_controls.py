@@ -12,8 +12,8 @@ import pytest
 from scipy import stats
 
 from nas_core.block_catalog import BlockCatalog
-from nas_core.controls import (ControlsConfig, claim, difference_interval, draw_controls, mean_std, sample_in_window,
-                               window_constraints, window_quality)
+from nas_core.controls import (ControlsConfig, blocked_difference_interval, claim, difference_interval, draw_controls,
+                               mean_std, sample_in_window, window_constraints, window_quality)
 from nas_core.io import write_json
 from nas_core.search_constraints import BlockTableEstimator
 from nas_core.search_space import SearchSpace
@@ -129,6 +129,27 @@ def test_the_interval_matches_welch_and_a_claim_needs_it_to_exclude_zero():
                                                                                                 too_few)
     assert mean_std([0.5]) == (0.5, pytest.approx(math.nan, nan_ok=True))
     assert mean_std([0.5, 0.7])[1] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+
+
+def test_seeds_are_blocks_a_shared_seed_effect_does_not_hide_a_gain():
+    """Seed 0 trains every model 5 points lower (its data order): ours is 1 point above every
+    control at every seed. Welch's interval, blind to the blocks, includes 0; the blocked one does not."""
+    effect = {0: -0.05, 1: 0.0, 2: 0.01}
+    controls = [{s: 0.30 + a + e for s, e in effect.items()} for a in (-0.002, 0.0, 0.002, 0.001)]
+    ours = {s: 0.31 + e + n for (s, e), n in zip(effect.items(), (0.001, -0.001, 0.0))}
+    welch = difference_interval(list(ours.values()), [float(np.mean(list(c.values()))) for c in controls])
+    blocked = blocked_difference_interval(ours, controls)
+    assert welch["low"] < 0 < welch["high"]
+    assert blocked["low"] > 0 and blocked["diff"] == pytest.approx(welch["diff"])
+    assert claim("ours", "random", blocked).startswith("ours beats random")
+    assert "4 architectures" in blocked["method"]
+    # one other model: a paired t-interval, as scipy's
+    other = {0: 0.20, 1: 0.26, 2: 0.24}
+    paired = blocked_difference_interval(ours, [other])
+    reference = stats.ttest_rel(list(ours.values()), list(other.values())).confidence_interval(0.95)
+    assert (paired["low"], paired["high"]) == pytest.approx((reference.low, reference.high))
+    # one shared seed: Welch / one-sample on the values there are
+    assert blocked_difference_interval({0: 0.3}, [{0: 0.2}, {0: 0.25}])["method"].startswith("one-sample")
 
 
 def test_predictor_quality_in_the_window():
