@@ -104,7 +104,7 @@ def control_run(params: Mapping[str, Any], config: ControlsConfig, seeds: Sequen
     seconds = {"draw": round(time.perf_counter() - started, 1)}
     started = time.perf_counter()
     accepted = [d for d in drawn["draws"] if d["within"]]
-    genomes = np.array([d["genome"] for d in accepted], dtype=np.int64).reshape(len(accepted), -1)
+    genomes = np.array([d["genome"] for d in accepted], dtype=np.int64).reshape(len(accepted), len(setup.space.genes))
     predicted = setup.predictor.predict_genomes(genomes) if len(accepted) else np.empty(0)
     controls = []
     for i, (draw, score) in enumerate(zip(accepted, predicted)):
@@ -177,7 +177,8 @@ def _predictor_window(params, config: ControlsConfig, setup, run: SearchRun, tar
     kinds = ["random"] * len(genomes)
     controls = [d["genome"] for d in drawn["draws"] if d["within"]]
     ours = setup.space.encode(resolve_arch(str(searched_arch(layout, run.key)), setup.space)[0])
-    genomes = np.concatenate([genomes, np.array(controls, dtype=np.int64).reshape(len(controls), -1), ours[None]])
+    genomes = np.concatenate([genomes, np.array(controls, dtype=np.int64).reshape(len(controls), genomes.shape[1]),
+                              ours[None]])
     kinds += ["control"] * len(controls) + ["ours"]
     pairs = PairsConfig.from_dict(section(params, "pairs"))
     with stage_lock("shared"):
