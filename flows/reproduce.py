@@ -3,7 +3,9 @@
     dataset -> supernet -> pairs -> predictor
     per device: runtime -> lut -> calibration, baselines
     per search (device x target [x params bound]): search -> fine-tune (measured on the device)
-    baselines trained like ours -> transfer -> detection -> report
+    baselines trained like ours (and, with pipeline.equal_budget, on ours' total images)
+    random controls at the searches' measured latency, trained like ours (controls)
+    -> transfer -> detection -> report
 
 ``tasks.stages.pipeline_steps`` lists the steps in dependency order; the flow runs them one
 after the other, printing one progress line per step, with one exception: on a machine with

@@ -124,6 +124,9 @@ class FinetuneConfig(ClassificationRecipe):
     timing: dict | None = None           # nas_core.latency.timing.TimingConfig overrides
     export_openvino: bool = True
     export_tensorrt: bool = True         # only where TensorRT and a GPU are present
+    seeds: tuple[int, ...] = ()          # the pipeline's seeds (tasks.stages: the first is ``seed``'s run)
+    measure: bool = True                 # time the model on its devices (False: a repeat of a measured
+                                         # model with another seed, or a control measured when drawn)
 
 
 # --------------------------------------------------------------------------- latency
@@ -312,9 +315,12 @@ def finetune(ref: str, *, data_root: str | os.PathLike = DEFAULT_DATA,
         shape = (1, 3, config.deploy_resolution, config.deploy_resolution)
         exports = export_all(deployed, shape, out, config.export_openvino, config.export_tensorrt)
     searched_for = list((record.get("latency_ms") or {}).keys())
-    with lock("exclusive"):  # taken after the shared one is released: a holder cannot upgrade
-        latency = measure_latency(deployed, shape, [*searched_for, *config.devices], devices_section, config.timing,
-                                  onnx_path=exports["onnx"], access_of=access_of, job_name=f"finetune-{name}")
+    latency = {}
+    if config.measure:
+        with lock("exclusive"):  # taken after the shared one is released: a holder cannot upgrade
+            latency = measure_latency(deployed, shape, [*searched_for, *config.devices], devices_section,
+                                      config.timing, onnx_path=exports["onnx"], access_of=access_of,
+                                      job_name=f"finetune-{name}")
     if predicted_accuracy is None:
         predicted_accuracy = record.get("predicted_accuracy")
     metrics = {
@@ -324,16 +330,35 @@ def finetune(ref: str, *, data_root: str | os.PathLike = DEFAULT_DATA,
         "train_resolution": resolution, "deploy_resolution": config.deploy_resolution,
         "num_classes": data.num_classes, "latency_ms": latency, "searched_for": searched_for,
         "estimated_latency_ms": record.get("latency_ms"), "exports": exports,
-        "train": {"epochs": config.epochs, "seconds": round(seconds, 1),
+        "train": {"epochs": config.epochs, "seconds": round(seconds, 1), "seed": config.seed,
+                  "images": images_seen(log),
                   "final_loss": float(log["loss"].iloc[-1]) if len(log) else math.nan,
                   "distillation": distillation_enabled(config, model)},
-        "supernet": {"path": str(supernet_path), "sha256": file_sha256(supernet_path)} if inherited else None,
+        "supernet": {"path": str(supernet_path), "sha256": file_sha256(supernet_path),
+                     "images": supernet_images(supernet_path)} if inherited else None,
         "dataset": data.describe(), "config": config.to_dict(),
         "provenance": {"code_version": code_version(), "machine": machine_fingerprint(), "created": utc_now(),
                        "torch": torch.__version__},
     }
     write_json(out / METRICS_NAME, metrics)
     return metrics
+
+
+def images_seen(log) -> int | None:
+    """Training images a run has seen, from its train log (``nas_core.trainer``: images/s x
+    seconds per epoch = steps x batch); None without a log."""
+    if log is None or not len(log) or "images_per_s" not in log:
+        return None
+    return int(round(float((log["images_per_s"] * log["epoch_seconds"]).sum())))
+
+
+def supernet_images(supernet_path: Path | None) -> int | None:
+    """Images the supernet saw in training (its ``train_log.parquet`` beside ``supernet.pt``;
+    each sandwich step trains several subnets on the same batch: the images are counted once)."""
+    log_path = Path(supernet_path).parent / "train_log.parquet" if supernet_path is not None else None
+    if log_path is None or not log_path.exists():
+        return None
+    return images_seen(pd.read_parquet(log_path))
 
 
 # --------------------------------------------------------------------------- the comparison table

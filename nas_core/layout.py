@@ -19,6 +19,10 @@ Artifacts (``root`` = ``data/``)::
     search/<run>/                          one search: history, top-k, .arch.json, measurements
     search/<run>.json                      its summary (a DVC metric)
     finetune/<name>/                       metrics.json, model.pt, model.onnx, train_log.parquet
+    finetune/<name>/seeds/seed<s>/         the same model fine-tuned with the other finetune.seeds
+    controls/<run>/                        random-architecture controls of a search: draws, .arch.json,
+                                           random<i>/seed<s>/ fine-tunes (as finetune/<name>/)
+    controls/summary.json                  every control run's summary (Table 3's random rows)
     transfer/{dataset/,runs/,metrics.json} downstream classification (Table 5)
     detection/{dataset/,runs/,metrics.json}  SSDLite (Table 6)
     report/                                README.md, tables (Parquet), figures (PNG)
@@ -228,6 +232,21 @@ class Layout:
 
     def finetune_model(self, name: str) -> Path:
         return self.finetune_dir(name) / MODEL
+
+    def finetune_seeds_root(self, name: str) -> Path:
+        """Where the runs of ``finetune.seeds`` after the first live (``seed<s>/``, each as a fine-tune folder)."""
+        return self.finetune_dir(name) / "seeds"
+
+    @property
+    def controls_root(self) -> Path:
+        return self.root / "controls"
+
+    def controls_dir(self, run: str) -> Path:
+        return self.controls_root / run
+
+    @property
+    def controls_summary(self) -> Path:
+        return self.controls_root / "summary.json"
 
     @property
     def transfer(self) -> Path:

@@ -6,10 +6,18 @@
 ``README.md``
     every table as Markdown, each row ending with the artifact it came from, and the figures;
     a missing artifact is listed (with its path) instead of failing the report.
-``table3_models.parquet``   ours and the baselines trained the same way (fine-tune stage):
-    model, type, init, run, predicted (the accuracy predictor's score: top-1, or -loss when
-    ``predictor.target`` is loss), inherited / fine-tuned top-1, params, macs,
-    ``latency_ms.<device>`` (measured end to end), ``vs_mobilenetv2.<device>``, source
+``table3_models.parquet``   ours, the baselines trained the same way (fine-tune stage) and the
+    random controls (``random<i>_<run>``, controls stage): model, type, init, run, predicted (the
+    accuracy predictor's score: top-1, or -loss when ``predictor.target`` is loss), inherited /
+    fine-tuned top-1 (the first seed's), seeds, top1_mean, top1_std, top1_seeds, own_images,
+    supernet_images, train_images_seen, params, macs, ``latency_ms.<device>`` (measured end to
+    end), ``vs_mobilenetv2.<device>``, source
+``table3_search_gain.parquet`` did the search help: comparison, model, other, setting, diff_top1,
+    ci_low, ci_high, confidence, method, n_ours, n_other, claim, note (ours vs the random mean;
+    ours vs each baseline)
+``predictor_window.parquet`` the accuracy predictor on subnets of each controlled target window:
+    run, subnets, target, spearman, spearman_vs_top1, top_k, top_k_precision, chance,
+    ours_inherited_top1, ours_beats_share, source
 ``table3_latency.parquet``  the compared architectures timed as published (1000-class head):
     model, type, params, ``latency_ms.<device>``, ``vs_mobilenetv2.<device>``, source
 ``table4_searches.parquet`` one row per search: run, name, devices, params_bound_m,
@@ -36,6 +44,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from .controls import blocked_difference_interval, claim, mean_std
 from .io import code_version, machine_fingerprint, read_json, read_parquet, utc_now, write_parquet, write_text
 from .latency.calibration import plot_calibration
 from .layout import Layout
@@ -50,6 +59,8 @@ def model_type(name: str) -> str:
     """Table 3's "type" column: CNN or hybrid (convolutions + attention)."""
     if name.startswith("ours"):
         return "hybrid (searched)"
+    if name.startswith("random"):
+        return "hybrid (random control)"
     return "CNN" if name.startswith(CNN_MODELS) else "hybrid"
 
 
@@ -74,22 +85,124 @@ class Sources:
 
 
 # --------------------------------------------------------------------------- tables
-def table3_models(layout: Layout, names: Sequence[str], devices: Sequence[str], src: Sources):
-    """Ours and the trained baselines (``finetune/<name>/metrics.json``)."""
+def table3_models(layout: Layout, names: Sequence[str], devices: Sequence[str], src: Sources,
+                  controls: Mapping[str, Any] | None = None):
+    """Ours, the trained baselines (``finetune/<name>/metrics.json``) and the random controls
+    (``controls/summary.json``), each with its initialisation, the training images it has seen
+    (its own + the supernet's for an inherited model) and its seeds (top-1 mean ± std)."""
     rows = []
     for name in names:
         path = layout.finetune_metrics(name)
         m = src.json(path)
         if m is None:
             continue
+        seeds = m.get("seeds") or {"seeds": [(m.get("train") or {}).get("seed", (m.get("config") or {}).get("seed", 0))],
+                                   "top1": [m["finetuned"]["top1"]]}
+        mean, std = mean_std(seeds["top1"])
+        own, shared = (m.get("train") or {}).get("images"), (m.get("supernet") or {}).get("images")
         row = {"model": name, "type": model_type(name), "init": m.get("init"),
                "run": name.removeprefix("ours_") if name.startswith("ours_") else "",
                "predicted": m.get("predicted_accuracy"), "inherited_top1": (m.get("inherited") or {}).get("top1"),
-               "finetuned_top1": m["finetuned"]["top1"], "params": m["params"], "macs": m["macs"]}
+               "finetuned_top1": m["finetuned"]["top1"], "seeds": _seed_text(seeds["seeds"]), "top1_mean": mean,
+               "top1_std": std, "top1_seeds": list(seeds["top1"]), **_images(m.get("init"), own, shared),
+               "params": m["params"], "macs": m["macs"]}
         for device in devices:
             row[f"latency_ms.{device}"] = (m.get("latency_ms") or {}).get(device, {}).get("median_ms", math.nan)
         rows.append({**row, "source": str(path)})
+    for run, entry in ((controls or {}).get("runs") or {}).items():
+        for c in entry.get("controls") or []:
+            row = {"model": c["name"], "type": model_type(c["name"]), "init": "supernet", "run": run,
+                   "predicted": c.get("predicted"), "inherited_top1": c.get("inherited_top1"),
+                   "finetuned_top1": c["top1"][0], "seeds": _seed_text(c["seeds"]), "top1_mean": c["top1_mean"],
+                   "top1_std": c["top1_std"], "top1_seeds": list(c["top1"]),
+                   **_images("supernet", c.get("train_images"), c.get("supernet_images")),
+                   "params": c.get("params"), "macs": c.get("macs")}
+            for device in devices:  # measured when it was drawn (the same architecture, the same runtime)
+                row[f"latency_ms.{device}"] = (c.get("measured_ms") or {}).get(device, math.nan)
+            rows.append({**row, "source": ", ".join(c.get("sources") or [])})
     return _with_ratios(pd.DataFrame(rows), devices)
+
+
+def _seed_text(seeds: Sequence[int]) -> str:
+    return ",".join(str(s) for s in seeds)
+
+
+def _images(init: str | None, own: int | None, shared: int | None) -> dict[str, Any]:
+    """``own_images``, ``supernet_images`` (inherited models: the supernet's training, shared by
+    every subnet) and ``train_images_seen`` (their sum)."""
+    shared = shared if init == "supernet" else 0
+    total = None if own is None or shared is None else own + shared
+    return {"own_images": own, "supernet_images": shared, "train_images_seen": total}
+
+
+def search_gain_table(table3, controls: Mapping[str, Any] | None, confidence: float = 0.95):
+    """Did the search help? Per controlled search: ours vs the random controls, seeds as blocks
+    (``nas_core.controls.blocked_difference_interval``); and, per search, ours vs each baseline
+    (the paper's setting: ours from the supernet, baselines from scratch, so the gap includes
+    the initialisation). Each row: the difference of mean top-1 with its interval and the
+    sentence it allows (``nas_core.controls.claim``)."""
+    if table3 is None or table3.empty:
+        return pd.DataFrame()
+    rows = []
+    by_model = {r["model"]: r for _, r in table3.iterrows()}
+    ours_rows = [r for r in by_model.values() if str(r["model"]).startswith("ours_")]
+    for run, entry in ((controls or {}).get("runs") or {}).items():
+        ours = by_model.get(f"ours_{run}")
+        randoms = [r for r in by_model.values() if str(r["model"]).startswith("random") and r["run"] == run]
+        if ours is None:
+            continue
+        interval = blocked_difference_interval(_by_seed(ours), [_by_seed(r) for r in randoms], confidence)
+        sampling = entry.get("sampling") or {}
+        rows.append({"comparison": f"{ours['model']} vs random (same window, supernet, recipe and seeds)",
+                     "model": ours["model"], "other": f"random controls of {run} ({len(randoms)})",
+                     "setting": "equal: both inherited from the supernet, fine-tuned alike",
+                     **_interval_columns(interval),
+                     "claim": claim(ours["model"], f"random architectures at its latency (n={len(randoms)})",
+                                    interval),
+                     "note": sampling.get("message", "")})
+    for ours in ours_rows:
+        for other in by_model.values():
+            if str(other["model"]).startswith(("ours_", "random")):
+                continue
+            interval = blocked_difference_interval(_by_seed(ours), [_by_seed(other)], confidence)
+            same = other["init"] == ours["init"]
+            equal = "equal_budget" in str(other["model"])
+            setting = ("equal: same init" if same else
+                       "equal images seen, baseline from scratch" if equal else
+                       "paper's: ours from the supernet, baseline from scratch with the fine-tune budget only "
+                       "(the gap includes the supernet's initialisation)")
+            rows.append({"comparison": f"{ours['model']} vs {other['model']}", "model": ours["model"],
+                         "other": other["model"],
+                         "setting": setting, **_interval_columns(interval),
+                         "claim": claim(ours["model"], other["model"], interval), "note": ""})
+    return pd.DataFrame(rows)
+
+
+def _by_seed(row) -> dict[int, float]:
+    """A Table 3 row's fine-tuned top-1 per seed."""
+    return dict(zip((int(s) for s in str(row["seeds"]).split(",")), row["top1_seeds"]))
+
+
+def _interval_columns(interval: Mapping[str, Any]) -> dict[str, Any]:
+    return {"diff_top1": interval["diff"], "ci_low": interval["low"], "ci_high": interval["high"],
+            "confidence": interval["confidence"], "method": interval["method"], "n_ours": interval["n_ours"],
+            "n_other": interval["n_others"]}
+
+
+def predictor_window_table(controls: Mapping[str, Any] | None, path: Path):
+    """The accuracy predictor where the search uses it: subnets of each controlled search's
+    target window (``controls.window_subnets``), against their inherited scores."""
+    rows = []
+    for run, entry in ((controls or {}).get("runs") or {}).items():
+        w = entry.get("predictor_window")
+        if not w:
+            continue
+        rows.append({"run": run, "subnets": w.get("n"), "target": w.get("target"), "spearman": w.get("spearman"),
+                     "spearman_vs_top1": w.get("spearman_vs_top1"), "top_k": w.get("top_k"),
+                     "top_k_precision": w.get("top_k_precision"), "chance": w.get("chance"),
+                     "ours_inherited_top1": w.get("ours_inherited_top1"),
+                     "ours_beats_share": w.get("ours_percentile"), "source": w.get("source") or str(path)})
+    return pd.DataFrame(rows)
 
 
 def table3_latency(layout: Layout, devices: Sequence[str], src: Sources):
@@ -294,8 +407,12 @@ def build_report(root: str | Path, out_dir: str | Path, *, devices: Sequence[str
     layout = Layout(root)
     src = Sources(root)
     models = [f"ours_{run}" for run in searches] + list(baselines)
+    controls = src.json(layout.controls_summary)
+    table3 = table3_models(layout, models, devices, src, controls)
     tables = {
-        "table3_models": table3_models(layout, models, devices, src),
+        "table3_models": table3,
+        "table3_search_gain": search_gain_table(table3, controls),
+        "predictor_window": predictor_window_table(controls, layout.controls_summary),
         "table3_latency": table3_latency(layout, devices, src),
         "table4_searches": table4_searches(layout, searches, src),
         "table5_transfer": table5_transfer(layout, src),
@@ -322,6 +439,13 @@ def build_report(root: str | Path, out_dir: str | Path, *, devices: Sequence[str
     return written
 
 
+def _claims(gain) -> str:
+    """The sentences the search-gain table allows, one bullet each."""
+    if gain is None or gain.empty:
+        return "_no controls or baselines to compare (the controls / fine-tune stages have not run)_\n"
+    return "".join(f"- {c}\n" for c in gain["claim"]) + "\n"
+
+
 def readme(tables: Mapping[str, Any], figures: Mapping[str, Path], devices: Sequence[str], src: Sources,
            params: Mapping[str, Any] | None) -> str:
     lat = [f"latency_ms.{d}" for d in devices]
@@ -337,12 +461,28 @@ def readme(tables: Mapping[str, Any], figures: Mapping[str, Path], devices: Sequ
         "came from (`source`); the tables are also in this folder as Parquet. Latency: median of timed calls, "
         "batch 1; timings on a shared machine are indicative, ratios to MobileNetV2 within one table compare "
         "better than milliseconds.\n",
-        "## Table 3 — ours vs baselines trained the same way\n",
-        "Fine-tuned on the pipeline's dataset with the same recipe and budget; accuracy on its test split; "
-        "`predicted`: the accuracy predictor's score (its target is in the predictor table: top-1, or -loss); "
-        "latency measured end to end on each device (`finetune` stage).\n",
+        "## Table 3 — ours, random architectures at the same latency, and baselines\n",
+        "Fine-tuned on the pipeline's dataset with the same recipe, budget and seeds; accuracy on its test split. "
+        "`init`: where the weights start. The paper's setting is kept as it is: ours (and the random controls) "
+        "inherit from the supernet, the baselines start from scratch with the fine-tune budget only, so a gap "
+        "between them measures the initialisation as much as the architecture; `train_images_seen` counts the "
+        "supernet's training images too (shared by every subnet; each sandwich step trains several subnets on "
+        "one batch, counted once). `random<i>_<run>`: a subnet drawn uniformly from the space, measured within "
+        "the same [-3 %, 0] window of the target on the same device, fine-tuned like ours (`controls` stage; its "
+        "latency is the one measured when drawn). `predicted`: the accuracy predictor's score (top-1, or -loss); "
+        "`top1_mean` ± `top1_std` over `seeds`.\n",
         markdown_table(tables["table3_models"], ["model", "type", "init", "predicted", "inherited_top1",
-                                                 "finetuned_top1", "params", "macs", *lat, *ratio, "source"], millions),
+                                                 "finetuned_top1", "seeds", "top1_mean", "top1_std",
+                                                 "train_images_seen", "params", "macs", *lat, *ratio, "source"],
+                       {**millions, "train_images_seen": 1e3}),
+        "\n### Did the search help?\n",
+        "Differences of mean top-1 (ours minus the other) with a 95 % t-interval, seeds as blocks (a seed fixes "
+        "the data order of every model trained with it); against random architectures the interval also counts "
+        "which ones were drawn. A claim is worded only where the interval excludes zero. Ours vs random: the "
+        "same supernet, window, recipe and seeds, so the gap is the search's (predictor + evolution) alone.\n",
+        _claims(tables["table3_search_gain"]),
+        markdown_table(tables["table3_search_gain"], ["comparison", "setting", "diff_top1", "ci_low", "ci_high",
+                                                      "method", "n_ours", "n_other", "note"]),
         "\n### Latency of the compared architectures (as published, 1000-class head; `baselines` stage)\n",
         markdown_table(tables["table3_latency"], ["model", "type", "params", "macs", *lat, *ratio, "source"], millions),
         "\n## Table 4 — searches (latency; latency + parameter count `_<M>M`)\n",
@@ -364,6 +504,12 @@ def readme(tables: Mapping[str, Any], figures: Mapping[str, Path], devices: Sequ
         "\n## Accuracy predictor (Suppl. S4/S5)\n",
         "Held-out test pairs (used neither for training nor for model selection).\n",
         markdown_table(tables["accuracy_predictor"]),
+        "\n### Where the search uses it: subnets of the target window\n",
+        "Uniform subnets of each controlled search's latency window (and its controls), scored with inherited "
+        "weights as the pairs are: Spearman of the predictor vs the inherited score (its target; and vs top-1), "
+        "top-k precision (share of the predictor's top k that are in the measured top k; `chance` = k / n), and "
+        "the share of them ours beats on the inherited score (`controls.window_subnets`).\n",
+        markdown_table(tables["predictor_window"]),
         "\n## Figures\n",
     ]
     parts += [f"- `{name}`\n\n  ![{name}]({path.name})\n" for name, path in figures.items()]

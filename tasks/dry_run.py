@@ -57,6 +57,7 @@ DRY_RUN_OVERRIDES: dict[str, Any] = {
     "finetune": {"resolution": 32, "deploy_resolution": 64, "batch_size": 8, "eval_batch_size": 40,
                  "bn_calib_batches": 1, "bn_calib_batch_size": 8, "teacher_stand_in": STAND_IN_TEACHER,
                  "timing": TINY_TIMING, **TRAIN_STEPS},
+    "controls": {"count": 1, "searches": "first", "max_measured": 3, "window_subnets": 2},
     "transfer": {"resolution": 32, "batch_size": 8, "eval_batch_size": 40, "epochs": 1, "steps_per_epoch": 2,
                  "warmup_epochs": 0.5, "num_workers": 0},
     "detection": {"resolution": 64, "batch_size": 4, "epochs": 1, "steps_per_epoch": 2, "warmup_epochs": 0.5,
@@ -100,6 +101,10 @@ def dry_run_params(params: Mapping[str, Any], data: str | Path) -> tuple[dict[st
         constrained["devices"] = [d for d in constrained["devices"] if d in searched[:1]]
     notes.append(f"searches on {searched[:1]} (of {searched}) at {targets[:1]} (of {targets}) x MobileNetV2; "
                  "population and generations unchanged")
+    seeds = list(out["finetune"].get("seeds") or [])
+    if len(seeds) > 2:
+        out["finetune"]["seeds"] = seeds[:2]
+        notes.append(f"fine-tune seeds {seeds[:2]} (of {seeds}); one random control of the first search")
     notes.append(_check_baselines(out))
     for name in ("supernet", "finetune"):
         if out[name].get("teacher"):

@@ -22,7 +22,8 @@ from pathlib import Path
 from tasks.code_identity import PROJECT_PACKAGES, PROJECT_ROOT, code_files, relative_name
 from tasks.stages import STAGES
 
-DVC_STAGE_OF = {"search-params": "search", "finetune-params": "finetune", "finetune-baseline": "finetune"}
+DVC_STAGE_OF = {"search-params": "search", "finetune-params": "finetune", "finetune-baseline": "finetune",
+                "finetune-equal-budget": "finetune"}
 _STAGE_LINE = re.compile(r"^  ([A-Za-z0-9_-]+):\s*$")
 _DEPS_LINE = re.compile(r"^(\s+)deps:\s*(&\S+)?\s*$")  # a YAML anchor (`deps: &search_deps`) too
 _ITEM_LINE = re.compile(r"^(\s+)- (\S+)\s*$")

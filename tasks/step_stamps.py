@@ -40,6 +40,8 @@ def measured_devices(stage: str, params: Mapping[str, Any], options: Mapping[str
         return [options["device"]]
     if "devices" in options:
         return list(options["devices"])
+    if stage == "controls":  # the devices of the searches it controls (params only, no import)
+        return list(dict.fromkeys(d for run in stages.controlled_runs(params) for d in run.devices))
     # Fine-tune and detection: from their config, whose module imports torch (seconds). The
     # answer is memoised on disk by all it depends on: the stage's code and these params.
     memo = default_cache_file().parent / "measured-devices.json"

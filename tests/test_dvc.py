@@ -234,7 +234,7 @@ def test_dvc_repro_reruns_only_what_depends_on_a_changed_param(tmp_path, declare
     ran = set(_repro(project, bin_dir, log)) - always
     assert ran == {"search@ort_cpu_fp32-1.0", "search@openvino_cpu_fp32-1.0", "search-params@ort_cpu_fp32-1.0-2.5",
                    "finetune@ort_cpu_fp32-1.0", "finetune@openvino_cpu_fp32-1.0",
-                   "finetune-params@ort_cpu_fp32-1.0-2.5", "transfer", "detection", "report"}
+                   "finetune-params@ort_cpu_fp32-1.0-2.5", "controls", "transfer", "detection", "report"}
 
     # The Prefect door records what it made in dvc.lock (`dvc commit`), so `scan-edge status` agrees.
     from flows.reproduce import dvc_commit

@@ -83,7 +83,7 @@ def respelled_paths(source: str) -> list[tuple[int, str]]:
 
 def test_the_top_level_names_come_from_the_layout():
     assert {"dataset", "supernet", "pairs", "predictor", "runtime", "lut", "baselines", "search", "finetune",
-            "transfer", "detection", "report", "bundles", "reprofile", ".resume"} == TOP_LEVEL
+            "transfer", "detection", "report", "bundles", "reprofile", ".resume", "controls"} == TOP_LEVEL
 
 
 @pytest.mark.parametrize("snippet", [

@@ -29,7 +29,7 @@ SMOKE_STEPS = [
     "search@ort_cpu_fp32-1.0", "finetune@ort_cpu_fp32-1.0",
     "search@openvino_cpu_fp32-1.0", "finetune@openvino_cpu_fp32-1.0",
     "search-params@ort_cpu_fp32-1.0-2.5", "finetune-params@ort_cpu_fp32-1.0-2.5",
-    "finetune-baseline@mobilenetv2_100", "transfer", "detection", "report",
+    "finetune-baseline@mobilenetv2_100", "controls", "transfer", "detection", "report",
 ]
 
 
@@ -143,7 +143,7 @@ def test_stages_hold_the_cpu_lock_in_the_right_mode(smoke_params, tmp_path, monk
     assert seen == {"baselines": {lock: "exclusive"}, "predictor": {lock: "shared"}}
     assert _held() == {}
     assert {name for name, info in STAGES.items() if info.measures_latency} == {
-        "runtime", "lut", "calibration", "baselines", "search", "finetune", "detection"}
+        "runtime", "lut", "calibration", "baselines", "search", "finetune", "controls", "detection"}
 
 
 def test_torchrun_command_runs_the_stage_cli_under_torch_distributed(tmp_path):
@@ -208,7 +208,7 @@ def test_flow_reuses_cached_stages_and_reruns_only_what_depends_on_a_changed_par
     assert set(fakes.calls) - set(runtime_steps) == {
         "search@ort_cpu_fp32-1.0", "search@openvino_cpu_fp32-1.0", "search-params@ort_cpu_fp32-1.0-2.5",
         "finetune@ort_cpu_fp32-1.0", "finetune@openvino_cpu_fp32-1.0", "finetune-params@ort_cpu_fp32-1.0-2.5",
-        "transfer", "detection", "report"}
+        "controls", "transfer", "detection", "report"}
 
     (root / "predictor" / "metrics.json").unlink()  # a lost output: its stage runs again
     _run(fakes, edited, results)
@@ -308,6 +308,7 @@ def test_report_builds_tables_with_sources_and_lists_missing_artifacts(tmp_path)
     table4 = pd.read_parquet(written["table4_searches"]).iloc[0]
     assert table4["finetuned_top1"] == 0.72 and table4["measured_ms.dev"] == 7.8 and bool(table4["within"])
     text = written["readme"].read_text()
-    assert "| ours_dev@1.0x | hybrid (searched) | supernet | 0.5 | 0.4 | 0.72 | 4 | 12 | 10 | 1.25 |" in text
+    assert "| ours_dev@1.0x | hybrid (searched) | supernet | 0.5 | 0.4 | 0.72 | 0 | 0.72 | — | — | 4 | 12 | 10 | 1.25 |" \
+        in text
     assert str(root / "finetune" / "ours_dev@1.0x" / "metrics.json") in text
     assert "## Missing artifacts" in text and str(root / "lut" / "dev.fit.json") in text

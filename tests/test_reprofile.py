@@ -52,7 +52,8 @@ BLOCKS = "s1/ffn/w32/unified/k3/*/relu"  # 3 blocks, + the drift reference block
 # after 1 ms of warm-up did, about one run in three on this shared machine); still well under a second.
 QUICK = {"warmup_runs": 5, "warmup_ms": 10.0, "min_repeats": 30, "min_total_ms": 20.0, "max_repeats": 400,
          "max_total_ms": 200.0, "stability": 0.05, "check_every": 10}
-DOWNSTREAM = [f"finetune@ours_{DEVICE}@1.0x", "finetune@mobilenetv2_100", "transfer", "detection", "report"]
+DOWNSTREAM = [f"finetune@ours_{DEVICE}@1.0x", "finetune@mobilenetv2_100", "controls", "transfer", "detection",
+              "report"]
 
 
 def _small_params() -> dict:
@@ -119,8 +120,13 @@ def _install_fakes(monkeypatch, root: Path, calls: list) -> None:
             return {}
         return run
 
+    def controls(params, root=None):
+        calls.append("controls")
+        write_json(layout.controls_summary, {"runs": {}})
+        return {"summary": layout.controls_summary}
+
     fakes = {"calibration": calibration, "baselines": baselines, "search": search, "finetune": finetune,
-             **{stage: downstream(stage) for stage in ("transfer", "detection", "report")}}
+             "controls": controls, **{stage: downstream(stage) for stage in ("transfer", "detection", "report")}}
     for name, fake in fakes.items():
         info = STAGES[name]
         monkeypatch.setitem(STAGES, name, StageInfo(fake, info.sections, info.code, info.measures_latency))
@@ -165,7 +171,8 @@ def test_a_runtime_upgrade_reprofiles_the_device_brings_the_pipeline_up_to_date_
     assert sorted(calls[:2]) == [f"baselines@{DEVICE}", f"calibration@{DEVICE}"]
     assert calls[2:] == [f"search@{DEVICE}@1.0x", *DOWNSTREAM]
     assert list(outcome["steps"]) == [s.id for s in reprofile.device_steps(params, DEVICE, str(root))]
-    assert set(flow["downstream"]) == {f"finetune@{DEVICE}-1.0", "finetune-baseline@mobilenetv2_100", "transfer",
+    assert set(flow["downstream"]) == {f"finetune@{DEVICE}-1.0", "finetune-baseline@mobilenetv2_100", "controls",
+                                       "transfer",
                                        "detection", "report"}
     assert flow["recorded_in_dvc"] == [], "a root outside the DVC project is not recorded in dvc.lock"
 
@@ -414,8 +421,8 @@ def test_dependent_steps_follow_inputs_measured_devices_and_dvcs_graph():
     after = [s.id for s in reprofile.dependent_steps(plan, ort, ["ort_cpu_fp32"], params)]
     # every fine-tune measures on every searched device (its cache key holds their runtimes)
     assert after == ["finetune@ort_cpu_fp32-1.0", "finetune@openvino_cpu_fp32-1.0",
-                     "finetune-params@ort_cpu_fp32-1.0-2.5", "finetune-baseline@mobilenetv2_100", "transfer",
-                     "detection", "report"]
+                     "finetune-params@ort_cpu_fp32-1.0-2.5", "finetune-baseline@mobilenetv2_100", "controls",
+                     "transfer", "detection", "report"]
     assert after == [s.id for s in reprofile.dependent_steps(plan, ort, ["ort_cpu_fp32"], params, dvc_upstream())]
     # DVC's graph alone (a device nothing measures on): its searches' fine-tunes, transfer and detection
     upstream = {"transfer": {"search@x"}, "finetune@x": {"search@x"}}

@@ -11,7 +11,8 @@ By concern, each module readable on its own:
 * ``common``: params sections, the pipeline's search runs, resume stamps, messages;
 * ``data``: the dataset; ``training``: supernet, pairs, predictor and the torchrun launcher;
 * ``latency``: runtime record, LUT, calibration, baselines, and how a device is reached;
-* ``search``; ``downstream``: fine-tune, transfer, detection; ``report``;
+* ``search``; ``downstream``: fine-tune, transfer, detection; ``controls``: random
+  architectures at the same latency, trained like ours; ``report``;
 * ``registry``: :data:`STAGES` (function, params sections, code); ``planner``: the steps.
 
 Each stage function
@@ -54,7 +55,9 @@ import importlib
 _EXPORTS = {
     "DATA_ROOT": "nas_core.layout", "Layout": "nas_core.layout",
     "OURS": "common", "Paths": "common", "SearchRun": "common",
-    "_require": "common", "_say": "common", "finetune_baselines": "common", "input_digest": "common",
+    "_require": "common", "_say": "common", "controlled_runs": "common", "finetune_baselines": "common",
+    "finetune_seeds": "common", "equal_budget_baselines": "common", "EQUAL_BUDGET": "common",
+    "input_digest": "common",
     "parse_target": "common", "pipeline_section": "common", "resolve_model": "common",
     "resume_or_restart": "common", "search_devices": "common", "search_runs": "common", "section": "common",
     "DATASET_PATH_KEYS": "data", "stage_dataset": "data",
@@ -70,13 +73,14 @@ _EXPORTS = {
     "STAGES": "registry", "StageInfo": "registry", "_step_devices": "registry", "params_for": "registry",
     "stage_identity": "registry",
     "stage_report": "report",
+    "control_run": "controls", "stage_controls": "controls",
     "search_setup": "search", "searched_arch": "search", "stage_search": "search", "target_latencies": "search",
     "_launch_ranks": "training", "_torchrun": "training", "run_predictor": "training", "run_supernet": "training",
     "stage_pairs": "training", "stage_predictor": "training", "stage_supernet": "training",
     "torchrun_command": "training",
 }
-SUBMODULES = ("common", "data", "training", "runtimes", "latency", "search", "downstream", "report", "registry",
-              "planner")
+SUBMODULES = ("common", "data", "training", "runtimes", "latency", "search", "downstream", "controls", "report",
+              "registry", "planner")
 __all__ = sorted(_EXPORTS)
 
 

@@ -28,7 +28,7 @@ def section(params: Mapping[str, Any], name: str) -> dict:
 
 def pipeline_section(params: Mapping[str, Any]) -> dict:
     """``pipeline:``, the DAG's shape, with its documented keys checked."""
-    known = {"finetune_baselines", "params_constrained", "transfer_models", "transfer_data", "transfer_synthetic",
+    known = {"finetune_baselines", "equal_budget", "params_constrained", "transfer_models", "transfer_data", "transfer_synthetic",
              "detection_models", "detection_data", "torchrun", "overlap_latency"}
     values = section(params, "pipeline")
     unknown = sorted(set(values) - known)
@@ -102,6 +102,29 @@ def search_runs(params: Mapping[str, Any]) -> list[SearchRun]:
     return runs
 
 
+def controlled_runs(params: Mapping[str, Any]) -> list[SearchRun]:
+    """The searches that get random-architecture controls (``controls.searches``: ``first``, the
+    first search, whose model is "ours" downstream; or ``all``); none when ``controls.count`` is 0."""
+    controls = section(params, "controls")
+    if not int(controls.get("count", 0) or 0):
+        return []
+    runs = search_runs(params)
+    which = controls.get("searches", "first")
+    if which not in ("first", "all"):
+        raise ValueError(f"params controls.searches: first or all, not {which!r}")
+    return runs[:1] if which == "first" else runs
+
+
+def finetune_seeds(params: Mapping[str, Any]) -> list[int]:
+    """``finetune.seeds``: the seeds every fine-tuned row is trained with (the first one's
+    run is the model downstream stages use); default ``[finetune.seed]`` (0)."""
+    finetune = section(params, "finetune")
+    seeds = [int(s) for s in (finetune.get("seeds") or [finetune.get("seed", 0)])]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"params finetune.seeds: repeated seeds {seeds}")
+    return seeds
+
+
 def finetune_baselines(params: Mapping[str, Any]) -> dict[str, str]:
     """``pipeline.finetune_baselines``: model -> init (``scratch`` | ``supernet``)."""
     baselines = {str(k): str(v) for k, v in (pipeline_section(params).get("finetune_baselines") or {}).items()}
@@ -109,6 +132,17 @@ def finetune_baselines(params: Mapping[str, Any]) -> dict[str, str]:
         if init not in ("scratch", "supernet"):
             raise ValueError(f"params pipeline.finetune_baselines.{name}: init must be scratch or supernet, not {init!r}")
     return baselines
+
+
+EQUAL_BUDGET = "_equal_budget"  # <model>_equal_budget: pipeline.equal_budget's runs
+
+
+def equal_budget_baselines(params: Mapping[str, Any]) -> list[str]:
+    """``pipeline.equal_budget``: models trained from scratch with as many training images as
+    ours has seen in all (its share of the supernet's training plus its fine-tuning), as
+    ``<model>_equal_budget`` (the fine-tune stage)."""
+    models = [str(m) for m in (pipeline_section(params).get("equal_budget") or [])]
+    return [f"{m}{EQUAL_BUDGET}" for m in models]
 
 
 def resolve_model(name: str, params: Mapping[str, Any], layout: Layout, check: bool = True) -> Path | str:
@@ -119,7 +153,8 @@ def resolve_model(name: str, params: Mapping[str, Any], layout: Layout, check: b
         first = (section(params, "search").get("targets_vs_mobilenetv2") or [1.0])[0]
         name = SearchRun((search_devices(params)[0],), f"{first}x").model_name
     folder = layout.finetune_dir(name)
-    if folder.exists() or name.startswith("ours_") or name in finetune_baselines(params):
+    if folder.exists() or name.startswith("ours_") or name in finetune_baselines(params) or \
+            name in equal_budget_baselines(params):
         if check:
             _require(layout.finetune_model(name), f"the fine-tune stage (scan-edge stage finetune --name {name})")
         return folder

@@ -1,21 +1,25 @@
 """What follows a search: fine-tuning (ours and baselines), transfer (Table 5), detection (Table 6)."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
+
+import pandas as pd
 
 from nas_core import detection
 from nas_core import finetune as finetuning
 from nas_core.data.coco import find_coco_folder
 from nas_core.data.synthetic import generate_classification
 from nas_core.io import read_json, write_json
-from nas_core.layout import DATA_ROOT, Layout
+from nas_core.layout import DATA_ROOT, METRICS, Layout
 from nas_core.transfer import TransferConfig, transfer
 from tasks import stage_lock
-from tasks.stages.common import (Paths, _require, finetune_baselines, input_digest, pipeline_section, resolve_model,
-                                 resume_or_restart, section)
+from tasks.stages.common import (EQUAL_BUDGET, Paths, _require, equal_budget_baselines, finetune_baselines,
+                                 finetune_seeds, input_digest, pipeline_section, resolve_model, resume_or_restart,
+                                 section)
 from tasks.stages.latency import _access_of
 from tasks.stages.search import searched_arch
 from tasks.stages.training import _launch_ranks, _restart_flag, _torchrun_nproc
@@ -25,32 +29,98 @@ def stage_finetune(params: Mapping[str, Any], name: str, root: str | os.PathLike
     """Fine-tune a searched model (``ours_<run>``) or train a baseline the same way
     (``pipeline.finetune_baselines``), export it and measure it on its devices (``finetune:``;
     :func:`run_finetune`).
+
+    With several ``finetune.seeds`` the first seed's run is the model (``finetune/<name>/``,
+    what transfer and detection use) and each other seed trains the same model again in
+    ``finetune/<name>/seeds/seed<s>/`` (not re-timed: the architecture's latency does not
+    depend on the seed); ``metrics.json`` then gains ``seeds``: every seed's top-1, mean and std.
     """
     layout = Layout(root)
     if name.startswith("ours_"):
         ref, init = str(searched_arch(layout, name.removeprefix("ours_"))), "supernet"
+    elif name in equal_budget_baselines(params):
+        ref, init = name.removesuffix(EQUAL_BUDGET), "scratch"
+        _require(layout.supernet, "the supernet, whose training images the equal budget counts")
+        params = with_finetune(params, epochs=equal_budget_epochs(params, layout))
     else:
         baselines = finetune_baselines(params)
         if name not in baselines:
             raise KeyError(f"{name!r} is neither a searched model (ours_<run>) nor in pipeline.finetune_baselines "
                            f"({', '.join(baselines) or 'none'})")
         ref, init = name, baselines[name]
-    inputs = [layout.dataset, *([layout.supernet] if init == "supernet" else []),
+    counted = init == "supernet" or name in equal_budget_baselines(params)  # the equal budget reads its log
+    inputs = [layout.dataset, *([layout.supernet] if counted else []),
               *([Path(ref)] if ref.endswith(".json") else [])]
     for path in inputs:
         _require(path, "an input of the fine-tune stage")
+    seeds = finetune_seeds(params)
     identity = {"finetune": section(params, "finetune"), "ref": ref, "init": init,
                 "devices": section(params, "devices"), "inputs": input_digest(inputs)}
     resume = resume_or_restart(layout, f"finetune@{name}", identity)
+    first = with_finetune(params, seed=seeds[0]) if seeds[0] != section(params, "finetune").get("seed", 0) else params
+    finetune_once(first, ref, layout, out_root=layout.finetune_root, name=name, init=init, resume=resume)
+    if len(seeds) > 1:
+        repeats = [finetune_once(with_finetune(params, seed=s, measure=False, export_openvino=False,
+                                               export_tensorrt=False), ref, layout,
+                                 out_root=layout.finetune_seeds_root(name), name=f"seed{s}", init=init, resume=resume)
+                   for s in seeds[1:]]
+        metrics = read_json(layout.finetune_metrics(name))
+        top1 = [metrics["finetuned"]["top1"], *[m["finetuned"]["top1"] for m in repeats]]
+        metrics["seeds"] = seed_summary(seeds, top1, [str(layout.finetune_metrics(name)),
+                                                      *[str(layout.finetune_seeds_root(name) / f"seed{s}" / METRICS)
+                                                        for s in seeds[1:]]])
+        write_json(layout.finetune_metrics(name), metrics)
+    return {"finetune": layout.finetune_dir(name), "metrics": layout.finetune_metrics(name)}
+
+
+def equal_budget_epochs(params: Mapping[str, Any], layout: Layout) -> int:
+    """Epochs of ``finetune:`` that make a model from scratch see as many training images as
+    ours in all: the supernet's (its ``train_log.parquet``: every image counted once, though each
+    sandwich step trains several subnets on it) plus ours' fine-tuning."""
+    finetune = finetuning.FinetuneConfig.from_params(section(params, "finetune"))
+    shared = finetuning.supernet_images(layout.supernet)
+    if shared is None:
+        raise FileNotFoundError(f"{layout.supernet_log}: no supernet training log to count its images")
+    per_epoch = finetune.batch_size * (finetune.steps_per_epoch or train_batches(layout, finetune.batch_size))
+    return max(finetune.epochs, math.ceil(finetune.epochs + shared / per_epoch))
+
+
+def train_batches(layout: Layout, batch_size: int) -> int:
+    """Full batches per pass over the dataset's training split (the trainer drops the last one)."""
+    manifest = pd.read_parquet(layout.manifest, columns=["split"])
+    return max(1, int((manifest["split"] == "train").sum()) // batch_size)
+
+
+def with_finetune(params: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+    """``params`` with ``finetune:`` keys replaced (a seed, no measurement, no exports)."""
+    return {**params, "finetune": {**section(params, "finetune"), **changes}}
+
+
+def seed_summary(seeds: list[int], top1: list[float], sources: list[str]) -> dict[str, Any]:
+    """``metrics.json``'s ``seeds``: each seed's fine-tuned top-1, their mean and sample std."""
+    mean = sum(top1) / len(top1)
+    std = (sum((t - mean) ** 2 for t in top1) / (len(top1) - 1)) ** 0.5 if len(top1) > 1 else None
+    return {"seeds": list(seeds), "top1": list(top1), "top1_mean": mean, "top1_std": std, "sources": sources}
+
+
+def finetune_once(params: Mapping[str, Any], ref: str, layout: Layout, *, out_root: Path, name: str, init: str,
+                  resume: bool) -> dict[str, Any]:
+    """One fine-tune of ``ref`` into ``out_root/name`` with ``params``' ``finetune:`` (under
+    ``torchrun`` when ``pipeline.torchrun.nproc_per_node`` > 1); returns its metrics. A finished
+    unmeasured run of the same inputs (``resume``, ``finetune.measure`` false and its
+    ``metrics.json`` there) is read back, not redone; a measured one is resumed (its training is
+    done) and measured again, which is how a runtime upgrade re-times it."""
+    metrics_path = Path(out_root) / name / METRICS
+    if resume and metrics_path.exists() and not section(params, "finetune").get("measure", True):
+        return read_json(metrics_path)
     nproc = _torchrun_nproc(params)
     if nproc > 1:  # every rank runs `scan-edge finetune` (run_finetune); rank 0 exports and measures
         _launch_ranks(params, nproc, ["finetune", ref, "--data", str(layout.dataset), "--supernet", str(layout.supernet),
-                                      "--out", str(layout.finetune_root), "--name", name, "--init", init,
+                                      "--out", str(out_root), "--name", name, "--init", init,
                                       *_restart_flag(resume)], layout)
-    else:
-        run_finetune(params, ref, data=layout.dataset, supernet=layout.supernet, out_root=layout.finetune_root,
-                     name=name, init=init, resume=resume, overwrite=not resume, progress=sys.stderr.isatty())
-    return {"finetune": layout.finetune_dir(name), "metrics": layout.finetune_metrics(name)}
+        return read_json(metrics_path) if metrics_path.exists() else {}  # rank 0 wrote it (unless stubbed)
+    return run_finetune(params, ref, data=layout.dataset, supernet=layout.supernet, out_root=out_root,
+                        name=name, init=init, resume=resume, overwrite=not resume, progress=sys.stderr.isatty())
 
 
 def run_finetune(params: Mapping[str, Any], ref: str, *, data: str | os.PathLike, supernet: str | os.PathLike | None,

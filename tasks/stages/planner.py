@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nas_core.layout import DATA_ROOT, METRICS, Layout
-from tasks.stages.common import finetune_baselines, pipeline_section, resolve_model, search_devices, search_runs
+from tasks.stages.common import (controlled_runs, equal_budget_baselines, finetune_baselines, pipeline_section,
+                                 resolve_model, search_devices, search_runs)
 
 # Every stage, in the registry's order (tasks.stages.registry.STAGES; a test keeps the two equal):
 # what `scan-edge stage` offers without importing the stage modules' libraries.
 STAGE_NAMES = ("dataset", "supernet", "pairs", "predictor", "runtime", "lut", "calibration", "baselines", "search",
-               "finetune", "transfer", "detection", "report")
+               "finetune", "controls", "transfer", "detection", "report")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,13 +72,22 @@ def pipeline_steps(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROO
         reads = (L.manifest,) + ((L.supernet,) if init == "supernet" else ())
         steps.append(Step("finetune", f"finetune-baseline@{name}", (("name", name),), reads,
                           (L.finetune_metrics(name),)))
+    for name in equal_budget_baselines(params):  # from scratch, as many images as ours (the supernet's log says)
+        steps.append(Step("finetune", f"finetune-equal-budget@{name.removesuffix('_equal_budget')}", (("name", name),),
+                          (L.manifest, L.supernet), (L.finetune_metrics(name),)))
+    # Random-architecture controls (always a step, so dvc.yaml's is always planned; with
+    # controls.count 0 it writes an empty summary).
+    controlled = controlled_runs(params)
+    reads = [L.supernet, L.manifest, L.predictor, *[L.search_summary(r.key) for r in controlled],
+             *[p for r in controlled for dev in r.devices for p in (lut[dev].lut, lut[dev].fit, L.baselines(dev))]]
+    steps.append(Step("controls", "controls", inputs=tuple(dict.fromkeys(reads)), outputs=(L.controls_summary,)))
     pipeline = pipeline_section(params)
     for stage, key, metrics in (("transfer", "transfer_models", L.transfer_metrics),
                                 ("detection", "detection_models", L.detection_metrics)):
         models = [resolve_model(m, params, L, check=False) for m in pipeline.get(key) or []]
         reads = tuple(Path(m) / METRICS for m in models if isinstance(m, Path))
         steps.append(Step(stage, stage, inputs=reads, outputs=(metrics,)))
-    reported = ("predictor", "calibration", "baselines", "search", "finetune", "transfer", "detection")
+    reported = ("predictor", "calibration", "baselines", "search", "finetune", "controls", "transfer", "detection")
     read = tuple(p for step in steps if step.stage in reported for p in step.outputs if p.suffix != ".pt")
     steps.append(Step("report", "report", inputs=read, outputs=(L.report_readme,)))
     return steps

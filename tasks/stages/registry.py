@@ -43,6 +43,7 @@ stage_lut, stage_calibration, stage_baselines = (
 stage_search = _entry("search", "stage_search")
 stage_finetune, stage_transfer, stage_detection = (_entry("downstream", n) for n in
                                                    ("stage_finetune", "stage_transfer", "stage_detection"))
+stage_controls = _entry("controls", "stage_controls")
 stage_report = _entry("report", "stage_report")
 
 
@@ -69,7 +70,8 @@ class StageInfo:
 
 
 # What `ours` and baseline names in transfer / detection resolve to (resolve_model).
-_MODEL_CHOICE = ("pipeline.finetune_baselines", "search.devices", "search.targets_vs_mobilenetv2")
+_MODEL_CHOICE = ("pipeline.finetune_baselines", "pipeline.equal_budget", "search.devices",
+                 "search.targets_vs_mobilenetv2")
 
 STAGES: dict[str, StageInfo] = {
     "dataset": StageInfo(stage_dataset, ("dataset",)),
@@ -82,14 +84,18 @@ STAGES: dict[str, StageInfo] = {
     "baselines": StageInfo(stage_baselines, ("devices", "search_space", "baselines"), measures_latency=True),
     "search": StageInfo(stage_search, ("devices", "search_space", "search.evolution", "search.refine",
                                        "search.num_classes"), measures_latency=True),
-    "finetune": StageInfo(stage_finetune, ("devices", "finetune", "pipeline.finetune_baselines"),
+    "finetune": StageInfo(stage_finetune, ("devices", "finetune", "pipeline.finetune_baselines", "pipeline.equal_budget"),
                           measures_latency=True),
+    "controls": StageInfo(stage_controls, ("controls", "finetune", "pairs", "devices", "search_space", "search.refine",
+                                           "search.num_classes", "search.devices", "search.targets_vs_mobilenetv2",
+                                           "pipeline.params_constrained", "pipeline.torchrun"), measures_latency=True),
     "transfer": StageInfo(stage_transfer, ("transfer", "pipeline.transfer_models", "pipeline.transfer_data",
                                            "pipeline.transfer_synthetic", *_MODEL_CHOICE)),
     "detection": StageInfo(stage_detection, ("detection", "devices", "pipeline.detection_models",
                                              "pipeline.detection_data", *_MODEL_CHOICE), measures_latency=True),
     "report": StageInfo(stage_report, ("search.devices", "search.targets_vs_mobilenetv2",
-                                       "pipeline.params_constrained", "pipeline.finetune_baselines")),
+                                       "pipeline.params_constrained", "pipeline.finetune_baselines",
+                                       "pipeline.equal_budget")),
 }
 
 code_identity.register_stages(STAGES)

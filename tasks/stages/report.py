@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from nas_core.layout import DATA_ROOT, Layout
 from nas_core.report import build_report
 from tasks import stage_lock
-from tasks.stages.common import Paths, _say, finetune_baselines, search_devices, search_runs
+from tasks.stages.common import Paths, _say, equal_budget_baselines, finetune_baselines, search_devices, search_runs
 
 
 def stage_report(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT) -> Paths:
@@ -16,6 +16,7 @@ def stage_report(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT)
     with stage_lock("shared"):
         paths = build_report(layout.root, layout.report, devices=search_devices(params),
                              searches=[run.key for run in search_runs(params)],
-                             baselines=list(finetune_baselines(params)), params=params)
+                             baselines=[*finetune_baselines(params), *equal_budget_baselines(params)],
+                             params=params)
     _say(f"report: {paths['readme']}")
     return paths
