@@ -186,7 +186,12 @@ def estimator_or_none(params: Mapping[str, Any], device: str, lut: Path, fit: Pa
 
 
 def read_arch(path: Path | None) -> ArchConfig | None:
-    return None if path is None else SearchSpace().from_json(Path(path).read_text())
+    """A search's ``*.arch.json`` (the architecture under ``arch``, with the search's record
+    around it), or a bare architecture JSON."""
+    if path is None:
+        return None
+    data = read_json(path)
+    return SearchSpace().from_dict(data["arch"] if "arch" in data else data)
 
 
 def measure_arch(params: Mapping[str, Any], device: str, arch: ArchConfig, root: Path,

@@ -733,3 +733,13 @@ def test_after_reprofile_searches_only_dvc_repro_runs_what_status_names(prefect_
     state = SearchesOnly(tmp_path, monkeypatch, capsys)
     assert set(_dvc_repro(state.project, tmp_path)) - state.probes == state.stale
     assert set(_dvc_json("status")) == state.probes and state.stale_in_status() == set()
+
+
+def test_read_arch_takes_a_searchs_arch_file_and_a_bare_architecture(tmp_path):
+    arch = SearchSpace().smallest("fused", "gelu")
+    searched = tmp_path / "ort@5.9ms.arch.json"  # what the search writes: its record around the arch
+    write_json(searched, {"name": "ours", "arch": arch.to_dict(), "arch_id": arch.arch_id, "latency_ms": 5.9})
+    bare = tmp_path / "bare.json"
+    bare.write_text(arch.to_json())
+    assert reprofile.read_arch(searched).arch_id == reprofile.read_arch(bare).arch_id == arch.arch_id
+    assert reprofile.read_arch(None) is None
