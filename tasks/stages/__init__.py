@@ -68,7 +68,7 @@ _EXPORTS = {
     "_measurable": "latency", "device_access": "latency", "device_profile": "runtimes",
     "device_runtime_version": "runtimes", "run_calibration": "latency", "run_lut": "latency",
     "runtime_identity": "runtimes", "stage_baselines": "latency", "stage_calibration": "latency",
-    "stage_lut": "latency", "stage_runtime": "latency",
+    "stage_lut": "latency", "stage_runtime": "runtime_record",
     "STAGE_NAMES": "planner", "Step": "planner", "find_step": "planner", "pipeline_steps": "planner",
     "STAGES": "registry", "StageInfo": "registry", "_step_devices": "registry", "params_for": "registry",
     "stage_identity": "registry",

@@ -7,13 +7,12 @@ machine, a board's Prefect worker, or bundles), holding the CPU lock as
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from nas_core.io import read_provenance, write_json
+from nas_core.io import read_provenance
 from nas_core.latency import baselines as baseline_timing
 from nas_core.latency.calibration import CalibrationSettings, calibrate
 from nas_core.latency.devices import check_usable
@@ -58,20 +57,6 @@ def _locked(profile):
     """The CPU lock around a measurement on ``profile`` (``location.host_lock_mode``)."""
     mode = host_lock_mode(profile)
     return stage_lock(mode) if mode else contextlib.nullcontext()
-
-
-def stage_runtime(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> Paths:
-    """Record :func:`runtime_identity` in ``runtime/<device>.json`` (rewritten only when it
-    changed, so a runtime upgrade, and nothing else, re-runs the device's LUT under DVC)."""
-    path = Layout(root).runtime(device)
-    identity = runtime_identity(params, device, root)
-    try:
-        unchanged = json.loads(path.read_text()) == json.loads(json.dumps(identity))
-    except (OSError, ValueError):
-        unchanged = False
-    if not unchanged:
-        write_json(path, identity)
-    return {"runtime": path}
 
 
 def _measurable(params: Mapping[str, Any], device: str):
