@@ -97,6 +97,10 @@ class LutPaths:
     def block_timings(self) -> Path:
         return self.work / "timings.parquet"
 
+    def block_timings_pass(self, index: int) -> Path:
+        """The raw timings of LUT pass ``index`` (0: ``block_timings``; later passes re-time the slowest blocks)."""
+        return self.block_timings if index == 0 else self.work / f"timings.pass{index + 1}.parquet"
+
     @property
     def subnet_timings(self) -> Path:
         return self.work / "subnet_timings.parquet"

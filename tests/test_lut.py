@@ -16,6 +16,7 @@ from nas_core.efficiency_predictor import LatencyEstimator
 from nas_core.latency import calibration, lut, profiling_bundle, timing
 from nas_core.latency.calibration import SubnetChoice
 from nas_core.latency.devices import get_profile
+from nas_core.latency.location import LocalDevice
 from nas_core.latency.lut import LookupTable, LutError, LutPaths
 from nas_core.latency.timing import TimingConfig
 from nas_core.search_space import SearchSpace, SpaceSpec, StageSpec
@@ -389,6 +390,58 @@ def test_combine_passes_keeps_the_first_row_and_the_median_of_its_passes():
     assert by_id["a"]["pass_medians_ms"] == [1.0, 1.3, 1.1]
     assert by_id["a"]["pass_spread_pct"] == pytest.approx(100 * 0.3 / 1.1)
     assert by_id["b"]["median_ms"] == 2.0 and by_id["b"]["pass_spread_pct"] == 0.0  # missing from pass 3
+
+
+def test_lut_revisit_passes_retime_the_slowest_blocks_and_keep_their_median(tmp_path, exports):
+    paired = dataclasses.replace(ORT64, options={**ORT64.options, "paired_reference": True})
+    paths = LutPaths.for_device(ORT64.name, tmp_path, exports)
+    frame = lut.build_lut(paired, paths, block_filter=BLOCKS, passes=3, revisit_share=0.25, seed=1, **QUIET)
+    first, _ = timing.read_rows(paths.block_timings_pass(0))
+    later = [{row["id"]: row["median_ms"] for row in timing.read_rows(paths.block_timings_pass(i))[0]} for i in (1, 2)]
+    reference = io.read_provenance(paths.block_timings)["reference"]["id"]
+    slow = lut.slowest_block_ids(first, 0.25, keep_out=[reference])
+    assert len(slow) == round(0.25 * (len(first) - 1)) and set(later[0]) == set(later[1]) == {*slow, reference}
+    by_id = frame.set_index("block_id")["median_ms"]
+    first_ms = {row["id"]: row["median_ms"] for row in first}
+    for block_id in slow:  # revisited: the median of its three passes
+        assert by_id[block_id] == pytest.approx(np.median([first_ms[block_id], later[0][block_id], later[1][block_id]]))
+    quick = [b for b in first_ms if b not in slow and b != reference]
+    assert all(by_id[b] == first_ms[b] for b in quick)  # timed once
+    assert max(first_ms[b] for b in quick) <= min(first_ms[b] for b in slow)
+    # Later passes keep the first pass's scale (each pass would otherwise time its own).
+    scales = {io.read_provenance(paths.block_timings_pass(i))["reference"].get("yardstick_ms") for i in range(3)}
+    assert len(scales) == 1 and None not in scales
+    assert io.read_provenance(paths.lut)["passes"] == {"passes": 3, "revisit_share": 0.25}
+
+
+def test_slowest_block_ids_rank_by_median_and_reject_a_bad_share():
+    rows = [{"id": "a", "median_ms": 0.5}, {"id": "ref", "median_ms": 9.0}, {"id": "b", "median_ms": 2.0},
+            {"id": "c", "median_ms": 1.0}, {"id": "d", "median_ms": 0.1}]
+    assert lut.slowest_block_ids(rows, 0.5, keep_out=["ref"]) == ["b", "c"]
+    assert lut.slowest_block_ids(rows, 0.01, keep_out=["ref"]) == ["b"]  # at least one
+    for share in (0.0, 1.5):
+        with pytest.raises(ValueError, match="revisit_share"):
+            lut.slowest_block_ids(rows, share)
+
+
+def test_openvino_passes_load_compiled_models_from_a_cache_removed_afterwards(tmp_path, exports):
+    pytest.importorskip("openvino")
+    profile = dataclasses.replace(get_profile("openvino_cpu_fp32"), resolution=64)
+    paths = LutPaths.for_device(profile.name, tmp_path, exports)
+    folder = lut.export_folder(paths.exports, 64, 1) / "blocks"
+    block = CATALOG64.blocks[CATALOG64.index[BLOCKS[0]]]
+    onnx = lut.export_blocks([block], folder, SPACE, 1, progress=False)[block.block_id]
+    blobs = []
+    with lut.compiled_model_cache(profile, LocalDevice(profile), paths):
+        cache = paths.work / "openvino_cache"
+        timing.open_session(onnx, lut.block_input_shape(block, 1), profile.to_settings()).close()
+        blobs = list(cache.glob("*.blob"))
+    assert len(blobs) == 1 and not cache.exists()
+    # Other runtimes, boards and single passes: nothing cached.
+    with lut.compiled_model_cache(ORT64, LocalDevice(ORT64), paths):
+        assert not (paths.work / "openvino_cache").exists()
+    with lut.compiled_model_cache(profile, LocalDevice(profile), paths, enabled=False):
+        assert not (paths.work / "openvino_cache").exists()
 
 
 # ----------------------------------------------------------------------------- remote devices

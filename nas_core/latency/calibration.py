@@ -14,6 +14,9 @@ What this module adds, each a named option with the paper's choice as default:
 * **The model** (``models``, ``nas_core.latency.latency_model``): the paper's line, or
   per-group scales and a per-block term, chosen by leave-one-out error on the calibration
   subnets; the held-out (validation) subnets only score the chosen model.
+* **Passes** (``passes``): each subnet timed in several passes minutes apart, its median
+  kept; on OpenVINO the later passes load the first pass's compiled models
+  (``lut.compiled_model_cache``) instead of compiling them again.
 * **The figures** nn-Meter and LitePred report on the held-out subnets: MAPE, RMSPE, max
   error, Spearman, share within ±5 % and ±10 %, for the raw LUT sum, the paper's line, the
   chosen model and the zero-cost proxies of Suppl. S4 (MACs, params, each after its own line).
@@ -82,7 +85,8 @@ from nas_core.latency.latency_model import (PAPER_MODEL, LatencyModel, Selection
                                             select_model)
 from nas_core.latency.location import DeviceAccess, LocalDevice, TimingJob
 from nas_core.latency.lut import (CLOCKS, LookupTable, LutError, LutPaths, block_input_shape, blocks_of,
-                                  check_same_code, export_blocks, export_folder, profile_clock, reference_block)
+                                  check_same_code, combine_passes, compiled_model_cache, export_blocks, export_folder,
+                                  profile_clock, reference_block)
 from nas_core.latency.measure import TorchSession, require_usable
 from nas_core.latency.subnet_sampling import (DEFAULT_BAND, DEFAULT_OUTSIDE, ROLES, SAMPLINGS, Band, SubnetChoice,
                                               choose_subnets)
@@ -240,25 +244,6 @@ def measure_subnets(choices: Sequence[SubnetChoice], profile: DeviceProfile, pat
                     max_retries, drift_pause_s, {"space": space.version, "export_key": key},
                     expected_runtime_version=expected_runtime_version, yardstick_ms=yardstick_ms, whole_networks=True)
     return access.time(job, out, resume=resume, progress=progress, open_fn=open_fn, on_measured=on_measured)
-
-
-def combine_passes(passes: Sequence[Sequence[Mapping]]) -> list[dict]:
-    """One row per model from several passes' rows: the first pass's row with ``median_ms``
-    the median of the passes' medians and ``pass_spread_pct`` their range (% of it). A model
-    missing from a pass keeps the passes that have it."""
-    medians: dict[str, list[float]] = {}
-    first: dict[str, dict] = {}
-    for rows in passes:
-        for row in rows:
-            first.setdefault(row["id"], dict(row))
-            medians.setdefault(row["id"], []).append(float(row["median_ms"]))
-    combined = []
-    for model_id, row in first.items():
-        values = medians[model_id]
-        median = float(np.median(values))
-        combined.append({**row, "median_ms": median, "pass_medians_ms": values,
-                         "pass_spread_pct": 100.0 * (max(values) - min(values)) / median if median > 0 else 0.0})
-    return combined
 
 
 def _subnet_entries(choices, reference, profile, paths, space, seed, progress):
@@ -511,15 +496,16 @@ def calibrate(profile: DeviceProfile, paths: LutPaths | None = None, *, space: S
         raise LutError(f"{paths.lut} lacks {len(lacking)} blocks the subnets use (e.g. {', '.join(lacking[:5])}); "
                        f"complete it first (scan-edge lut build --device {profile.name} --resume)")
     config = config or TimingConfig.from_dict(settings.timing or lut.provenance.get("timing"))
-    passes = [measure_subnets(subnets, profile, paths, lut.provenance["reference"]["id"], space=space,
-                              resume=resume, seed=settings.seed + index, config=config, check_every=check_every,
-                              drift_tolerance=drift_tolerance, max_retries=max_retries, drift_pause_s=drift_pause_s,
-                              progress=progress, access=access,
-                              expected_runtime_version=None if access.location == "local"
-                              else lut.identity.get("runtime_version"),
-                              yardstick_ms=(lut.provenance.get("reference") or {}).get("yardstick_ms"),
-                              out=paths.subnet_timings_pass(index))
-              for index in range(settings.passes)]  # each pass in its own order (seed + index)
+    with compiled_model_cache(profile, access, paths, enabled=settings.passes > 1):
+        passes = [measure_subnets(subnets, profile, paths, lut.provenance["reference"]["id"], space=space,
+                                  resume=resume, seed=settings.seed + index, config=config, check_every=check_every,
+                                  drift_tolerance=drift_tolerance, max_retries=max_retries, drift_pause_s=drift_pause_s,
+                                  progress=progress, access=access,
+                                  expected_runtime_version=None if access.location == "local"
+                                  else lut.identity.get("runtime_version"),
+                                  yardstick_ms=(lut.provenance.get("reference") or {}).get("yardstick_ms"),
+                                  out=paths.subnet_timings_pass(index))
+                  for index in range(settings.passes)]  # each pass in its own order (seed + index)
     frame = calibration_frame(subnets, combine_passes(passes), lut_ms, catalog, profile.name)
     described = {"n_calibration": _count(subnets, "calibration"), "n_validation": _count(subnets, "validation"),
                  "passes": settings.passes, "seed": settings.seed, "sampling": "given" if given else settings.sampling,

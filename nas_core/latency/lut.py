@@ -15,6 +15,7 @@ Files (``nas_core.layout.LutPaths``; default root ``data/lut``)::
 
     <device>.parquet                 the LUT (schema below)
     _work/<device>/timings.parquet   raw, resumable timing table (``timing``'s schema)
+    _work/<device>/timings.passN.parquet   revisit passes over the slowest blocks (``passes`` > 1)
     _work/onnx/r<res>_b<batch>_<key>/blocks/*.onnx   exported blocks, shared by devices
     _work/onnx/r<res>_b<batch>_<key>/subnets/*.onnx  exported calibration subnets; <key>
                                      hashes the code that builds them (``export_key``), so
@@ -62,14 +63,16 @@ Parquet metadata (``nas_core.io.read_provenance``): ``kind`` = ``latency_lut``, 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import hashlib
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -82,7 +85,7 @@ from nas_core.latency.devices import DeviceProfile, check_usable
 from nas_core.latency.export import ONNX_OPSET, export_onnx
 from nas_core.latency.location import DeviceAccess, LocalDevice, TimingJob, Yardstick
 from nas_core.latency.measure import TorchSession, safe_file_stem
-from nas_core.latency.timing import ModelEntry, TimingConfig
+from nas_core.latency.timing import ModelEntry, TimingConfig, openvino_model_cache
 from nas_core.layout import DATA, LutPaths
 from nas_core.search_space import SearchSpace
 
@@ -226,11 +229,21 @@ def _torch_block_opener(catalog: BlockCatalog, seed: int):
 
 
 # --------------------------------------------------------------------------- building a LUT
+# Revisit passes. A block is timed in one window of a fraction of a second, and this host's
+# speed moves over seconds; pairing each call with the small reference block cancels much of it
+# for small blocks but not for the slow ones, whose time is memory-bound where the reference's
+# is not (two LUT builds, OpenVINO: median |move| 3.5 % over all blocks, 10.9 % over the slowest
+# quarter). The slow blocks carry most of a subnet's sum, so they are the ones worth timing again
+# in later windows: the median of three passes over them costs a fraction of a whole second pass.
+DEFAULT_REVISIT_SHARE = 0.3
+
+
 def build_lut(profile: DeviceProfile, paths: LutPaths | None = None, *, space: SearchSpace | None = None,
               block_filter: BlockFilter = None, limit: int | None = None, reference_id: str | None = None,
               resume: bool = True, seed: int = 0, config: TimingConfig | None = None, check_every: int = 10,
               drift_tolerance: float = 0.10, max_retries: int = 2, drift_pause_s: float = 2.0,
-              progress: bool = True, on_measured: Callable | None = None, access: DeviceAccess | None = None):
+              progress: bool = True, on_measured: Callable | None = None, access: DeviceAccess | None = None,
+              passes: int = 1, revisit_share: float = DEFAULT_REVISIT_SHARE):
     """Time the chosen blocks on ``profile`` and write the LUT to ``paths.lut``; returns it.
 
     ``access`` is where the blocks are timed (``nas_core.latency.location``; default: this
@@ -242,7 +255,8 @@ def build_lut(profile: DeviceProfile, paths: LutPaths | None = None, *, space: S
     with other settings, runtime version or machine raises instead of mixing); rows of
     blocks outside this call's selection that an earlier run measured are kept.
     ``on_measured(id, TimingResult)`` is passed to ``profile_models`` (tests interrupt
-    with it). The caller holds any machine-wide CPU lock.
+    with it). ``passes`` > 1 re-times the slowest ``revisit_share`` of the blocks in that
+    many passes in all (``_revisit_slowest``). The caller holds any machine-wide CPU lock.
     """
     paths = paths or LutPaths.for_device(profile.name)
     space = space or SearchSpace()
@@ -256,13 +270,78 @@ def build_lut(profile: DeviceProfile, paths: LutPaths | None = None, *, space: S
     entries, open_fn = _block_entries(chosen, profile, paths, space, catalog, seed, progress)
     job = TimingJob("lut", tuple(entries), reference.block_id, config, seed, check_every, drift_tolerance,
                     max_retries, drift_pause_s, {"space": space.version, "export_key": key})
-    rows = access.time(job, paths.block_timings, resume=resume, progress=progress, open_fn=open_fn,
-                       on_measured=on_measured)
+    with compiled_model_cache(profile, access, paths, enabled=passes > 1):
+        rows = access.time(job, paths.block_timings, resume=resume, progress=progress, open_fn=open_fn,
+                           on_measured=on_measured)
+        if passes > 1:
+            rows = _revisit_slowest(rows, job, paths, access, passes, revisit_share, resume, progress, open_fn)
     source = "host" if access.location == "local" else access.location
     frame, provenance = assemble_lut(rows, read_provenance(paths.block_timings), catalog, profile, source=source)
+    provenance["passes"] = {"passes": passes, "revisit_share": revisit_share if passes > 1 else None}
     write_parquet(paths.lut, frame, provenance)
     frame.attrs["provenance"] = provenance
     return frame
+
+
+def slowest_block_ids(rows: Sequence[Mapping], share: float, keep_out: Iterable[str] = ()) -> list[str]:
+    """The ids of the slowest ``share`` of ``rows`` by median (at least one when any), ``keep_out`` excepted."""
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"lut.revisit_share must be in (0, 1], not {share!r}")
+    keep_out = set(keep_out)
+    candidates = sorted((r for r in rows if r["id"] not in keep_out), key=lambda r: -float(r["median_ms"]))
+    return [r["id"] for r in candidates[:max(1, round(share * len(candidates)))]] if candidates else []
+
+
+def _revisit_slowest(rows, job: TimingJob, paths: LutPaths, access: DeviceAccess, passes: int, share: float,
+                     resume: bool, progress: bool, open_fn) -> list[dict]:
+    """Passes 2..``passes`` over the slowest blocks of the first, each in its own order and on
+    the first pass's scale; a revisited block's median is the median of its passes."""
+    slow = set(slowest_block_ids(rows, share, keep_out=[job.reference_id]))
+    scale = (read_provenance(paths.block_timings).get("reference") or {}).get("yardstick_ms")
+    entries = tuple(e for e in job.entries if e.id in slow or e.id == job.reference_id)
+    revisit = dataclasses.replace(job, entries=entries, yardstick_ms=scale)
+    later = [access.time(dataclasses.replace(revisit, name=f"lut-pass{index + 1}", seed=job.seed + index),
+                         paths.block_timings_pass(index), resume=resume, progress=progress, open_fn=open_fn)
+             for index in range(1, passes)]
+    return combine_passes([rows, *later])
+
+
+@contextlib.contextmanager
+def compiled_model_cache(profile: DeviceProfile, access: DeviceAccess, paths: LutPaths,
+                         enabled: bool = True) -> Iterator[None]:
+    """Models timed in several passes on this machine's OpenVINO are compiled once: the
+    compiled blobs wait in ``paths.work/openvino_cache`` for the later passes and are removed
+    at the end (``timing.openvino_model_cache``). Other runtimes and boards: nothing to do."""
+    if not enabled or profile.backend != "openvino" or access.location != "local":
+        yield
+        return
+    folder = paths.work / "openvino_cache"
+    shutil.rmtree(folder, ignore_errors=True)  # an interrupted run's blobs: stale or not, recompiled
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with openvino_model_cache(folder):
+            yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def combine_passes(passes: Sequence[Sequence[Mapping]]) -> list[dict]:
+    """One row per model from several passes' rows: the first pass's row with ``median_ms``
+    the median of the passes' medians and ``pass_spread_pct`` their range (% of it). A model
+    missing from a pass keeps the passes that have it."""
+    medians: dict[str, list[float]] = {}
+    first: dict[str, dict] = {}
+    for rows in passes:
+        for row in rows:
+            first.setdefault(row["id"], dict(row))
+            medians.setdefault(row["id"], []).append(float(row["median_ms"]))
+    combined = []
+    for model_id, row in first.items():
+        values = medians[model_id]
+        median = float(np.median(values))
+        combined.append({**row, "median_ms": median, "pass_medians_ms": values,
+                         "pass_spread_pct": 100.0 * (max(values) - min(values)) / median if median > 0 else 0.0})
+    return combined
 
 
 def yardstick(profile: DeviceProfile, paths: LutPaths, space: SearchSpace | None = None) -> Yardstick | None:

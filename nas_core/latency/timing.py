@@ -11,7 +11,7 @@ from .runner.cli import build_parser, load_manifest, main, runtime_report
 from .runner.host import atomic_path, load_average, machine_fingerprint, pinned_cpus, utc_now
 from .runner.profiling import BASELINE_TIMINGS, Opener, profile_models
 from .runner.sessions import (ORT_DEVICE_PROVIDERS, OpenVinoSession, OrtSession, TensorRtSession, make_input,
-                              open_entry, open_session, runtime_identity)
+                              open_entry, open_session, openvino_model_cache, runtime_identity)
 from .runner.settings import (MANIFEST_FORMAT, MANIFEST_NAME, ONNX_BACKENDS, SETTINGS_KEYS, ModelEntry,
                               normalise_settings)
 from .runner.table import (IDENTITY_KEYS, PROVENANCE_KEY, ROW_SCHEMA, check_same_identity, read_rows, run_identity,
@@ -52,6 +52,7 @@ __all__ = [
     "normalise_settings",
     "open_entry",
     "open_session",
+    "openvino_model_cache",
     "pinned_cpus",
     "profile_models",
     "read_rows",

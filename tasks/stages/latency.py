@@ -18,7 +18,7 @@ from nas_core.latency.calibration import CalibrationSettings, calibrate
 from nas_core.latency.devices import check_usable
 from nas_core.latency.location import device_access as access_of
 from nas_core.latency.location import host_lock_mode
-from nas_core.latency.lut import build_lut, yardstick
+from nas_core.latency.lut import DEFAULT_REVISIT_SHARE, build_lut, yardstick
 from nas_core.latency.timing import TimingConfig
 from nas_core.layout import DATA_ROOT, Layout
 from nas_core.search_run import REFERENCE_MODEL, reference_latency_ms
@@ -119,7 +119,8 @@ def run_lut(params: Mapping[str, Any], profile, paths, *, resume: bool = False, 
         return build_lut(profile, paths, block_filter=lut.get("blocks"), limit=lut.get("limit"), resume=resume,
                          reference_id=lut.get("reference_block"), seed=lut.get("seed", 0), config=_timing(lut),
                          check_every=lut.get("check_every", 10), drift_tolerance=lut.get("drift_tolerance", 0.10),
-                         progress=progress, access=access)
+                         progress=progress, access=access, passes=int(lut.get("passes", 1)),
+                         revisit_share=float(lut.get("revisit_share", DEFAULT_REVISIT_SHARE)))
 
 
 def stage_calibration(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT) -> Paths:

@@ -6,12 +6,13 @@ a board has only its own runtime installed.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -163,6 +164,20 @@ def _openvino_core():
 
         _OV_CORE = openvino.Core()
     return _OV_CORE
+
+
+@contextlib.contextmanager
+def openvino_model_cache(folder: str | os.PathLike) -> Iterator[None]:
+    """Compiled OpenVINO models are cached in ``folder`` inside the block (``CACHE_DIR`` of
+    this process's core): a model timed again in a later pass loads its compiled blob instead
+    of compiling anew (a subnet: ~0.1 s instead of ~0.35 s here). The blob is the compiled
+    model itself, so the timings are those of a fresh compile."""
+    core = _openvino_core()
+    core.set_property({"CACHE_DIR": str(folder)})
+    try:
+        yield
+    finally:
+        core.set_property({"CACHE_DIR": ""})
 
 
 class OpenVinoSession:
