@@ -34,7 +34,7 @@ from nas_core.block_catalog import BlockCatalog
 from nas_core.io import read_parquet, write_json
 from nas_core.latency import latency_model as lm
 from nas_core.latency.calibration import TARGETS
-from nas_core.latency.lut import slowest_block_ids
+from nas_core.latency.lut import LookupTable, slowest_block_ids
 from nas_core.latency.timing import read_rows
 from nas_core.layout import LutPaths
 from nas_core.search_space import SearchSpace
@@ -97,17 +97,22 @@ def disagreement(a: np.ndarray, b: np.ndarray, catalog: BlockCatalog, genomes: n
     sums = sums / np.median(sums)
     return {"block_median_move_pct": float(100 * np.nanmedian(np.abs(ratio - 1))),
             "slowest_quarter_median_move_pct": float(100 * np.nanmedian(np.abs(ratio[slow] - 1))),
-            "subnet_sum_std_pct": float(100 * np.std(sums)), "subnet_sum_max_pct": float(100 * np.max(np.abs(sums - 1)))}
+            "subnet_sum_std_pct": float(100 * np.std(sums)),
+            "subnet_sum_max_pct": float(100 * np.max(np.abs(sums - 1)))}
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="openvino_cpu_fp32")
-    parser.add_argument("--builds", nargs="+", type=Path, required=True, help="roots of LUT builds with revisit passes")
+    parser.add_argument("--builds", nargs="*", type=Path, default=[], help="roots of LUT builds with revisit passes")
     parser.add_argument("--calibrations", nargs="+", type=Path, required=True, help="calibration tables (parquet)")
     parser.add_argument("--shares", nargs="+", type=float, default=[0.0, 0.1, 0.2, 0.3])
     parser.add_argument("--passes", nargs="+", type=int, default=[2, 3])
     parser.add_argument("--splits", type=int, default=40, help="random calibration/held-out splits per table")
+    parser.add_argument("--models", nargs="+", default=list(lm.MODELS),
+                        help="candidate latency models (default: every one, as params.yaml's calibration.models)")
+    parser.add_argument("--luts", nargs="*", type=Path, default=[],
+                        help="finished LUT files scored as they are (no pass variants), beside --builds")
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -123,9 +128,18 @@ def main(argv=None) -> dict:
     builds = {str(root): pass_tables(root, args.device) for root in args.builds}
     settings = [(0.0, 1)] + [(s, p) for s in args.shares if s > 0 for p in args.passes]
     results = []
+    if args.luts:  # finished tables, as a pipeline wrote them
+        fixed = [LookupTable.read(path).block_ms(catalog) for path in args.luts]
+        scores = [split_scores(lut, catalog, g, m, s, args.models) for lut in fixed for g, m, s in tables]
+        row = {"luts": [str(p) for p in args.luts], **{k: float(np.mean([s[k] for s in scores])) for k in scores[0]}}
+        results.append(row)
+        print(f"given LUTs: bar met in {row['bar_met_share']:.0%} of splits, MAPE {row['mape_pct']:.2f} %, "
+              f"max {row['max_ape_pct']:.2f} %, within ±5 % {row['within_5_pct']:.0%}")
+    if not builds:
+        settings = []
     for share, passes in settings:
         luts = {root: variant(passes_of, catalog, share, passes) for root, passes_of in builds.items()}
-        scores = [split_scores(lut, catalog, g, m, s, lm.MODELS) for lut in luts.values() for g, m, s in tables]
+        scores = [split_scores(lut, catalog, g, m, s, args.models) for lut in luts.values() for g, m, s in tables]
         between = [disagreement(a, b, catalog, tables[0][0]) for a, b in itertools.combinations(luts.values(), 2)]
         row = {"share": share, "passes": passes,
                **{k: float(np.mean([s[k] for s in scores])) for k in scores[0]},
@@ -137,7 +151,7 @@ def main(argv=None) -> dict:
               + (f"; between builds: blocks {row['block_median_move_pct']:.1f} % (slowest quarter "
                  f"{row['slowest_quarter_median_move_pct']:.1f} %), subnet sums ±{row['subnet_sum_std_pct']:.2f} %"
                  if between else ""))
-    document = {"device": args.device, "builds": [str(b) for b in args.builds],
+    document = {"device": args.device, "builds": [str(b) for b in args.builds], "models": list(args.models),
                 "calibrations": [str(c) for c in args.calibrations], "splits": args.splits, "targets": TARGETS,
                 "results": results}
     write_json(args.out, document)

@@ -96,3 +96,15 @@ def test_band_sampling_fills_the_band_evenly_with_distinct_subnets():
     assert (uniform > high).all()  # uniform sampling would not have given a single one of them
     with pytest.raises(ValueError, match="only 0 distinct subnets"):
         ss.band_genomes(SPACE, raw, (0.001, 0.002), 5, np.random.default_rng(0), set())
+
+
+def test_per_op_separates_ffn_kernels_that_per_kind_lumps_together():
+    genomes = _genomes(40, 7)
+    truth = lm.LatencyModel("per_op", {"stem": 1.0, "ffn_unified_k3": 0.8, "ffn_unified_k5": 1.4, "ffn_fused_k3": 1.0,
+                                       "ffn_fused_k5": 1.2, "mhsa": 1.5, "embed": 0.9, "head": 1.0}, intercept_ms=0.3)
+    assert {lm.GROUPINGS["per_op"](b) for b in CATALOG.blocks} == set(truth.scales)
+    measured = truth.predict(CATALOG, BLOCK_MS, genomes)
+    selection = lm.select_model(lm.MODELS, CATALOG, BLOCK_MS, genomes, measured)
+    assert selection.model.name == "per_op"
+    assert selection.model.scales["ffn_unified_k5"] == pytest.approx(1.4, rel=1e-6)
+    assert selection.candidates["per_kind+blocks"]["cv"]["mape_pct"] > 0.1  # one scale per FFN type cannot fit it
