@@ -28,7 +28,9 @@ Artifacts (``root`` = ``data/``)::
     report/                                README.md, tables (Parquet), figures (PNG)
     bundles/<device>/                      jobs for a ``bundle`` device (offline profiling)
     reprofile/<device>-<time>.{md,json,blocks.parquet}   re-profiling change reports
-    reprofile/<device>/<time>/before/      the old LUT, fit and searches (search/) set aside
+    reprofile/<device>/<time>/before/      the old LUT, fit and searches (search/) set aside, and a bundle
+                                           device's old jobs (bundles/)
+    reprofile/<device>/in_progress.json    a re-profile started and not finished (continued by the next run)
     .resume/                               resume stamps of interrupted stages (not tracked)
 
 ``<run>`` names a search: ``<device>[+<device>]@<target>[_<M>M]`` where ``<target>`` is
@@ -203,6 +205,10 @@ class Layout:
     def reprofile_before(self, device: str, stamp: str) -> Path:
         """Where a re-profiling sets the device's old LUT, fit and searches aside."""
         return self.reprofile / device / stamp / "before"
+
+    def reprofile_in_progress(self, device: str) -> Path:
+        """The record of the device's re-profile that started and has not finished."""
+        return self.reprofile / device / "in_progress.json"
 
     def reprofile_report(self, device: str, stamp: str) -> Path:
         """The change report's stem (``.md``, ``.json``, ``.blocks.parquet`` are added)."""
