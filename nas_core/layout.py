@@ -24,7 +24,9 @@ Artifacts (``root`` = ``data/``)::
                                            random<i>/seed<s>/ fine-tunes (as finetune/<name>/)
     controls/summary.json                  every control run's summary (Table 3's random rows)
     transfer/{dataset/,runs/,metrics.json} downstream classification (Table 5)
+    transfer/runs/seeds/seed<s>/           the same transfers with the other transfer.seeds
     detection/{dataset/,runs/,metrics.json}  SSDLite (Table 6)
+    detection/runs/seeds/seed<s>/          the same detectors with the other detection.seeds
     report/                                README.md, tables (Parquet), figures (PNG)
     bundles/<device>/                      jobs for a ``bundle`` device (offline profiling)
     reprofile/<device>-<time>.{md,json,blocks.parquet}   re-profiling change reports
@@ -266,6 +268,10 @@ class Layout:
     def transfer_runs(self) -> Path:
         return self.transfer / "runs"
 
+    def transfer_seed_runs(self, seed: int) -> Path:
+        """The transfer runs of one of ``transfer.seeds`` after the first (the first's are ``transfer_runs``)."""
+        return self.transfer_runs / "seeds" / f"seed{seed}"
+
     @property
     def transfer_metrics(self) -> Path:
         return self.transfer / METRICS
@@ -281,6 +287,10 @@ class Layout:
     @property
     def detection_runs(self) -> Path:
         return self.detection / "runs"
+
+    def detection_seed_runs(self, seed: int) -> Path:
+        """The detectors of one of ``detection.seeds`` after the first (the first's are ``detection_runs``)."""
+        return self.detection_runs / "seeds" / f"seed{seed}"
 
     @property
     def detection_metrics(self) -> Path:
