@@ -7,7 +7,9 @@ Where it changed (or with ``force``: a re-measurement with no version change, th
 baseline of the change report):
 
 1. the device's current artifacts are kept aside (``reprofile/<device>/<time>/before/``):
-   LUT, calibration fit, and the folders and summaries of the searches that involve it;
+   LUT, calibration fit, the folders and summaries of the searches that involve it, and a
+   ``bundle`` device's job folders (the old runtime's results, which a stage would otherwise
+   read back as the new runtime's);
 2. the device's steps run again through the cached stage tasks of ``scan-edge reproduce``
    (``flows.reproduce.run_steps``), whatever the caches say: runtime record, LUT (re-timed
    from scratch), calibration, baselines (the ``<k>x`` targets follow MobileNetV2), and
@@ -30,6 +32,13 @@ So afterwards every door agrees: ``scan-edge status`` / ``dvc status`` show noth
 README, "Why dvc repro always runs the runtime probe"), which change nothing; with
 ``searches_only`` they agree that the steps downstream of the re-made searches (fine-tunes,
 transfer, detection, report) are stale, and nothing else.
+
+A re-profile may span several runs: a ``bundle`` device's stages stop until the board's
+results are copied back (``MeasurementsPending``), and a run may be interrupted. A started
+re-profile is recorded (``reprofile/<device>/in_progress.json``: :class:`InProgress`) and the
+next ``reprofile`` continues it, whatever the versions say by then (the new LUT already
+records the new runtime): the before state is set aside once and kept until the change
+report is written and the dependent steps are up to date.
 
 A device whose runtime did not change is left alone; one without a LUT is skipped (run
 ``scan-edge reproduce`` first). ``scan-edge schedule reprofile --cron "0 3 * * 1"`` serves
@@ -130,6 +139,13 @@ class Before:
     fit: Path | None
     summaries: dict[str, dict]
 
+    @classmethod
+    def load(cls, folder: Path, paths, runs: Sequence[stages.SearchRun]) -> Before:
+        """What :func:`set_aside` kept in ``folder`` (``paths``: the device's ``LutPaths``)."""
+        fit = folder / paths.fit.name
+        return cls(folder, folder / paths.lut.name, fit if fit.exists() else None,
+                   _summaries(stages.Layout(folder), runs))
+
     def arch_json(self, run: str) -> Path | None:
         summary = self.summaries.get(run)
         if not summary or not summary.get("arch_json"):
@@ -149,24 +165,73 @@ def forget_resume_stamps(layout: stages.Layout, device: str) -> None:
         layout.resume_stamp(stage_id).unlink(missing_ok=True)
 
 
-def set_aside(layout: stages.Layout, device: str, runs: Sequence[stages.SearchRun], folder: Path) -> Before:
-    """Copy the device's LUT and fit, and move its searches, into ``folder``; forget its
-    resume stamps (so the LUT and calibration start over)."""
+def bundle_jobs(params: Mapping[str, Any], device: str, root: str | Path) -> Path | None:
+    """A ``bundle`` device's job folders (None for any other location). Their results were
+    timed on the old runtime; a job of the same name (``lut``, ``calibration``, ...) would read
+    them back as the new runtime's, since a bundle is never re-sent while its results exist."""
+    if stages.device_profile(params, device).location != "bundle":
+        return None
+    return stages.device_access(params, device, root, paired=False).jobs_folder
+
+
+def set_aside(layout: stages.Layout, device: str, runs: Sequence[stages.SearchRun], folder: Path,
+              jobs: Path | None = None) -> Before:
+    """Copy the device's LUT and fit, and move its searches and its bundle ``jobs`` folder,
+    into ``folder``; forget its resume stamps (so the LUT and calibration start over).
+
+    Safe to repeat after an interruption (nothing is copied or moved over what ``folder``
+    already holds): it runs before any of the device's steps, so what it finds in place is
+    still the old state."""
     paths = layout.lut_paths(device)
     folder.mkdir(parents=True, exist_ok=True)
-    summaries = _summaries(layout, runs)
     for path in (paths.lut, paths.fit):
-        if path.exists():
+        if path.exists() and not (folder / path.name).exists():
             shutil.copy2(path, folder / path.name)
     searches = stages.Layout(folder).search_root  # the searches keep their layout inside the folder
     searches.mkdir(exist_ok=True)
-    for run in runs:  # moved, not copied: their device-measurement caches belong to the old runtime
-        for path in (layout.search_dir(run.key), layout.search_summary(run.key)):
-            if path.exists():
-                shutil.move(str(path), str(searches / path.name))
+    moved = [path for run in runs for path in (layout.search_dir(run.key), layout.search_summary(run.key))]
+    for path in moved:  # moved, not copied: their device-measurement caches belong to the old runtime
+        _move_once(path, searches / path.name)
+    if jobs is not None:
+        _move_once(jobs, stages.Layout(folder).bundles / jobs.name)
     forget_resume_stamps(layout, device)
-    fit = folder / paths.fit.name
-    return Before(folder, folder / paths.lut.name, fit if fit.exists() else None, summaries)
+    return Before.load(folder, paths, runs)
+
+
+def _move_once(path: Path, dest: Path) -> None:
+    if path.exists() and not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(path), str(dest))
+
+
+# --------------------------------------------------------------------------- a re-profile across runs
+@dataclasses.dataclass
+class InProgress:
+    """A device's re-profile that started and has not finished
+    (``reprofile/<device>/in_progress.json``): the versions it compares, where its before
+    state is, whether that is complete, and, once the change report is written, the device's
+    outcome (what is left then: the dependent steps)."""
+
+    stamp: str
+    old_version: str | None
+    new_version: str | None
+    forced: bool
+    set_aside: bool = False
+    outcome: dict | None = None
+
+    @classmethod
+    def read(cls, layout: stages.Layout, device: str) -> InProgress | None:
+        path = layout.reprofile_in_progress(device)
+        return cls(**read_json(path)) if path.exists() else None
+
+    def write(self, layout: stages.Layout, device: str) -> InProgress:
+        write_json(layout.reprofile_in_progress(device), dataclasses.asdict(self))
+        return self
+
+
+def finish_reprofile(layout: stages.Layout, device: str) -> None:
+    """The device's re-profile is complete: the next ``reprofile`` compares versions again."""
+    layout.reprofile_in_progress(device).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- the searched models
@@ -295,34 +360,69 @@ def searched_models(params: Mapping[str, Any], device: str, layout: stages.Layou
 def reprofile_device(params: Mapping[str, Any], device: str, root: str = str(stages.DATA_ROOT),
                      rule: ChangeRule | None = None, results: str | None = None, force: bool = False,
                      finished: dict[str, dict] | None = None) -> dict[str, Any]:
-    """Re-profile one device if its runtime changed (or ``force``): set its artifacts aside,
-    re-run its steps, measure the deployed models and write the change report. Returns what
-    happened: ``status``, the report's paths, ``steps`` ({step id: status} of what ran).
-    ``finished`` collects the steps as they complete (see ``run_steps``)."""
-    rule = rule or change_rule(params)
+    """Re-profile one device if its runtime changed (or ``force``), or continue its re-profile
+    in progress (:class:`InProgress`): set its artifacts aside (once), re-run its steps,
+    measure the deployed models and write the change report. Returns what happened:
+    ``status``, the report's paths, ``steps`` ({step id: status} of what ran). ``finished``
+    collects the steps as they complete (see ``run_steps``). The record stays until the
+    flow has brought the dependent steps up to date (:func:`finish_reprofile`)."""
     layout = stages.Layout(root)
+    state = InProgress.read(layout, device)
+    if state is None:
+        started = start_reprofile(params, device, layout, force)
+        if isinstance(started, dict):
+            return started
+        state = started
+    else:
+        print(f"{device}: continuing the re-profile started at {state.stamp} "
+              f"(runtime {state.old_version} -> {state.new_version})", flush=True)
+    if state.outcome is not None:  # its report is written; the dependent steps are what is left
+        return state.outcome
+    outcome = remeasure_and_report(params, device, layout, state, rule or change_rule(params), results,
+                                   finished if finished is not None else {})
+    dataclasses.replace(state, outcome=outcome).write(layout, device)
+    return outcome
+
+
+def start_reprofile(params: Mapping[str, Any], device: str, layout: stages.Layout,
+                    force: bool) -> InProgress | dict[str, Any]:
+    """A new re-profile of ``device``, recorded before anything moves; or, when there is none
+    to do, the outcome that says why (``skipped``: no LUT; ``unchanged``: same runtime)."""
     paths = layout.lut_paths(device)
     if not paths.lut.exists():
         return {"status": "skipped", "reason": f"{paths.lut} does not exist yet (run scan-edge reproduce)"}
-    recorded, installed = recorded_runtime_version(paths.lut), installed_runtime_version(params, device, root)
+    recorded = recorded_runtime_version(paths.lut)
+    installed = installed_runtime_version(params, device, str(layout.root))
     if recorded == installed and not force:
         return {"status": "unchanged", "runtime_version": installed}
     why = f"runtime {recorded} -> {installed}" if recorded != installed else f"runtime {installed}, --force"
     print(f"{device}: {why}: re-profiling", flush=True)
     stamp = utc_now().replace(":", "").replace("+0000", "Z")
-    runs = _device_runs(params, device)
-    before = set_aside(layout, device, runs, layout.reprofile_before(device, stamp))
+    return InProgress(stamp, recorded, installed, forced=force).write(layout, device)
+
+
+def remeasure_and_report(params: Mapping[str, Any], device: str, layout: stages.Layout, state: InProgress,
+                         rule: ChangeRule, results: str | None, finished: dict[str, dict]) -> dict[str, Any]:
+    """Set the device's artifacts aside (unless done), re-run its steps, measure the searched
+    models and write the change report; returns the device's outcome."""
+    root, paths, runs = str(layout.root), layout.lut_paths(device), _device_runs(params, device)
+    folder = layout.reprofile_before(device, state.stamp)
+    if state.set_aside:
+        before = Before.load(folder, paths, runs)
+    else:
+        before = set_aside(layout, device, runs, folder, bundle_jobs(params, device, root))
+        dataclasses.replace(state, set_aside=True).write(layout, device)
     planned = device_steps(params, device, root)
-    finished = finished if finished is not None else {}
     run_steps(planned, params, root, results, refresh=True, finished=finished)
 
+    recorded, installed = state.old_version, state.new_version
     estimators = {"old": estimator_or_none(params, device, before.lut, before.fit, recorded),
                   "new": estimator_or_none(params, device, paths.lut, paths.fit, installed)}
     models = searched_models(params, device, layout, before, runs, estimators, installed)
     comparison = compare_luts(read_parquet(before.lut), read_parquet(paths.lut), rule,
                               read_provenance(before.lut), read_provenance(paths.lut))
-    report = write_change_report(layout.reprofile_report(device, stamp), device, recorded, installed,
-                                 force, comparison, models, before, paths)
+    report = write_change_report(layout.reprofile_report(device, state.stamp), device, recorded, installed,
+                                 state.forced, comparison, models, before, paths)
     flagged = comparison.summary()
     return {"status": "reprofiled", **report, "blocks_flagged": flagged["blocks_flagged"],
             "blocks_compared": flagged["blocks_compared"],
@@ -410,10 +510,14 @@ def reprofile_flow(params_file: str = "params.yaml", profile: str | None = None,
         reprofiled = [device for device, result in outcome.items() if result["status"] == "reprofiled"]
         downstream: dict[str, dict] = {}
         if reprofiled and not searches_only:
-            downstream = bring_up_to_date(params, root, results, list(finished), reprofiled, finished)
+            # the device steps of this run, and of earlier runs of a re-profile that spanned several
+            done = {*finished, *(step for device in reprofiled for step in outcome[device]["steps"])}
+            downstream = bring_up_to_date(params, root, results, done, reprofiled, finished)
         elif reprofiled:
             print("searches_only: the fine-tunes and what follows them are stale now (scan-edge status lists "
                   "them; scan-edge reproduce brings them up to date)", flush=True)
+        for device in reprofiled:
+            finish_reprofile(stages.Layout(root), device)
     finally:
         recorded = record_in_dvc(root, list(finished))
     return {"devices": outcome, "downstream": {step: o["status"] for step, o in downstream.items()},
@@ -439,6 +543,6 @@ def serve_reprofile(cron: str = DEFAULT_CRON, **kwargs: Any) -> None:
         serve(reprofile_deployment(cron, **kwargs))
 
 
-__all__ = ["reprofile_flow", "reprofile_device", "reprofile_deployment", "serve_reprofile", "dependent_steps",
-           "installed_runtime_version", "recorded_runtime_version", "device_steps", "forget_resume_stamps",
-           "change_rule", "DEFAULT_CRON"]
+__all__ = ["reprofile_flow", "reprofile_device", "InProgress", "finish_reprofile", "reprofile_deployment",
+           "serve_reprofile", "dependent_steps", "installed_runtime_version", "recorded_runtime_version",
+           "device_steps", "forget_resume_stamps", "change_rule", "DEFAULT_CRON"]

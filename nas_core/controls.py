@@ -408,8 +408,9 @@ def claim(name: str, other: str, interval: Mapping[str, Any], unit: float = 100.
         return f"{name} vs {other}: no result to compare"
     numbers = f"{diff * unit:+.2f} points of {what}"
     if _isnan(low) or _isnan(high):
-        return (f"{name} and {other} are not distinguishable: {numbers} with too few runs for an interval "
-                f"(n = {interval['n_ours']} and {interval['n_others']})")
+        counts = {interval["n_ours"], interval["n_others"]}
+        n = f"n = {counts.pop()}" if len(counts) == 1 else f"n = {interval['n_ours']} and {interval['n_others']}"
+        return f"{name} and {other} are not distinguishable ({n}): {numbers}, too few runs for an interval"
     span = f"{numbers}, {level} CI [{low * unit:+.2f}, {high * unit:+.2f}] ({interval['method']})"
     if low > 0:
         return f"{name} beats {other}: {span}"

@@ -127,6 +127,7 @@ class DetectionConfig(TrainRecipe):
     devices: tuple[str, ...] = ("ort_cpu_fp32", "openvino_cpu_fp32", "openvino_cpu_lowp", "tensorrt_fp32")
     timing: dict | None = None           # nas_core.latency.timing.TimingConfig overrides
     synthetic: dict | None = None        # generate_detection() arguments of the default dataset
+    seeds: tuple[int, ...] = ()          # the pipeline's seeds (tasks.stages: one detector per seed, as ``seed``)
 
     def __post_init__(self):
         super().__post_init__()

@@ -24,11 +24,15 @@ Artifacts (``root`` = ``data/``)::
                                            random<i>/seed<s>/ fine-tunes (as finetune/<name>/)
     controls/summary.json                  every control run's summary (Table 3's random rows)
     transfer/{dataset/,runs/,metrics.json} downstream classification (Table 5)
+    transfer/runs/seeds/seed<s>/           the same transfers with the other transfer.seeds
     detection/{dataset/,runs/,metrics.json}  SSDLite (Table 6)
+    detection/runs/seeds/seed<s>/          the same detectors with the other detection.seeds
     report/                                README.md, tables (Parquet), figures (PNG)
     bundles/<device>/                      jobs for a ``bundle`` device (offline profiling)
     reprofile/<device>-<time>.{md,json,blocks.parquet}   re-profiling change reports
-    reprofile/<device>/<time>/before/      the old LUT, fit and searches (search/) set aside
+    reprofile/<device>/<time>/before/      the old LUT, fit and searches (search/) set aside, and a bundle
+                                           device's old jobs (bundles/)
+    reprofile/<device>/in_progress.json    a re-profile started and not finished (continued by the next run)
     .resume/                               resume stamps of interrupted stages (not tracked)
 
 ``<run>`` names a search: ``<device>[+<device>]@<target>[_<M>M]`` where ``<target>`` is
@@ -208,6 +212,10 @@ class Layout:
         """Where a re-profiling sets the device's old LUT, fit and searches aside."""
         return self.reprofile / device / stamp / "before"
 
+    def reprofile_in_progress(self, device: str) -> Path:
+        """The record of the device's re-profile that started and has not finished."""
+        return self.reprofile / device / "in_progress.json"
+
     def reprofile_report(self, device: str, stamp: str) -> Path:
         """The change report's stem (``.md``, ``.json``, ``.blocks.parquet`` are added)."""
         return self.reprofile / f"{device}-{stamp}"
@@ -264,6 +272,10 @@ class Layout:
     def transfer_runs(self) -> Path:
         return self.transfer / "runs"
 
+    def transfer_seed_runs(self, seed: int) -> Path:
+        """The transfer runs of one of ``transfer.seeds`` after the first (the first's are ``transfer_runs``)."""
+        return self.transfer_runs / "seeds" / f"seed{seed}"
+
     @property
     def transfer_metrics(self) -> Path:
         return self.transfer / METRICS
@@ -279,6 +291,10 @@ class Layout:
     @property
     def detection_runs(self) -> Path:
         return self.detection / "runs"
+
+    def detection_seed_runs(self, seed: int) -> Path:
+        """The detectors of one of ``detection.seeds`` after the first (the first's are ``detection_runs``)."""
+        return self.detection_runs / "seeds" / f"seed{seed}"
 
     @property
     def detection_metrics(self) -> Path:

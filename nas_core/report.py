@@ -24,8 +24,12 @@
     ``target_ms.<device>``, predicted_accuracy, ``estimated_ms.<device>``,
     ``measured_ms.<device>``, within (measured in [-3 %, 0] of the target), params, macs,
     finetuned_top1, source
-``table5_transfer.parquet`` model, dataset, top1, top5, params, epochs, source
-``table6_detection.parquet`` model, mAP, mAP50, params, resolution, ``latency_ms.<device>``, source
+``table5_transfer.parquet`` model, dataset, top1, top5 (the first seed's), seeds, top1_mean, top1_std,
+    top1_seeds, params, epochs, source
+``table6_detection.parquet`` model, mAP, mAP50 (the first seed's), seeds, mAP_mean, mAP_std, mAP_seeds,
+    params, resolution, ``latency_ms.<device>``, source
+``table5_comparisons.parquet``, ``table6_comparisons.parquet`` ours vs each other model: comparison,
+    model, other, metric, diff, ci_low, ci_high, confidence, method, n_ours, n_other, claim
 ``latency_predictor.parquet`` per device and estimator (lut_sum, calibrated, macs, params):
     a, b, validation spearman, mape_pct, rmse_ms, source (Fig. 3, Suppl. S4)
 ``accuracy_predictor.parquet`` per model: spearman, kendall, mae, top-10 % precision on the
@@ -178,9 +182,9 @@ def search_gain_table(table3, controls: Mapping[str, Any] | None, confidence: fl
     return pd.DataFrame(rows)
 
 
-def _by_seed(row) -> dict[int, float]:
-    """A Table 3 row's fine-tuned top-1 per seed."""
-    return dict(zip((int(s) for s in str(row["seeds"]).split(",")), row["top1_seeds"]))
+def _by_seed(row, metric: str = "top1") -> dict[int, float]:
+    """A table row's ``metric`` per seed (Table 3: fine-tuned top-1)."""
+    return dict(zip((int(s) for s in str(row["seeds"]).split(",")), row[f"{metric}_seeds"]))
 
 
 def _interval_columns(interval: Mapping[str, Any]) -> dict[str, Any]:
@@ -260,22 +264,62 @@ def table4_searches(layout: Layout, runs: Sequence[str], src: Sources):
 
 
 def table5_transfer(layout: Layout, src: Sources):
+    """One row per transferred model: the first seed's top-1 / top-5 and every seed's top-1
+    (``seeds``, ``top1_mean``, ``top1_std``, ``top1_seeds``; ``transfer.seeds``)."""
     summary = src.json(layout.transfer_metrics) or {}
     rows = [{"model": label, "dataset": r.get("dataset"), "top1": r.get("top1"), "top5": r.get("top5"),
-             "params": r.get("params"), "epochs": r.get("epochs"), "source": r.get("source")}
+             **seed_columns(r, "top1"), "params": r.get("params"), "epochs": r.get("epochs"),
+             "source": ", ".join(_seed_sources(r))}
             for label, r in summary.items()]
     return pd.DataFrame(rows)
 
 
 def table6_detection(layout: Layout, devices: Sequence[str], src: Sources):
+    """One row per detector: the first seed's mAP, mAP@0.5 and latency, and every seed's mAP
+    (``seeds``, ``mAP_mean``, ``mAP_std``, ``mAP_seeds``; ``detection.seeds``)."""
     summary = src.json(layout.detection_metrics) or {}
     rows = []
     for label, r in summary.items():
-        row = {"model": label, "mAP": r.get("mAP"), "mAP50": r.get("mAP50"), "params": r.get("params"),
-               "resolution": r.get("resolution")}
+        row = {"model": label, "mAP": r.get("mAP"), "mAP50": r.get("mAP50"), **seed_columns(r, "mAP"),
+               "params": r.get("params"), "resolution": r.get("resolution")}
         for device in devices:
             row[f"latency_ms.{device}"] = (r.get("latency_ms") or {}).get(device)
-        rows.append({**row, "source": r.get("source")})
+        rows.append({**row, "source": ", ".join(_seed_sources(r))})
+    return pd.DataFrame(rows)
+
+
+def seed_columns(entry: Mapping[str, Any], metric: str) -> dict[str, Any]:
+    """``seeds``, ``<metric>_mean``, ``<metric>_std`` and ``<metric>_seeds`` of a downstream
+    summary entry (its ``seeds`` block; a summary written before seeds: one run, seed 0)."""
+    seeds = entry.get("seeds") or {"seeds": [0], metric: [entry.get(metric)]}
+    mean, std = mean_std(seeds[metric])
+    return {"seeds": _seed_text(seeds["seeds"]), f"{metric}_mean": mean, f"{metric}_std": std,
+            f"{metric}_seeds": list(seeds[metric])}
+
+
+def _seed_sources(entry: Mapping[str, Any]) -> list[str]:
+    return list((entry.get("seeds") or {}).get("sources") or [entry.get("source")])
+
+
+def downstream_comparisons(table, metric: str, what: str, confidence: float = 0.95):
+    """Ours vs each other model of a downstream table (Table 5: ``top1``; Table 6: ``mAP``):
+    the difference of means over the seeds, seeds as blocks (a seed fixes the head's
+    initialisation and the data order of every model trained with it), its interval and the
+    sentence it allows (``nas_core.controls.claim``: "not distinguishable (n = 1)" with one
+    seed). Columns: comparison, model, other, metric, diff, ci_low, ci_high, confidence,
+    method, n_ours, n_other, claim."""
+    if table is None or table.empty:
+        return pd.DataFrame()
+    rows = []
+    by_model = {r["model"]: r for _, r in table.iterrows()}
+    ours = [r for name, r in by_model.items() if str(name).startswith("ours")]
+    for mine in ours:
+        for other in (r for name, r in by_model.items() if not str(name).startswith("ours")):
+            interval = blocked_difference_interval(_by_seed(mine, metric), [_by_seed(other, metric)], confidence)
+            columns = _interval_columns(interval)
+            rows.append({"comparison": f"{mine['model']} vs {other['model']}", "model": mine["model"],
+                         "other": other["model"], "metric": metric, "diff": columns.pop("diff_top1"), **columns,
+                         "claim": claim(mine["model"], other["model"], interval, what=what)})
     return pd.DataFrame(rows)
 
 
@@ -420,6 +464,8 @@ def build_report(root: str | Path, out_dir: str | Path, *, devices: Sequence[str
         "latency_predictor": latency_predictor_table(layout, devices, src),
         "accuracy_predictor": accuracy_predictor_table(layout, src),
     }
+    tables["table5_comparisons"] = downstream_comparisons(tables["table5_transfer"], "top1", "transfer top-1")
+    tables["table6_comparisons"] = downstream_comparisons(tables["table6_detection"], "mAP", "mAP")
     provenance = {"kind": "report", "root": str(root), "code_version": code_version(), "created": utc_now()}
     written: dict[str, Path] = {}
     for name, frame in tables.items():
@@ -439,10 +485,11 @@ def build_report(root: str | Path, out_dir: str | Path, *, devices: Sequence[str
     return written
 
 
-def _claims(gain) -> str:
-    """The sentences the search-gain table allows, one bullet each."""
+def _claims(gain, empty: str = "no controls or baselines to compare (the controls / fine-tune stages have not run)"
+            ) -> str:
+    """The sentences a comparison table allows, one bullet each."""
     if gain is None or gain.empty:
-        return "_no controls or baselines to compare (the controls / fine-tune stages have not run)_\n"
+        return f"_{empty}_\n"
     return "".join(f"- {c}\n" for c in gain["claim"]) + "\n"
 
 
@@ -490,12 +537,19 @@ def readme(tables: Mapping[str, Any], figures: Mapping[str, Path], devices: Sequ
         markdown_table(s, ["run", "name", "params_bound_m", *target_cols, "predicted_accuracy", "within", "params",
                            "macs", "finetuned_top1", "source"], millions),
         "\n## Table 5 — transfer to a downstream classification set\n",
-        markdown_table(tables["table5_transfer"], ["model", "dataset", "top1", "top5", "params", "epochs", "source"],
-                       millions),
+        "`top1`, `top5`: the first seed's run; `top1_mean` ± `top1_std` over `seeds` (`transfer.seeds`). Ours vs "
+        "each other model: the difference of mean top-1 with a 95 % t-interval, seeds as blocks; a claim only "
+        "where it excludes zero.\n",
+        _claims(tables["table5_comparisons"], "no models to compare (the transfer stage has not run)"),
+        markdown_table(tables["table5_transfer"], ["model", "dataset", "top1", "top5", "seeds", "top1_mean",
+                                                   "top1_std", "params", "epochs", "source"], millions),
         "\n## Table 6 — SSDLite detection\n",
-        "COCO mAP on the detection set's test split; latency of the network without NMS.\n",
-        markdown_table(tables["table6_detection"], ["model", "mAP", "mAP50", "params", "resolution", *lat, "source"],
-                       millions),
+        "COCO mAP on the detection set's test split (`mAP`: the first seed's detector, the one timed; `mAP_mean` "
+        "± `mAP_std` over `seeds`, `detection.seeds`); latency of the network without NMS. Ours vs each other "
+        "backbone: the difference of mean mAP with a 95 % t-interval, seeds as blocks.\n",
+        _claims(tables["table6_comparisons"], "no detectors to compare (the detection stage has not run)"),
+        markdown_table(tables["table6_detection"], ["model", "mAP", "mAP50", "seeds", "mAP_mean", "mAP_std",
+                                                    "params", "resolution", *lat, "source"], millions),
         "\n## Latency estimation (Fig. 3, Suppl. S4)\n",
         "Held-out validation subnets (in the band around MobileNetV2's latency where the searches land): raw LUT "
         "sum, the paper's line `a * sum + b`, the calibrated model chosen by leave-one-out on the calibration "

@@ -77,6 +77,7 @@ class TransferConfig(ClassificationRecipe):
     val_fraction: float = 0.15          # for datasets without a val / test split
     test_fraction: float = 0.15
     split_seed: int = 0
+    seeds: tuple[int, ...] = ()         # the pipeline's seeds (tasks.stages: one transfer per seed, as ``seed``)
 
     def __post_init__(self):
         # Peak learning rate, scaled linearly with the batch size.

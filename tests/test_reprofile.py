@@ -373,6 +373,89 @@ def test_a_bundle_boards_deployed_model_is_timed_on_the_board_in_a_job_of_the_ne
     assert timed_here == [], "nothing was timed on this machine"
 
 
+def _board_runs(job_dir: Path) -> None:
+    """The board runs a job's bundle (a torch-free process here); its results come back into the folder."""
+    board = run_without_torch(job_dir / RUNNER_NAME, str(job_dir), "--out", str(job_dir / RESULTS_NAME), "--quiet",
+                              "--runtime-report", str(job_dir / RUNTIME_REPORT), cwd=job_dir, timeout=300)
+    assert board.returncode == 0, board.stderr[-2000:]
+
+
+def _bundle_device_old_state(params, root: Path) -> None:
+    """A LUT the board measured (its job folder keeps the results), recorded as an older runtime
+    (the board now reports this machine's onnxruntime); an old fit and a deployed search."""
+    layout = stages.Layout(root)
+    paths = layout.lut_paths(DEVICE)
+    with pytest.raises(MeasurementsPending) as pending:
+        stages.stage_lut(params, DEVICE, root)
+    _board_runs(pending.value.job_dir)
+    stages.stage_lut(params, DEVICE, root)
+    provenance = read_provenance(paths.lut)
+    write_parquet(paths.lut, read_parquet(paths.lut),
+                  {**provenance, "identity": {**provenance["identity"], "runtime_version": "1.0-old"}})
+    _write_fit(paths, *OLD_FIT)
+    _write_search(layout, f"{DEVICE}@1.0x", _arch(1), 2.1, 2.3)
+
+
+def test_a_bundle_device_reprofiled_over_several_runs_keeps_its_before_state(
+        prefect_harness, setup, tmp_path, monkeypatch):
+    """A bundle device's re-profile spans runs: a measuring stage stops with a bundle, the board
+    measures it, a later ``reprofile`` reads the results and goes on. The old LUT, fit and
+    deployed search are set aside once, and they are what the report compares; the old
+    runtime's LUT job is set aside too, never read back as the new runtime's."""
+    params, params_file, root = setup
+    params["devices"][DEVICE] = {**params["devices"][DEVICE], "location": "bundle"}
+    params_file.write_text(yaml.safe_dump({k: v for k, v in params.items() if k != "profile"}))
+    monkeypatch.setattr(runtimes, "_BOARD_VERSIONS", {})
+    layout = stages.Layout(root)
+    paths = layout.lut_paths(DEVICE)
+    _bundle_device_old_state(params, root)
+    calls: list[str] = []
+    _install_fakes(monkeypatch, root, calls)
+    boards_turn = ["calibration"]
+
+    def calibration(params, device, root):  # the calibration's subnets wait for the board once
+        calls.append(f"calibration@{device}")
+        if boards_turn:
+            boards_turn.pop()
+            raise MeasurementsPending(device, layout.bundles / device / "calibration", "subnets wait")
+        _write_fit(paths, *NEW_FIT)
+        return {"fit": paths.fit}
+
+    info = STAGES["calibration"]
+    monkeypatch.setitem(STAGES, "calibration", StageInfo(calibration, info.sections, info.code, info.measures_latency))
+    measured = []
+    monkeypatch.setattr(reprofile, "measure_arch",
+                        lambda params, device, arch, root, version: measured.append((arch.arch_id, version)) or 2.05)
+
+    def reprofile_run():
+        return reprofile.reprofile_flow(str(params_file), None, str(root), results=str(tmp_path / "results"))
+
+    with pytest.raises(MeasurementsPending) as lut_job:  # run 1: the LUT goes out again, as a new job
+        reprofile_run()
+    assert lut_job.value.job_dir == layout.bundles / DEVICE / "lut"
+    assert not (lut_job.value.job_dir / RESULTS_NAME).exists(), "the old runtime's results are not the new LUT"
+    _board_runs(lut_job.value.job_dir)
+    with pytest.raises(MeasurementsPending, match="subnets wait"):  # run 2: the LUT comes back, calibration waits
+        reprofile_run()
+    assert reprofile.recorded_runtime_version(paths.lut) == HOST_ORT
+    flow = reprofile_run()  # run 3: the calibration comes back; searches, report, what depends on them
+
+    outcome = flow["devices"][DEVICE]
+    assert outcome["status"] == "reprofiled" and set(flow["downstream"]) >= {"transfer", "detection", "report"}
+    document = json.loads(Path(outcome["json"]).read_text())
+    assert (document["old_runtime_version"], document["new_runtime_version"]) == ("1.0-old", HOST_ORT)
+    deployed, chosen = document["models"]
+    assert (deployed["arch_id"], deployed["target_old_ms"], deployed["measured_old_ms"]) == (_arch(1).arch_id, 2.1, 2.3)
+    assert deployed["measured_new_ms"] == 2.05 and chosen["arch_id"] == _arch(2).arch_id
+    assert measured == [(_arch(1).arch_id, HOST_ORT)], "the deployed model is measured on the new runtime"
+    assert (document["fit_before"]["a"], document["fit_after"]["a"]) == (OLD_FIT[0], NEW_FIT[0])
+    before = Path(document["sources"]["old LUT"]).parent
+    assert reprofile.recorded_runtime_version(before / paths.lut.name) == "1.0-old"
+    assert (before / "bundles" / DEVICE / "lut" / RESULTS_NAME).exists(), "the old runtime's LUT job is kept aside"
+    assert [p.name for p in (layout.reprofile / DEVICE).iterdir()] == [before.parent.name], "set aside once"
+    assert reprofile_run()["devices"][DEVICE]["status"] == "unchanged", "finished: the next run compares versions"
+
+
 class _RecordingBoard:
     """A board's worker: records the jobs it is given and answers with known latencies."""
 

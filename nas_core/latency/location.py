@@ -232,9 +232,14 @@ class BundleDevice:
     def __post_init__(self):
         self.bundles_dir = Path(self.bundles_dir)
 
+    @property
+    def jobs_folder(self) -> Path:
+        """The folder of this device's jobs (one sub-folder per job)."""
+        return self.bundles_dir / self.profile.name
+
     def runtime_version(self) -> str | None:
         """The version in the newest runtime report the board sent back (None: none yet)."""
-        reports = sorted((self.bundles_dir / self.profile.name).glob(f"*/{RUNTIME_REPORT}"),
+        reports = sorted(self.jobs_folder.glob(f"*/{RUNTIME_REPORT}"),
                          key=lambda p: p.stat().st_mtime)
         if not reports:
             return self.profile.options.get("runtime_version")

@@ -118,10 +118,16 @@ def controlled_runs(params: Mapping[str, Any]) -> list[SearchRun]:
 def finetune_seeds(params: Mapping[str, Any]) -> list[int]:
     """``finetune.seeds``: the seeds every fine-tuned row is trained with (the first one's
     run is the model downstream stages use); default ``[finetune.seed]`` (0)."""
-    finetune = section(params, "finetune")
-    seeds = [int(s) for s in (finetune.get("seeds") or [finetune.get("seed", 0)])]
+    return stage_seeds(params, "finetune")
+
+
+def stage_seeds(params: Mapping[str, Any], name: str) -> list[int]:
+    """``<name>.seeds`` (fine-tune, transfer, detection): the seeds each of the stage's models is
+    trained with; default ``[<name>.seed]`` (0)."""
+    values = section(params, name)
+    seeds = [int(s) for s in (values.get("seeds") or [values.get("seed", 0)])]
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"params finetune.seeds: repeated seeds {seeds}")
+        raise ValueError(f"params {name}.seeds: repeated seeds {seeds}")
     return seeds
 
 

@@ -19,7 +19,7 @@ from nas_core.transfer import TransferConfig, transfer
 from tasks import stage_lock
 from tasks.stages.common import (EQUAL_BUDGET, Paths, _require, equal_budget_baselines, finetune_baselines,
                                  finetune_seeds, input_digest, pipeline_section, resolve_model, resume_or_restart,
-                                 section)
+                                 section, stage_seeds)
 from tasks.stages.latency import _access_of
 from tasks.stages.search import searched_arch
 from tasks.stages.training import _launch_ranks, _restart_flag, _torchrun_nproc
@@ -93,14 +93,21 @@ def train_batches(layout: Layout, batch_size: int) -> int:
 
 def with_finetune(params: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
     """``params`` with ``finetune:`` keys replaced (a seed, no measurement, no exports)."""
-    return {**params, "finetune": {**section(params, "finetune"), **changes}}
+    return with_section(params, "finetune", **changes)
 
 
-def seed_summary(seeds: list[int], top1: list[float], sources: list[str]) -> dict[str, Any]:
-    """``metrics.json``'s ``seeds``: each seed's fine-tuned top-1, their mean and sample std."""
-    mean = sum(top1) / len(top1)
-    std = (sum((t - mean) ** 2 for t in top1) / (len(top1) - 1)) ** 0.5 if len(top1) > 1 else None
-    return {"seeds": list(seeds), "top1": list(top1), "top1_mean": mean, "top1_std": std, "sources": sources}
+def with_section(params: Mapping[str, Any], name: str, **changes: Any) -> dict[str, Any]:
+    """``params`` with keys of the section ``name`` replaced."""
+    return {**params, name: {**section(params, name), **changes}}
+
+
+def seed_summary(seeds: list[int], values: list[float], sources: list[str], metric: str = "top1") -> dict[str, Any]:
+    """A summary's ``seeds``: each seed's ``metric`` (fine-tuned or transfer top-1, detection
+    mAP), their mean and sample std (None with one seed)."""
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
+    return {"seeds": list(seeds), metric: list(values), f"{metric}_mean": mean, f"{metric}_std": std,
+            "sources": sources}
 
 
 def finetune_once(params: Mapping[str, Any], ref: str, layout: Layout, *, out_root: Path, name: str, init: str,
@@ -153,8 +160,11 @@ def stage_transfer(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROO
 
     The data: ``pipeline.transfer_data`` (an image folder, e.g. ``../shared/datasets/sign-digits``)
     or, when null, a generated set (``pipeline.transfer_synthetic``: ``generate_classification``
-    arguments) in ``transfer/dataset``. Writes ``transfer/runs/<model>.json`` and a summary
-    ``transfer/metrics.json``.
+    arguments) in ``transfer/dataset``. Each model is transferred once per ``transfer.seeds``
+    (the seed of its new head and data order): the first seed's run is
+    ``transfer/runs/<model>.json``, the others' ``transfer/runs/seeds/seed<s>/<model>.json``.
+    Writes a summary ``transfer/metrics.json``: the first seed's record and ``seeds`` (every
+    seed's top-1, mean and std; Table 5).
     """
     layout = Layout(root)
     pipeline = pipeline_section(params)
@@ -162,24 +172,37 @@ def stage_transfer(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROO
     data = _downstream_data(pipeline.get("transfer_data"), layout.transfer_dataset,
                             lambda out: generate_classification(out, overwrite=True, **synthetic))
     models = {label: resolve_model(label, params, layout) for label in pipeline.get("transfer_models") or []}
-    runs = layout.transfer_runs
+    seeds = stage_seeds(params, "transfer")
     identity = {"transfer": section(params, "transfer"), "data": input_digest([data]),
                 "models": input_digest(Path(m) / "model.pt" for m in models.values())}
     resume = resume_or_restart(layout, "transfer", identity)
-    results = {}
-    nproc = _torchrun_nproc(params)
+    summary = {}
     for label, model in models.items():
-        if nproc > 1:  # every rank runs `scan-edge transfer` (run_transfer); rank 0 writes the record
-            _launch_ranks(params, nproc, ["transfer", str(model), "--data", str(data), "--out", str(runs),
-                                          "--name", label, *_restart_flag(resume)], layout)
-        else:
-            run_transfer(params, model, data, out_root=runs, name=label, resume=resume, overwrite=not resume,
-                         progress=sys.stderr.isatty())
-        results[label] = read_json(runs / f"{label}.json")
-    summary = {label: {k: r.get(k) for k in ("top1", "top5", "params", "epochs", "resolution")}
-               | {"source": str(runs / f"{label}.json"), "dataset": str(data)} for label, r in results.items()}
+        folders = [layout.transfer_runs if index == 0 else layout.transfer_seed_runs(seed)
+                   for index, seed in enumerate(seeds)]
+        records = [transfer_once(with_section(params, "transfer", seed=seed), model, data, layout, out_root=folder,
+                                 label=label, resume=resume) for seed, folder in zip(seeds, folders)]
+        sources = [str(folder / f"{label}.json") for folder in folders]
+        first = records[0]
+        summary[label] = {k: first.get(k) for k in ("top1", "top5", "params", "epochs", "resolution")} | {
+            "source": sources[0], "dataset": str(data),
+            "seeds": seed_summary(seeds, [r["top1"] for r in records], sources)}
     write_json(layout.transfer_metrics, summary)
-    return {"runs": runs, "metrics": layout.transfer_metrics}
+    return {"runs": layout.transfer_runs, "metrics": layout.transfer_metrics}
+
+
+def transfer_once(params: Mapping[str, Any], model: str | os.PathLike, data: Path, layout: Layout, *,
+                  out_root: Path, label: str, resume: bool) -> dict[str, Any]:
+    """One transfer of ``model`` with ``params``' ``transfer:`` into ``out_root`` (under
+    ``torchrun`` when ``pipeline.torchrun.nproc_per_node`` > 1); returns its record."""
+    nproc = _torchrun_nproc(params)
+    if nproc > 1:  # every rank runs `scan-edge transfer` (run_transfer); rank 0 writes the record
+        _launch_ranks(params, nproc, ["transfer", str(model), "--data", str(data), "--out", str(out_root),
+                                      "--name", label, *_restart_flag(resume)], layout)
+    else:
+        run_transfer(params, model, data, out_root=out_root, name=label, resume=resume, overwrite=not resume,
+                     progress=sys.stderr.isatty())
+    return read_json(Path(out_root) / f"{label}.json")
 
 
 def run_transfer(params: Mapping[str, Any], model: str | os.PathLike, data: str | os.PathLike, *,
@@ -198,35 +221,57 @@ def stage_detection(params: Mapping[str, Any], root: str | os.PathLike = DATA_RO
     """SSDLite with each of ``pipeline.detection_models`` as backbone (``detection:``; Table 6).
 
     The data: ``pipeline.detection_data`` (a COCO folder) or the generated shapes
-    (``detection.synthetic``) in ``detection/dataset``. Measures the detectors' latency
-    (:func:`run_detection`). Writes ``detection/runs/<model>/`` and a summary
-    ``detection/metrics.json``.
+    (``detection.synthetic``) in ``detection/dataset``. Each detector is trained once per
+    ``detection.seeds``: the first seed's run is ``detection/runs/<model>/``, where its latency is
+    measured (:func:`run_detection`); the others' are ``detection/runs/seeds/seed<s>/<model>/``,
+    not re-timed (the seed does not change the network). Writes a summary
+    ``detection/metrics.json``: the first seed's mAP and latency and ``seeds`` (every seed's
+    mAP, mean and std; Table 6).
     """
     layout = Layout(root)
     pipeline = pipeline_section(params)
     data = detection_dataset(params, pipeline.get("detection_data"), layout.detection_dataset)
     models = {label: resolve_model(label, params, layout) for label in pipeline.get("detection_models") or []}
-    runs = layout.detection_runs
+    seeds = stage_seeds(params, "detection")
     identity = {"detection": section(params, "detection"), "data": _detection_digest(data),
                 "models": input_digest(Path(m) / "model.pt" for m in models.values()),
                 "devices": section(params, "devices")}
     resume = resume_or_restart(layout, "detection", identity)
     summary = {}
-    nproc = _torchrun_nproc(params)
     for label, model in models.items():
-        if nproc > 1:  # every rank runs `scan-edge detect` (run_detection); rank 0 evaluates and measures
-            _launch_ranks(params, nproc, ["detect", str(model), "--data", str(data), "--out", str(runs),
-                                          "--name", label, *_restart_flag(resume)], layout)
-            metrics = read_json(runs / label / "metrics.json")
-        else:
-            metrics = run_detection(params, model, data, out_root=runs, name=label, resume=resume,
-                                    overwrite=not resume, progress=sys.stderr.isatty())
-        summary[label] = {"mAP": metrics["coco"]["mAP"], "mAP50": metrics["coco"]["mAP50"],
-                          "params": metrics["params"], "resolution": metrics["resolution"],
-                          "latency_ms": {d: v.get("median_ms") for d, v in metrics["latency_ms"].items()},
-                          "source": str(runs / label / "metrics.json")}
+        folders = [layout.detection_runs if index == 0 else layout.detection_seed_runs(seed)
+                   for index, seed in enumerate(seeds)]
+        runs = [detect_once(_detection_seed(params, seed, measure=index == 0), model, data, layout,
+                            out_root=folder, label=label, resume=resume)
+                for index, (seed, folder) in enumerate(zip(seeds, folders))]
+        sources = [str(folder / label / METRICS) for folder in folders]
+        first = runs[0]
+        summary[label] = {"mAP": first["coco"]["mAP"], "mAP50": first["coco"]["mAP50"],
+                          "params": first["params"], "resolution": first["resolution"],
+                          "latency_ms": {d: v.get("median_ms") for d, v in first["latency_ms"].items()},
+                          "source": sources[0],
+                          "seeds": seed_summary(seeds, [m["coco"]["mAP"] for m in runs], sources, metric="mAP")}
     write_json(layout.detection_metrics, summary)
-    return {"runs": runs, "metrics": layout.detection_metrics}
+    return {"runs": layout.detection_runs, "metrics": layout.detection_metrics}
+
+
+def _detection_seed(params: Mapping[str, Any], seed: int, measure: bool) -> dict[str, Any]:
+    """``params`` for one detection seed; a repeat (``measure`` false) is timed on no device."""
+    return with_section(params, "detection", seed=seed, **({} if measure else {"devices": []}))
+
+
+def detect_once(params: Mapping[str, Any], model: str | os.PathLike, data: Path, layout: Layout, *,
+                out_root: Path, label: str, resume: bool) -> dict[str, Any]:
+    """One detector with the backbone ``model`` and ``params``' ``detection:`` in
+    ``out_root/label`` (under ``torchrun`` when ``pipeline.torchrun.nproc_per_node`` > 1);
+    returns its metrics."""
+    nproc = _torchrun_nproc(params)
+    if nproc > 1:  # every rank runs `scan-edge detect` (run_detection); rank 0 evaluates and measures
+        _launch_ranks(params, nproc, ["detect", str(model), "--data", str(data), "--out", str(out_root),
+                                      "--name", label, *_restart_flag(resume)], layout)
+        return read_json(Path(out_root) / label / METRICS)
+    return run_detection(params, model, data, out_root=out_root, name=label, resume=resume, overwrite=not resume,
+                         progress=sys.stderr.isatty(), root=layout.root)
 
 
 def _detection_digest(data: Path) -> dict[str, str]:
@@ -244,13 +289,15 @@ def detection_dataset(params: Mapping[str, Any], given: str | os.PathLike | None
 
 def run_detection(params: Mapping[str, Any], model: str | os.PathLike, data: str | os.PathLike, *,
                   out_root: str | os.PathLike, name: str | None = None, supernet: str | os.PathLike | None = None,
-                  resume: bool = True, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                  resume: bool = True, overwrite: bool = False, progress: bool = True,
+                  root: str | os.PathLike | None = None) -> dict[str, Any]:
     """SSDLite with the backbone ``model`` on the COCO folder ``data``, with ``detection:``,
-    timed on ``devices:`` profiles (``nas_core.detection.run_detection``): the CPU lock is
-    held shared while it trains and exclusively while it measures. Returns the metrics. The
-    work of the detection stage (per model) and of ``scan-edge detect``."""
+    timed on ``devices:`` profiles (``nas_core.detection.run_detection``; a board's through the
+    bundles under ``root``, default the data root above ``out_root``, as ``detection/runs/``):
+    the CPU lock is held shared while it trains and exclusively while it measures. Returns the
+    metrics. The work of the detection stage (per model) and of ``scan-edge detect``."""
     return detection.run_detection(str(model), data, out_root=out_root, name=name,
                                    config=detection.DetectionConfig.from_params(section(params, "detection")),
                                    supernet=supernet, devices_section=section(params, "devices"), resume=resume,
                                    overwrite=overwrite, progress=progress, lock=stage_lock,
-                                   access_of=_access_of(params, Path(out_root).parent.parent))
+                                   access_of=_access_of(params, Path(root or Path(out_root).parent.parent)))
