@@ -126,3 +126,42 @@ def test_torchrun_ranks_get_the_space(monkeypatch, tmp_path):
     training.stage_supernet(params, tmp_path)
     assert sent["search_space"] == {"attention": ["mhsa", "esha"]}
     assert space.search_space(sent).spec.searches_attention_type
+
+
+# --------------------------------------------------------------------------- what carries the space between stages
+def test_a_pairs_plan_records_its_space_and_its_shards_decode_in_it(tmp_path):
+    from nas_core.pairs import PairsConfig, evaluate_shard, plan_identity, prepare_pairs
+
+    supernet = tmp_path / "supernet.pt"
+    supernet.write_bytes(b"stand-in")  # hashed, never loaded (the evaluator is a fake)
+    config = PairsConfig(num_subnets=6, shard_size=6)
+    extended = space.search_space(EXTENDED)
+    table2_key = plan_identity(config, supernet, tmp_path)["key"]
+    assert plan_identity(config, supernet, tmp_path, SearchSpace())["key"] == table2_key  # Table 2's keys hold
+    assert plan_identity(config, supernet, tmp_path, extended)["key"] != table2_key
+    plan = prepare_pairs(config, supernet, tmp_path, tmp_path / "shards", space=extended)
+    seen = []
+
+    def evaluator(arch):
+        seen.append(arch)
+        return {"top1": 0.5, "top5": 0.9, "loss": 1.0, "images": 1, "bn_seconds": 0.0, "eval_seconds": 0.0}
+
+    from nas_core.io import read_parquet
+
+    shard = read_parquet(evaluate_shard(plan.shard_specs()[0], lambda provenance, cfg: evaluator))
+    assert len(shard["genome"].iloc[0]) == len(extended.genes)
+    assert len(shard["encoding"].iloc[0]) == 44 * 25
+    assert {extended.validate(a).arch_id for a in seen} == set(shard["arch_id"])
+
+
+def test_a_predictor_bundle_keeps_its_space_and_refuses_another(tmp_path):
+    from nas_core.accuracy_predictor import AccuracyPredictor, PredictorBundle
+
+    extended = space.search_space(EXTENDED)
+    encoder = ArchEncoder(extended)
+    path = PredictorBundle(AccuracyPredictor(rows=encoder.rows, bits=encoder.bits), encoder).save(
+        tmp_path / "predictor.pt")
+    assert PredictorBundle.load(path).encoder.space.spec == extended.spec
+    assert PredictorBundle.load(path, extended).encoder.shape == (44, 25)
+    with pytest.raises(ValueError, match="another search space"):
+        PredictorBundle.load(path, SearchSpace())
