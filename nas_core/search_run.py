@@ -169,7 +169,8 @@ def run_search(setup: SearchSetup, targets: Mapping[str, float], max_params: flo
                               max_params, max_macs, setup.num_classes)
     constraints.check_feasible()  # an infeasible target fails before anything else, naming the lowest value
     run = run_name(targets, max_params, max_macs)
-    key = inputs_key({"space": SPACE_VERSION, **space_identity(setup.space.spec), "config": setup.config.to_dict(), "constraints": constraints.describe(),
+    key = inputs_key({"space": SPACE_VERSION, **space_identity(setup.space.spec), "config": setup.config.to_dict(),
+                      "constraints": constraints.describe(),
                       "digests": setup.digests, "refine": setup.refine.to_dict() if measure else None,
                       "code": _search_code_digest()})
     if not force and is_up_to_date(setup.out_dir, run, key, need_refine=measure):

@@ -87,7 +87,8 @@ def _stage_calls(monkeypatch, tmp_path: Path):
         ("finetune", lambda p: downstream.run_finetune(p, "efficientformerv2_s0", data=tmp_path, supernet=None,
                                                        out_root=tmp_path / "finetune"),
          _record(monkeypatch, downstream.finetuning, "finetune")),
-        ("report", lambda p: report.stage_report(p, tmp_path), _record(monkeypatch, report, "build_report", {"readme": ""})),
+        ("report", lambda p: report.stage_report(p, tmp_path),
+         _record(monkeypatch, report, "build_report", {"readme": ""})),
     ]
     return calls
 

@@ -119,7 +119,8 @@ def run_lut(params: Mapping[str, Any], profile, paths, *, resume: bool = False, 
     (``nas_core.latency.lut.build_lut``). The work of the LUT stage and of ``scan-edge lut build``."""
     lut = section(params, "lut")
     with _locked(profile):
-        return build_lut(profile, paths, space=search_space(params), block_filter=lut.get("blocks"), limit=lut.get("limit"), resume=resume,
+        return build_lut(profile, paths, space=search_space(params), block_filter=lut.get("blocks"),
+                         limit=lut.get("limit"), resume=resume,
                          reference_id=lut.get("reference_block"), seed=lut.get("seed", 0), config=_timing(lut),
                          check_every=lut.get("check_every", 10), drift_tolerance=lut.get("drift_tolerance", 0.10),
                          progress=progress, access=access)
@@ -167,7 +168,8 @@ def run_calibration(params: Mapping[str, Any], profile, paths, *, resume: bool =
     the calibration stage and of ``scan-edge lut calibrate``."""
     settings = CalibrationSettings.from_dict(section(params, "calibration"))
     with _locked(profile):
-        return calibrate(profile, paths, space=search_space(params), settings=settings, resume=resume, runtime_version=runtime_version,
+        return calibrate(profile, paths, space=search_space(params), settings=settings, resume=resume,
+                         runtime_version=runtime_version,
                          progress=progress, reference_ms=reference_ms, access=access)
 
 
