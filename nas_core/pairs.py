@@ -282,8 +282,8 @@ def prepare_pairs(config: PairsConfig, supernet_path: str | os.PathLike, data_ro
         frame = read_parquet(plan_path)
         return PairsPlan(plan_path, identity["key"], len(frame), int(frame["shard"].max()) + 1)
     frame = make_plan(config, space)
-    provenance = {**identity, "full_config": config.to_dict(), "space_spec": space.spec.to_dict(), "supernet": str(supernet_path),
-                  "data_root": str(data_root), "code_version": code_version(), "created": utc_now()}
+    provenance = {**identity, "full_config": config.to_dict(), "space_spec": space.spec.to_dict(),
+                  "supernet": str(supernet_path), "data_root": str(data_root), "code_version": code_version(), "created": utc_now()}
     write_parquet(plan_path, frame, provenance=provenance)
     return PairsPlan(plan_path, identity["key"], len(frame), int(frame["shard"].max()) + 1)
 

@@ -473,10 +473,10 @@ def readme(tables: Mapping[str, Any], figures: Mapping[str, Path], devices: Sequ
     parts = [
         "# SCAN-Edge reproduction report\n",
         f"Profile `{(params or {}).get('profile', '?')}`, code `{code_version()}`, machine {machine['cpu']} "
-        f"({machine['cores']} cores, id {machine['id']}), written {utc_now()}. Search space: {space_label}. Every row names the artifact it "
-        "came from (`source`); the tables are also in this folder as Parquet. Latency: median of timed calls, "
-        "batch 1; timings on a shared machine are indicative, ratios to MobileNetV2 within one table compare "
-        "better than milliseconds.\n",
+        f"({machine['cores']} cores, id {machine['id']}), written {utc_now()}. Search space: {space_label}. "
+        "Every row names the artifact it came from (`source`); the tables are also in this folder as Parquet. "
+        "Latency: median of timed calls, batch 1; timings on a shared machine are indicative, ratios to "
+        "MobileNetV2 within one table compare better than milliseconds.\n",
         "## Table 3 — ours, random architectures at the same latency, and baselines\n",
         "Fine-tuned on the pipeline's dataset with the same recipe, budget and seeds; accuracy on its test split. "
         "`init`: where the weights start. The paper's setting is kept as it is: ours (and the random controls) "

@@ -166,3 +166,21 @@ def test_a_predictor_bundle_keeps_its_space_and_refuses_another(tmp_path):
     assert PredictorBundle.load(path, extended).encoder.shape == (44, 25)
     with pytest.raises(ValueError, match="another search space"):
         PredictorBundle.load(path, SearchSpace())
+
+
+def test_the_report_counts_the_eshas_a_search_chose_in_the_extended_space(tmp_path):
+    from nas_core.io import write_json
+    from nas_core.report import Sources, esha_count, table4_searches
+
+    extended = space.search_space(EXTENDED)
+    genomes = extended.sample_genomes(50, rng=1)
+    archs = [extended.decode(g) for g in genomes]
+    for arch in archs:  # the compact form's count is the architecture's
+        eshas = sum(b.mhsa is not None and b.mhsa.type == "esha" for s in arch.stages for b in s.blocks)
+        assert esha_count(arch.compact()) == eshas
+    chosen = max(archs, key=lambda a: esha_count(a.compact()))
+    layout = Layout(tmp_path)
+    write_json(layout.search_summary("dev@1.0x"), {"compact": chosen.compact(), "targets_ms": {"dev": 5.0}})
+    row = table4_searches(layout, ["dev@1.0x"], Sources(tmp_path), extended).iloc[0]
+    assert row["esha"] == esha_count(chosen.compact()) > 0
+    assert "esha" not in table4_searches(layout, ["dev@1.0x"], Sources(tmp_path)).columns  # Table 2: unchanged
