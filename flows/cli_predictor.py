@@ -30,6 +30,7 @@ DEFAULT_SUPERNET, DEFAULT_DATA = str(DATA.supernet), str(DATA.dataset)
 def cmd_collect_pairs(args) -> int:
     from nas_core.params import load_params
     from tasks.pairs import collect_pairs
+    from tasks.stages import search_space
 
     params = load_params(args.params, args.profile)
     if args.runner or args.dask_address:
@@ -40,7 +41,8 @@ def cmd_collect_pairs(args) -> int:
         params = {**params, "pairs": {**(params.get("pairs") or {}), "runner": runner}}
     try:
         out = collect_pairs(params, supernet=args.supernet, data_root=args.data, out=args.out,
-                            shards_dir=args.shards_dir, num_subnets=args.n, resume=args.resume, fresh=args.fresh)
+                            shards_dir=args.shards_dir, num_subnets=args.n, resume=args.resume, fresh=args.fresh,
+                            space=search_space(params))
     except KeyboardInterrupt:
         print("\ninterrupted: finished shards are kept; continue with `scan-edge collect-pairs --resume`",
               file=sys.stderr)

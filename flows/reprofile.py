@@ -244,19 +244,19 @@ def estimator_or_none(params: Mapping[str, Any], device: str, lut: Path, fit: Pa
         return None
     try:
         return LatencyEstimator.from_files(lut, fit, stages.device_profile(params, device),
-                                           runtime_version=runtime_version)
+                                           runtime_version=runtime_version, space=stages.search_space(params))
     except LutError as err:
         print(f"{device}: no calibrated estimates from {lut}: {err}", flush=True)
         return None
 
 
-def read_arch(path: Path | None) -> ArchConfig | None:
+def read_arch(path: Path | None, space: SearchSpace | None = None) -> ArchConfig | None:
     """A search's ``*.arch.json`` (the architecture under ``arch``, with the search's record
-    around it), or a bare architecture JSON."""
+    around it), or a bare architecture JSON; a member of ``space`` (default Table 2)."""
     if path is None:
         return None
     data = read_json(path)
-    return SearchSpace().from_dict(data["arch"] if "arch" in data else data)
+    return (space or SearchSpace()).from_dict(data["arch"] if "arch" in data else data)
 
 
 def measure_arch(params: Mapping[str, Any], device: str, arch: ArchConfig, root: Path,
@@ -333,8 +333,8 @@ def searched_models(params: Mapping[str, Any], device: str, layout: stages.Layou
     rows = []
     for run in runs:
         old, new = before.summaries.get(run.key), after.get(run.key)
-        old_arch = read_arch(before.arch_json(run.key))
-        new_arch = read_arch(stages.searched_arch(layout, run.key)) if new else None
+        old_arch = read_arch(before.arch_json(run.key), stages.search_space(params))
+        new_arch = read_arch(stages.searched_arch(layout, run.key), stages.search_space(params)) if new else None
         targets = {"target_old_ms": _device_value((old or {}).get("targets_ms"), device),
                    "target_new_ms": _device_value((new or {}).get("targets_ms"), device)}
         new_measured = _device_value((new or {}).get("measured_ms"), device)

@@ -52,7 +52,7 @@ from torch import nn
 
 from .encoding import BITS, ArchEncoder
 from .io import code_version, torch_load, torch_save, utc_now
-from .search_space import SPACE_VERSION, ArchConfig, SearchSpace
+from .search_space import SPACE_VERSION, ArchConfig, SearchSpace, SpaceSpec
 from .threads import torch_threads
 
 BUNDLE_FORMAT = "scan-edge/accuracy-predictor/v1"
@@ -369,11 +369,12 @@ class PredictorBundle:
     # ---- persistence
     def save(self, path: str | Path) -> Path:
         """Write the bundle atomically (``torch.save`` of plain data, loadable without pickle
-        of classes): format tag, search-space version, layout, network shape, weights,
+        of classes): format tag, search-space version and spec, layout, network shape, weights,
         target and metadata."""
         payload = {
             "format": BUNDLE_FORMAT,
             "space_version": self.space_version,
+            "space_spec": self.encoder.space.spec.to_dict(),
             "layout": self.encoder.layout,
             "network": asdict(self.model.shape),
             "rows": self.model.rows,
@@ -386,7 +387,8 @@ class PredictorBundle:
 
     @classmethod
     def load(cls, path: str | Path, space: SearchSpace | None = None) -> "PredictorBundle":
-        """Load a saved bundle; refuse another format or another search-space version."""
+        """Load a saved bundle; refuse another format or another search-space version. Its
+        encoder is over the space it was trained on (``space`` when given: it must be that one)."""
         payload = torch_load(path)
         if not isinstance(payload, dict) or payload.get("format") != BUNDLE_FORMAT:
             found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
@@ -397,7 +399,11 @@ class PredictorBundle:
                              f"this code is {SPACE_VERSION!r}; retrain it (scan-edge fit-predictor)")
         model = AccuracyPredictor(NetworkShape.from_dict(payload["network"]), payload["rows"], payload["bits"])
         model.load_state_dict(payload["state_dict"])
-        encoder = ArchEncoder(space, layout=payload["layout"])
+        stored = SpaceSpec.from_dict(payload.get("space_spec"))  # bundles from before: Table 2
+        if space is not None and space.spec != stored:
+            raise ValueError(f"{path}: predictor trained on another search space ({stored.label}) than "
+                             f"the one asked for ({space.spec.label}); refit it (scan-edge fit-predictor)")
+        encoder = ArchEncoder(space or SearchSpace(stored), layout=payload["layout"])
         return cls(model, encoder, payload["target"], payload["metadata"])
 
 

@@ -241,13 +241,13 @@ def _supernet_resolution(supernet, supernet_path: Path | None) -> int:
 
 
 def _initial_model(ref: str, supernet, num_classes: int, resolution: int,
-                   drop_path: float = 0.0) -> tuple[nn.Module, dict, dict]:
+                   drop_path: float = 0.0, space: SearchSpace | None = None) -> tuple[nn.Module, dict, dict]:
     """``(model, description, search record)``: timm baseline, subnet from scratch, or the
     subnet extracted from ``supernet`` at ``resolution``."""
     if ref in TIMM_BASELINES:
         model = build_timm_classifier(ref, num_classes, drop_path)
         return model, {"name": ref, "kind": "timm", "timm_name": ref}, {}
-    arch, record = resolve_arch(ref, supernet.space if supernet is not None else None)
+    arch, record = resolve_arch(ref, supernet.space if supernet is not None else space)
     description = {"name": record["name"], "kind": "subnet", "arch_id": arch.arch_id, "arch": arch.to_dict(),
                    "compact": arch.compact()}
     if supernet is None:
@@ -263,8 +263,12 @@ def finetune(ref: str, *, data_root: str | os.PathLike = DEFAULT_DATA,
              out_root: str | os.PathLike = DEFAULT_OUT, config: FinetuneConfig | None = None,
              init: str | None = None, predicted_accuracy: float | None = None,
              devices_section: Mapping | None = None, resume: bool = True, overwrite: bool = False,
-             progress: bool = True, lock: Lock = no_lock, access_of: Callable | None = None) -> dict[str, Any]:
+             progress: bool = True, lock: Lock = no_lock, access_of: Callable | None = None,
+             space: SearchSpace | None = None) -> dict[str, Any]:
     """Fine-tune (or train a baseline) and write ``out_root/<name>/`` (module docstring).
+
+    ``space``: the search space ``ref`` belongs to when it is trained from scratch (default
+    Table 2); a subnet inherited from the supernet belongs to the supernet's.
 
     ``access_of(profile)``: where each device's latency is measured (``measure_latency``).
 
@@ -284,8 +288,8 @@ def finetune(ref: str, *, data_root: str | os.PathLike = DEFAULT_DATA,
         resolution = config.resolution or _supernet_resolution(net, supernet_path)
         data = classification_data(data_root, resolution, config)
         seed_everything(config.seed)  # a model from scratch starts from the same weights every run
-        model, described, record = _initial_model(ref, net, data.num_classes, resolution, config.drop_path)
-        space = net.space if net is not None else None
+        space = net.space if net is not None else space
+        model, described, record = _initial_model(ref, net, data.num_classes, resolution, config.drop_path, space)
         name = name or (described["name"] + ("_scratch" if init == "scratch" and described["kind"] == "subnet" else ""))
         out = Path(out_root) / name
 

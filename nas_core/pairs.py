@@ -75,7 +75,7 @@ from .data.folders import ManifestDataset, build_transform, load_checked_manifes
 from .encoding import ArchEncoder
 from .evaluate import calibration_batches, evaluate, recalibrate_bn
 from .io import code_version, file_sha256, machine_fingerprint, read_parquet, read_provenance, utc_now, write_parquet
-from .search_space import SPACE_VERSION, SearchSpace
+from .search_space import SPACE_VERSION, SearchSpace, SpaceSpec, space_identity
 from .threads import torch_threads
 from .train import load_supernet
 
@@ -229,14 +229,17 @@ class PairsPlan:
         return [s for s in self.shard_specs() if not s.out_path.exists()]
 
 
-def plan_identity(config: PairsConfig, supernet_path: str | os.PathLike, data_root: str | os.PathLike) -> dict:
+def plan_identity(config: PairsConfig, supernet_path: str | os.PathLike, data_root: str | os.PathLike,
+                  space: SearchSpace | None = None) -> dict:
     """What the rows depend on: the config (minus resume-free keys), the supernet checkpoint's
-    and the dataset manifest's content, and the search-space version; ``key`` hashes it."""
+    and the dataset manifest's content, and the search space (its version; the spec of one
+    other than Table 2, ``space_identity``); ``key`` hashes it."""
     identity = {
         "config": {k: v for k, v in config.to_dict().items() if k not in RESUME_FREE_KEYS},
         "supernet_sha256": file_sha256(supernet_path),
         "manifest_sha256": _manifest_sha256(data_root),
         "space_version": SPACE_VERSION,
+        **space_identity((space or SearchSpace()).spec),
     }
     identity["key"] = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return identity
@@ -248,8 +251,10 @@ def _manifest_sha256(data_root: str | os.PathLike) -> str:
 
 
 def prepare_pairs(config: PairsConfig, supernet_path: str | os.PathLike, data_root: str | os.PathLike,
-                  shards_dir: str | os.PathLike, resume: bool = False, fresh: bool = False) -> PairsPlan:
-    """Write (or reuse) the plan in ``shards_dir``; return it.
+                  shards_dir: str | os.PathLike, resume: bool = False, fresh: bool = False,
+                  space: SearchSpace | None = None) -> PairsPlan:
+    """Write (or reuse) the plan of subnets of ``space`` (default Table 2; the supernet's) in
+    ``shards_dir``; return it.
 
     * nothing there: write the plan;
     * a plan with the same key: reuse it with ``resume`` (finished shards are kept);
@@ -260,7 +265,8 @@ def prepare_pairs(config: PairsConfig, supernet_path: str | os.PathLike, data_ro
     """
     shards_dir = Path(shards_dir)
     plan_path = shards_dir / PLAN_NAME
-    identity = plan_identity(config, supernet_path, data_root)
+    space = space or SearchSpace()
+    identity = plan_identity(config, supernet_path, data_root, space)
     if fresh:
         remove_shards(shards_dir)
     elif plan_path.exists():
@@ -275,9 +281,9 @@ def prepare_pairs(config: PairsConfig, supernet_path: str | os.PathLike, data_ro
                              "--resume (resume=True) to continue it or --fresh (fresh=True) to start over")
         frame = read_parquet(plan_path)
         return PairsPlan(plan_path, identity["key"], len(frame), int(frame["shard"].max()) + 1)
-    frame = make_plan(config)
-    provenance = {**identity, "full_config": config.to_dict(), "supernet": str(supernet_path),
-                  "data_root": str(data_root), "code_version": code_version(), "created": utc_now()}
+    frame = make_plan(config, space)
+    provenance = {**identity, "full_config": config.to_dict(), "space_spec": space.spec.to_dict(),
+                  "supernet": str(supernet_path), "data_root": str(data_root), "code_version": code_version(), "created": utc_now()}
     write_parquet(plan_path, frame, provenance=provenance)
     return PairsPlan(plan_path, identity["key"], len(frame), int(frame["shard"].max()) + 1)
 
@@ -285,7 +291,8 @@ def prepare_pairs(config: PairsConfig, supernet_path: str | os.PathLike, data_ro
 def _identity_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     changed = [f"config.{k}" for k in sorted(set(old.get("config", {})) | set(new["config"]))
                if old.get("config", {}).get(k) != new["config"].get(k)]
-    return changed + [k for k in ("supernet_sha256", "manifest_sha256", "space_version") if old.get(k) != new[k]]
+    return changed + [k for k in ("supernet_sha256", "manifest_sha256", "space_version", "space_spec")
+                      if old.get(k) != new.get(k)]
 
 
 def remove_shards(shards_dir: str | os.PathLike) -> int:
@@ -455,7 +462,7 @@ def evaluate_shard(spec: ShardSpec, evaluator_factory: EvaluatorFactory | None =
     config = PairsConfig.from_dict(provenance["full_config"])
     if device is not None:
         config = replace(config, device=device)
-    space = SearchSpace()
+    space = SearchSpace(SpaceSpec.from_dict(provenance.get("space_spec")))  # the plan's (Table 2 before)
 
     with torch_threads(config.threads):
         evaluator = (evaluator_factory or default_evaluator)(provenance, config)

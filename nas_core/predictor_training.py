@@ -266,8 +266,10 @@ def plot_predictions(measured, predicted, path: str | Path, title: str = "", tar
 
 # --------------------------------------------------------------------------- the stage's artifacts
 def fit_and_write(pairs_path: str | Path, out_dir: str | Path, config: PredictorConfig | Mapping[str, Any] | None = None,
-                  params: Mapping[str, Any] | None = None, log=print) -> tuple[dict[str, Path], dict[str, Any]]:
-    """The predictor stage: fit on the pairs table and write, under ``out_dir``:
+                  params: Mapping[str, Any] | None = None, log=print, space: SearchSpace | None = None
+                  ) -> tuple[dict[str, Path], dict[str, Any]]:
+    """The predictor stage: fit on the pairs table (subnets of ``space``, default Table 2) and
+    write, under ``out_dir``:
 
     ``predictor.pt``               the :class:`PredictorBundle`
     ``metrics.json``               :func:`fit_predictor`'s metrics + ``provenance`` (pairs file
@@ -279,7 +281,7 @@ def fit_and_write(pairs_path: str | Path, out_dir: str | Path, config: Predictor
     """
     config = config if isinstance(config, PredictorConfig) else PredictorConfig.from_dict(config)
     pairs = load_pairs(pairs_path)
-    bundle, metrics = fit_predictor(pairs, config, log=log)
+    bundle, metrics = fit_predictor(pairs, config, space=space, log=log)
     pairs_provenance = read_provenance(pairs_path)
     provenance = {"pairs": str(pairs_path), "pairs_sha256": file_sha256(pairs_path),
                   "pairs_plan_key": pairs_provenance.get("key"), "config": config.to_dict(), "params": params,

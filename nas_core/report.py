@@ -42,6 +42,7 @@ Pure: reads files, writes files, imports no orchestration.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -53,6 +54,7 @@ from .io import code_version, machine_fingerprint, read_json, read_parquet, utc_
 from .latency.calibration import plot_calibration
 from .layout import Layout
 from .search_report import plot_front, plot_history
+from .search_space import SearchSpace
 
 REFERENCE_MODEL = "mobilenetv2_100"
 CNN_MODELS = ("mobilenetv2", "mobilenetv3", "gernet", "resnet", "regnet")
@@ -241,8 +243,16 @@ def _with_ratios(frame, devices: Sequence[str]):
     return frame
 
 
-def table4_searches(layout: Layout, runs: Sequence[str], src: Sources):
-    """One row per search run (``search/<run>.json`` + the fine-tuned ``ours_<run>``)."""
+def esha_count(compact: str | None) -> int | None:
+    """ESHAs in an architecture's compact form: each is written ``E(<act>)`` (``AttnConfig.compact``;
+    no other token of the form ends in ``E(``: FFNs are ``U(``/``F(``, MHSAs ``M(``, the embedding ``DS(``)."""
+    return None if compact is None else len(re.findall(r"(?<![A-Z])E\(", compact))
+
+
+def table4_searches(layout: Layout, runs: Sequence[str], src: Sources, space: SearchSpace | None = None):
+    """One row per search run (``search/<run>.json`` + the fine-tuned ``ours_<run>``); in a space
+    with ESHA, ``esha``: how many of the chosen network's attentions are ESHAs."""
+    space = space or SearchSpace()
     rows = []
     for run in runs:
         path = layout.search_summary(run)
@@ -253,6 +263,8 @@ def table4_searches(layout: Layout, runs: Sequence[str], src: Sources):
                "params_bound_m": s.get("params_m"), "predicted_accuracy": s.get("predicted_accuracy"),
                "within": s.get("within") if s.get("measured") else None, "params": s.get("params"),
                "macs": s.get("macs")}
+        if space.spec.searches_attention_type:
+            row["esha"] = esha_count(s.get("compact"))
         for device, ms in (s.get("targets_ms") or {}).items():
             row[f"target_ms.{device}"] = ms
             row[f"estimated_ms.{device}"] = (s.get("latency_ms") or {}).get(device)
@@ -440,11 +452,14 @@ def _isnan(value: Any) -> bool:
 
 # --------------------------------------------------------------------------- the report
 def build_report(root: str | Path, out_dir: str | Path, *, devices: Sequence[str], searches: Sequence[str],
-                 baselines: Iterable[str] = (), params: Mapping[str, Any] | None = None) -> dict[str, Path]:
+                 baselines: Iterable[str] = (), params: Mapping[str, Any] | None = None,
+                 space: SearchSpace | None = None) -> dict[str, Path]:
     """Write ``out_dir`` (module docstring) from the artifacts under ``root``.
 
     ``devices``: the searched devices (latency columns); ``searches``: the search runs
-    (``search/<run>.json``); ``baselines``: the baseline models fine-tuned like ours.
+    (``search/<run>.json``); ``baselines``: the baseline models fine-tuned like ours;
+    ``space``: the space searched (default Table 2; named in the README, and with an
+    attention-type gene Table 4 counts the ESHAs each search chose).
     Returns ``{name: path}`` of everything written (``readme`` included).
     """
     root, out_dir = Path(root), Path(out_dir)
@@ -458,7 +473,7 @@ def build_report(root: str | Path, out_dir: str | Path, *, devices: Sequence[str
         "table3_search_gain": search_gain_table(table3, controls),
         "predictor_window": predictor_window_table(controls, layout.controls_summary),
         "table3_latency": table3_latency(layout, devices, src),
-        "table4_searches": table4_searches(layout, searches, src),
+        "table4_searches": table4_searches(layout, searches, src, space or SearchSpace()),
         "table5_transfer": table5_transfer(layout, src),
         "table6_detection": table6_detection(layout, devices, src),
         "latency_predictor": latency_predictor_table(layout, devices, src),
@@ -480,7 +495,8 @@ def build_report(root: str | Path, out_dir: str | Path, *, devices: Sequence[str
         shutil.copyfile(predictor_png, out_dir / "s4_predictor.png")
         figures["s4_predictor"] = out_dir / "s4_predictor.png"
     written.update({k: v for k, v in figures.items() if v is not None})
-    text = readme(tables, {k: v for k, v in figures.items() if v is not None}, devices, src, params)
+    text = readme(tables, {k: v for k, v in figures.items() if v is not None}, devices, src, params,
+                  (space or SearchSpace()).spec.label)
     written["readme"] = write_text(out_dir / "README.md", text)
     return written
 
@@ -494,7 +510,7 @@ def _claims(gain, empty: str = "no controls or baselines to compare (the control
 
 
 def readme(tables: Mapping[str, Any], figures: Mapping[str, Path], devices: Sequence[str], src: Sources,
-           params: Mapping[str, Any] | None) -> str:
+           params: Mapping[str, Any] | None, space_label: str = "Table 2") -> str:
     lat = [f"latency_ms.{d}" for d in devices]
     ratio = [f"vs_mobilenetv2.{d}" for d in devices]
     millions = {"params": 1e6, "macs": 1e6}
@@ -504,10 +520,10 @@ def readme(tables: Mapping[str, Any], figures: Mapping[str, Path], devices: Sequ
     parts = [
         "# SCAN-Edge reproduction report\n",
         f"Profile `{(params or {}).get('profile', '?')}`, code `{code_version()}`, machine {machine['cpu']} "
-        f"({machine['cores']} cores, id {machine['id']}), written {utc_now()}. Every row names the artifact it "
-        "came from (`source`); the tables are also in this folder as Parquet. Latency: median of timed calls, "
-        "batch 1; timings on a shared machine are indicative, ratios to MobileNetV2 within one table compare "
-        "better than milliseconds.\n",
+        f"({machine['cores']} cores, id {machine['id']}), written {utc_now()}. Search space: {space_label}. "
+        "Every row names the artifact it came from (`source`); the tables are also in this folder as Parquet. "
+        "Latency: median of timed calls, batch 1; timings on a shared machine are indicative, ratios to "
+        "MobileNetV2 within one table compare better than milliseconds.\n",
         "## Table 3 — ours, random architectures at the same latency, and baselines\n",
         "Fine-tuned on the pipeline's dataset with the same recipe, budget and seeds; accuracy on its test split. "
         "`init`: where the weights start. The paper's setting is kept as it is: ours (and the random controls) "

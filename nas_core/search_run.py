@@ -46,7 +46,7 @@ from .search_constraints import Constraints, LatencyConstraint
 from .search_refine import RefineConfig, refine_on_device
 from .search_report import (MeasurementCache, inputs_key, is_up_to_date, output_paths, plot_front, read_best,
                             write_search)
-from .search_space import SPACE_VERSION, SearchSpace
+from .search_space import SPACE_VERSION, SearchSpace, space_identity
 from .subnet import SubnetModel
 
 REFERENCE_MODEL = "mobilenetv2_100"  # the paper's latency target (Table 3)
@@ -61,18 +61,19 @@ class MissingArtifact(FileNotFoundError):
     """An input of the search that has not been made yet (the message says how)."""
 
 
-def load_accuracy_predictor(path: str | os.PathLike):
-    """The accuracy predictor bundle (``nas_core.accuracy_predictor``) at ``path``."""
+def load_accuracy_predictor(path: str | os.PathLike, space: SearchSpace | None = None):
+    """The accuracy predictor bundle (``nas_core.accuracy_predictor``) at ``path``, trained on
+    ``space`` (checked; None: whichever it was trained on)."""
     path = Path(path)
     if not path.exists():
         raise MissingArtifact(f"{path}: no accuracy predictor. Make it with `scan-edge collect-pairs` and then "
                               f"`scan-edge fit-predictor` (they need data/supernet/supernet.pt from "
                               f"`scan-edge train-supernet`)")
-    return PredictorBundle.load(path)
+    return PredictorBundle.load(path, space)
 
 
-def load_latency_estimator(device: str, lut_dir: str | os.PathLike, profile):
-    """The calibrated LUT estimator of ``device`` (``nas_core.efficiency_predictor``)."""
+def load_latency_estimator(device: str, lut_dir: str | os.PathLike, profile, space: SearchSpace | None = None):
+    """The calibrated LUT estimator of ``device`` (``nas_core.efficiency_predictor``) over ``space``."""
     lut, fit = Path(lut_dir) / f"{device}.parquet", Path(lut_dir) / f"{device}.fit.json"
     if not lut.exists():
         raise MissingArtifact(f"{lut}: no latency lookup table for device {device!r}. Make it with "
@@ -80,7 +81,7 @@ def load_latency_estimator(device: str, lut_dir: str | os.PathLike, profile):
     if not fit.exists():
         raise MissingArtifact(f"{fit}: the LUT of {device!r} is not calibrated. Make it with "
                               f"`scan-edge lut calibrate --device {device}`")
-    return LatencyEstimator.from_files(lut, fit, profile)
+    return LatencyEstimator.from_files(lut, fit, profile, space=space)
 
 
 def reference_latency_ms(path: str | os.PathLike, device: str, model: str = REFERENCE_MODEL) -> float:
@@ -128,21 +129,23 @@ class SearchSetup:
 
 
 def load_setup(params: Mapping[str, Any], profiles: Mapping[str, Any], *, predictor: str | os.PathLike,
-               lut_dir: str | os.PathLike, out_dir: str | os.PathLike) -> SearchSetup:
-    """The set-up of searches for the devices of ``profiles`` (device -> ``DeviceProfile``,
-    all at the search's resolution), configured by ``params`` (its ``search:`` section),
-    reading the predictor at ``predictor`` and ``<lut_dir>/<device>.{parquet,fit.json}``,
-    writing under ``out_dir``."""
+               lut_dir: str | os.PathLike, out_dir: str | os.PathLike,
+               space: SearchSpace | None = None) -> SearchSetup:
+    """The set-up of searches in ``space`` (default Table 2) for the devices of ``profiles``
+    (device -> ``DeviceProfile``, all at the search's resolution), configured by ``params``
+    (its ``search:`` section), reading the predictor at ``predictor`` (trained on ``space``)
+    and ``<lut_dir>/<device>.{parquet,fit.json}`` (holding its blocks), writing under ``out_dir``."""
     section = search_section(params)
     resolutions = {device: profile.resolution for device, profile in profiles.items()}
     if len(set(resolutions.values())) != 1:
         raise ValueError(f"the devices of one search must share its input resolution; got {resolutions} "
                          "(set search_space.resolution)")
-    accuracy = load_accuracy_predictor(predictor)
-    estimators = {device: load_latency_estimator(device, lut_dir, profile) for device, profile in profiles.items()}
+    space = space or SearchSpace()
+    accuracy = load_accuracy_predictor(predictor, space)
+    estimators = {device: load_latency_estimator(device, lut_dir, profile, space)
+                  for device, profile in profiles.items()}
     inputs = [Path(predictor), *[Path(lut_dir) / f"{device}{suffix}" for device in profiles
                                  for suffix in (".parquet", ".fit.json")]]
-    space = SearchSpace()
     return SearchSetup(space=space, catalog=BlockCatalog(space, next(iter(resolutions.values()))),
                        predictor=accuracy, estimators=estimators, profiles=dict(profiles),
                        config=EvolutionConfig.from_dict(section.get("evolution")),
@@ -166,7 +169,8 @@ def run_search(setup: SearchSetup, targets: Mapping[str, float], max_params: flo
                               max_params, max_macs, setup.num_classes)
     constraints.check_feasible()  # an infeasible target fails before anything else, naming the lowest value
     run = run_name(targets, max_params, max_macs)
-    key = inputs_key({"space": SPACE_VERSION, "config": setup.config.to_dict(), "constraints": constraints.describe(),
+    key = inputs_key({"space": SPACE_VERSION, **space_identity(setup.space.spec), "config": setup.config.to_dict(),
+                      "constraints": constraints.describe(),
                       "digests": setup.digests, "refine": setup.refine.to_dict() if measure else None,
                       "code": _search_code_digest()})
     if not force and is_up_to_date(setup.out_dir, run, key, need_refine=measure):

@@ -120,6 +120,35 @@ class SpaceSpec:
         attention = tuple((section or {}).get("attention") or ("mhsa",))
         return cls(attention_types=attention)
 
+    @property
+    def label(self) -> str:
+        """A short name for messages: "Table 2", "Table 2 + attention mhsa/esha", or custom."""
+        if self == SpaceSpec():
+            return "Table 2"
+        if dataclasses.replace(self, attention_types=("mhsa",)) == SpaceSpec():
+            return f"Table 2 + attention {'/'.join(self.attention_types)}"
+        return "a custom space"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (stored in checkpoints and predictor bundles)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> "SpaceSpec":
+        """The spec :meth:`to_dict` wrote (Table 2 when ``values`` is empty: files from before)."""
+        if not values:
+            return cls()
+        values = dict(values)
+        stages = tuple(StageSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
+                       for s in values.pop("stages"))
+        return cls(stages=stages, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def space_identity(spec: SpaceSpec) -> dict[str, Any]:
+    """What an artifact's identity says about its space: nothing for Table 2 (so the keys of
+    everything made before the extension still hold), the whole spec for any other space."""
+    return {} if spec == SpaceSpec() else {"space_spec": spec.to_dict()}
+
 
 # --------------------------------------------------------------------------- architecture values
 @dataclass(frozen=True)

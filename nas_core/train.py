@@ -95,7 +95,7 @@ from .distributed import DistContext, bn_buffers, init_distributed, seed_everyth
 from .evaluate import calibration_batches, evaluate, recalibrate_bn
 from .io import code_version, machine_fingerprint, read_parquet, torch_load, torch_save, utc_now, write_parquet
 from .recipe import build_mixup, build_teacher, check_mixup, classification_criterion
-from .search_space import SPACE_VERSION, ArchConfig, SearchSpace, SpaceSpec, StageSpec
+from .search_space import SPACE_VERSION, ArchConfig, SearchSpace, SpaceSpec
 from .supernet import Supernet
 from .threads import default_threads, torch_threads
 from .trainer import (CHECKPOINT_NAME, LOG_NAME, StepContext, Trainer, changed_settings, describe_changes,
@@ -418,10 +418,11 @@ def build_data(manifest, root: str | os.PathLike, config: SupernetTrainConfig):
 
 def train_supernet(config: SupernetTrainConfig, data_root: str | os.PathLike, out_dir: str | os.PathLike,
                    resume: bool = False, overwrite: bool = False, params: Mapping[str, Any] | None = None,
-                   progress: bool = True, device: str | None = None) -> Path:
+                   progress: bool = True, device: str | None = None, space: SearchSpace | None = None) -> Path:
     """Train a supernet on the dataset at ``data_root`` (a folder with ``manifest.parquet``,
     or any layout ``nas_core.data.folders.load_manifest`` understands); returns the path
-    of ``supernet.pt``. Runs distributed when started by ``torchrun``.
+    of ``supernet.pt``. Runs distributed when started by ``torchrun``. ``space``: the search
+    space whose weights it holds (default Table 2; ``SpaceSpec.from_params``).
 
     An existing checkpoint in ``out_dir`` is continued with ``resume``, replaced with
     ``overwrite``, and otherwise an error (so a finished run is never lost by accident).
@@ -432,11 +433,12 @@ def train_supernet(config: SupernetTrainConfig, data_root: str | os.PathLike, ou
         raise FileExistsError(f"{checkpoint} exists: pass resume to continue that run or overwrite to start "
                               "a new one")
     with torch_threads(config.threads or default_threads()):
-        return _train_supernet(config, data_root, out_dir, resume, overwrite, params, progress, device)
+        return _train_supernet(config, data_root, out_dir, resume, overwrite, params, progress, device, space)
 
 
 def _train_supernet(config: SupernetTrainConfig, data_root: str | os.PathLike, out_dir: Path, resume: bool,
-                    overwrite: bool, params: Mapping[str, Any] | None, progress: bool, device: str | None) -> Path:
+                    overwrite: bool, params: Mapping[str, Any] | None, progress: bool, device: str | None,
+                    space: SearchSpace | None = None) -> Path:
     checkpoint = out_dir / CHECKPOINT_NAME
     ctx = init_distributed(device)
     if overwrite and not resume and ctx.is_main:
@@ -446,7 +448,7 @@ def _train_supernet(config: SupernetTrainConfig, data_root: str | os.PathLike, o
     manifest = load_checked_manifest(data_root, config.skip_bad_images)  # every image decoded once, up front
     num_classes = len(class_names(manifest))
     train, val_loader, calib = build_data(manifest, data_root, config)
-    trainer = SupernetTrainer(config, train, num_classes, out_dir, val_loader, calib, ctx=ctx,
+    trainer = SupernetTrainer(config, train, num_classes, out_dir, val_loader, calib, space=space, ctx=ctx,
                               params=params, progress=progress)
     if resume and trainer.resume() and ctx.is_main:
         print(f"resumed from {checkpoint} at epoch {trainer.epoch}/{config.epochs}", flush=True)
@@ -457,13 +459,7 @@ def _train_supernet(config: SupernetTrainConfig, data_root: str | os.PathLike, o
 # --------------------------------------------------------------------------- loading
 def space_from_spec(spec: Mapping[str, Any] | None) -> SearchSpace:
     """Rebuild the search space stored in a checkpoint (default space when absent)."""
-    if not spec:
-        return SearchSpace()
-    spec = dict(spec)
-    stages = tuple(StageSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
-                   for s in spec.pop("stages"))
-    return SearchSpace(SpaceSpec(stages=stages, **{k: tuple(v) if isinstance(v, list) else v
-                                                   for k, v in spec.items()}))
+    return SearchSpace(SpaceSpec.from_dict(spec))
 
 
 def load_supernet(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Supernet, dict[str, Any]]:

@@ -116,12 +116,13 @@ def collect_pairs(params: Mapping[str, Any], *, supernet: str | Path = DEFAULT_S
                   data_root: str | Path = DEFAULT_DATA, out: str | Path = DEFAULT_OUT,
                   shards_dir: str | Path | None = None, num_subnets: int | None = None, resume: bool = False,
                   fresh: bool = False, evaluator_factory: EvaluatorFactory | None = None,
-                  log: Callable[[str], None] = print) -> Path:
+                  log: Callable[[str], None] = print, space=None) -> Path:
     """Collect the subnet-accuracy pairs: plan, evaluate the unfinished shards, assemble.
 
     ``params`` is the loaded params.yaml (its ``pairs`` and ``runners`` sections);
     ``num_subnets`` overrides ``pairs.num_subnets``. See ``prepare_pairs`` for ``resume`` /
-    ``fresh``. Each shard task holds the CPU lock (shared) itself: a lock held here would
+    ``fresh``. ``space``: the search space the subnets are drawn from (the supernet's; default
+    Table 2). Each shard task holds the CPU lock (shared) itself: a lock held here would
     block the shard workers behind a waiting latency measurement. Returns the path of the
     assembled table.
     """
@@ -135,7 +136,7 @@ def collect_pairs(params: Mapping[str, Any], *, supernet: str | Path = DEFAULT_S
             if not Path(path).exists():
                 raise FileNotFoundError(f"{path}: no {what}")
     shards_dir = Path(shards_dir) if shards_dir is not None else default_shards_dir(out)
-    plan = prepare_pairs(config, supernet, data_root, shards_dir, resume=resume, fresh=fresh)
+    plan = prepare_pairs(config, supernet, data_root, shards_dir, resume=resume, fresh=fresh, space=space)
     pending = [spec.shard for spec in plan.pending()]
     log(f"pairs: {plan.num_subnets} subnets in {plan.num_shards} shards of {config.shard_size}; "
         f"{len(pending)} shards to evaluate ({plan.path.parent})")

@@ -151,3 +151,66 @@ def test_compare_versions_tells_identical_from_different_artifacts(tmp_path):
     assert verdicts["m/model.pt"]["tensors_differing"] == ["/b"] and verdicts["m/model.pt"]["tensors"] == 2
     assert verdicts["m/t.parquet"]["columns_differing"] == ["seconds"]
     assert verdicts["m/metrics.json"]["keys_differing"] == ["runs.0.s"]  # NaN equals NaN
+
+
+# --------------------------------------------------------------------------- esha_search (issue 19)
+class _EshaFriendlyAccuracy:
+    """A toy predictor of extended genomes: capacity (a MACs table) plus a bonus per ESHA."""
+
+    def __init__(self, catalog):
+        self.catalog = catalog
+        self.macs = catalog.macs_table().astype(float)
+        self.esha = np.array([1.0 if b.kind == "esha" else 0.0 for b in catalog.blocks])
+
+    def predict_genomes(self, genomes):
+        return (np.tanh(self.catalog.sum_table(self.macs, genomes) / 4e8)
+                + 0.2 * self.catalog.sum_table(self.esha, genomes))
+
+
+def _toy_extended_setup(tmp_path):
+    from nas_core.block_catalog import BlockCatalog
+    from nas_core.search_algorithm import EvolutionConfig
+    from nas_core.search_constraints import BlockTableEstimator
+    from nas_core.search_refine import RefineConfig
+    from nas_core.search_run import SearchSetup
+    from nas_core.search_space import SpaceSpec
+
+    space = SearchSpace(SpaceSpec.from_params({"attention": ["mhsa", "esha"]}))
+    catalog = BlockCatalog(space, 224)
+    latency = BlockTableEstimator(catalog, catalog.macs_table().astype(float) / 5e7 + 0.05, 0.9, 0.3, name="dev")
+    return SearchSetup(space=space, catalog=catalog, predictor=_EshaFriendlyAccuracy(catalog),
+                       estimators={"dev": latency}, profiles={}, config=EvolutionConfig(population_size=24,
+                                                                                          generations=4,
+                                                                                          probe_samples=0),
+                       refine=RefineConfig(), num_classes=1000, out_dir=tmp_path)
+
+
+def test_esha_search_compares_the_extended_search_with_table2_inside_the_same_artifacts(tmp_path):
+    import esha_search
+
+    setup = _toy_extended_setup(tmp_path)
+    table2 = esha_search.table2_setup(setup, tmp_path / "t2")
+    arch = table2.space.sample(3)  # a Table 2 genome scores as its extended genome, in both models
+    genome = table2.space.encode(arch)[None]
+    assert np.allclose(table2.predictor.predict_genomes(genome), setup.predictor.predict_genomes(
+        setup.space.encode(arch)[None]))
+    assert np.allclose(table2.estimators["dev"].predict_genomes(genome),
+                       setup.estimators["dev"].predict_genomes(setup.space.encode(arch)[None]))
+    target = float(np.median(table2.estimators["dev"].predict_genomes(table2.space.sample_genomes(200, rng=0))))
+    result = esha_search.compare(setup, {"dev": target}, tmp_path, measure=False, say=lambda _: None)
+    assert result["table2"]["esha"] == 0 and result["extended"]["esha"] > 0 and result["esha_entered"]
+    assert result["predicted_gain"] > 0  # the toy rewards ESHA: the extended search must find that
+    for name in ("extended", "table2"):
+        assert result[name]["estimated_ms"]["dev"] <= target and result[name]["measured_ms"] is None
+    with pytest.raises(ValueError, match="extended"):
+        esha_search.compare(table2, {"dev": target}, tmp_path, measure=False)
+
+
+def test_esha_search_tiny_params_keep_the_deployment_resolution_and_name_the_extended_space():
+    import esha_search
+    from nas_core.params import load_params
+
+    params = esha_search.tiny_params(load_params(Path(__file__).resolve().parents[1] / "params.yaml"), "ort_cpu_fp32")
+    assert params["search_space"] == {"resolution": 224, "attention": ["mhsa", "esha"]}
+    assert params["search"]["devices"] == ["ort_cpu_fp32"] and params["baselines"]["models"] == []
+    assert params["dataset"]["num_classes"] == 4 and params["pairs"]["num_subnets"] == 14

@@ -128,7 +128,7 @@ def test_stages_hold_the_cpu_lock_in_the_right_mode(smoke_params, tmp_path, monk
         write_parquet(out_path, frame)
         return frame
 
-    def fake_fit(pairs, out_dir, config, params=None, log=print):
+    def fake_fit(pairs, out_dir, config, params=None, log=print, space=None):
         seen["predictor"] = _held()
         return {"predictor": Path(out_dir) / "predictor.pt"}, {}
 

@@ -487,8 +487,9 @@ def _cli_stand_ins(monkeypatch, world, tmp_path):
             (lut_dir / f"{device}{suffix}").write_text("stand-in")
     estimators = {"ort_cpu_fp32": world["lat_a"], "openvino_cpu_fp32": world["lat_b"]}
     monkeypatch.setenv("SCAN_EDGE_CPU_LOCK", str(tmp_path / "cpu.lock"))  # not the machine's lock
-    monkeypatch.setattr(search_run, "load_accuracy_predictor", lambda path: world["acc"])
-    monkeypatch.setattr(search_run, "load_latency_estimator", lambda device, lut, profile: estimators[device])
+    monkeypatch.setattr(search_run, "load_accuracy_predictor", lambda path, space=None: world["acc"])
+    monkeypatch.setattr(search_run, "load_latency_estimator",
+                        lambda device, lut, profile, space=None: estimators[device])
     monkeypatch.setattr(search_run, "device_measure", lambda setup, accesses=None, run="", lock=None:
                         lambda c: {d: 1.02 * ms for d, ms in c.latency_ms().items()})
     return ["--predictor", str(predictor), "--lut-dir", str(lut_dir), "--out-dir", str(tmp_path / "search"),
@@ -504,7 +505,7 @@ def test_cli_names_the_missing_artifact_and_the_command_that_makes_it(tmp_path, 
     assert "scan-edge fit-predictor" in capsys.readouterr().err
     predictor = tmp_path / "p.pt"
     predictor.write_bytes(b"x")
-    monkeypatch.setattr(search_run, "load_accuracy_predictor", lambda path: world["acc"])
+    monkeypatch.setattr(search_run, "load_accuracy_predictor", lambda path, space=None: world["acc"])
     args = base + ["--predictor", str(predictor), "--lut-dir", str(tmp_path)]
     assert main(args) == 2
     assert "scan-edge lut build --device ort_cpu_fp32" in capsys.readouterr().err

@@ -9,6 +9,7 @@ these functions), only ``nas_core`` and the machine's CPU lock.
 By concern, each module readable on its own:
 
 * ``common``: params sections, the pipeline's search runs, resume stamps, messages;
+* ``space``: the search space params name (``search_space.attention``: Table 2 or with ESHA);
 * ``data``: the dataset; ``training``: supernet, pairs, predictor and the torchrun launcher;
 * ``latency``: runtime record, LUT, calibration, baselines, and how a device is reached;
 * ``search``; ``downstream``: fine-tune, transfer, detection; ``controls``: random
@@ -73,14 +74,15 @@ _EXPORTS = {
     "STAGES": "registry", "StageInfo": "registry", "_step_devices": "registry", "params_for": "registry",
     "stage_identity": "registry",
     "stage_report": "report",
+    "SPACE_KEY": "common", "search_space": "space", "space_spec": "space", "space_sections": "space",
     "control_run": "controls", "stage_controls": "controls",
     "search_setup": "search", "searched_arch": "search", "stage_search": "search", "target_latencies": "search",
     "_launch_ranks": "training", "_torchrun": "training", "run_predictor": "training", "run_supernet": "training",
     "stage_pairs": "training", "stage_predictor": "training", "stage_supernet": "training",
     "torchrun_command": "training",
 }
-SUBMODULES = ("common", "data", "training", "runtimes", "latency", "search", "downstream", "controls", "report",
-              "registry", "planner")
+SUBMODULES = ("common", "space", "data", "training", "runtimes", "latency", "search", "downstream", "controls",
+              "report", "registry", "planner")
 __all__ = sorted(_EXPORTS)
 
 

@@ -17,6 +17,9 @@ from tasks.run_identity import file_sha256, run_identity
 from tasks.run_identity import resume_or_restart as resume_stamp
 
 OURS = "ours"  # in pipeline.transfer_models / detection_models: the first search's fine-tuned model
+# The params key naming the search space (``tasks.stages.space``): a section of every stage that
+# builds architectures and does not already read the whole ``search_space:`` section.
+SPACE_KEY = "search_space.attention"
 
 Paths = dict[str, Path]
 

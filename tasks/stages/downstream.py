@@ -22,6 +22,7 @@ from tasks.stages.common import (EQUAL_BUDGET, Paths, _require, equal_budget_bas
                                  section, stage_seeds)
 from tasks.stages.latency import _access_of
 from tasks.stages.search import searched_arch
+from tasks.stages.space import search_space
 from tasks.stages.training import _launch_ranks, _restart_flag, _torchrun_nproc
 
 
@@ -136,13 +137,14 @@ def run_finetune(params: Mapping[str, Any], ref: str, *, data: str | os.PathLike
                  progress: bool = True) -> dict[str, Any]:
     """Fine-tune ``ref`` with ``finetune:`` and time it on ``devices:`` profiles
     (``nas_core.finetune.finetune``): the CPU lock is held shared while it trains and
-    exclusively while it measures. Returns the metrics. The work of the fine-tune stage and
-    of ``scan-edge finetune``."""
+    exclusively while it measures. An architecture trained from scratch is checked against the
+    space of ``search_space:`` (one inherited from the supernet, against the supernet's).
+    Returns the metrics. The work of the fine-tune stage and of ``scan-edge finetune``."""
     return finetuning.finetune(ref, data_root=data, supernet=supernet, name=name, out_root=out_root,
                                config=finetuning.FinetuneConfig.from_params(section(params, "finetune")), init=init,
                                predicted_accuracy=predicted_accuracy, devices_section=section(params, "devices"),
                                resume=resume, overwrite=overwrite, progress=progress, lock=stage_lock,
-                               access_of=_access_of(params, Path(out_root).parent))
+                               access_of=_access_of(params, Path(out_root).parent), space=search_space(params))
 
 
 def _downstream_data(given: str | os.PathLike | None, generated: Path, make: Callable[[Path], Any]) -> Path:

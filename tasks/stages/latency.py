@@ -22,10 +22,12 @@ from nas_core.latency.lut import DEFAULT_REVISIT_SHARE, build_lut, yardstick
 from nas_core.latency.timing import TimingConfig
 from nas_core.layout import DATA_ROOT, Layout
 from nas_core.search_run import REFERENCE_MODEL, reference_latency_ms
+from nas_core.search_space import space_identity
 from tasks import stage_lock
 from tasks.board_worker import worker_factory
 from tasks.stages.common import Paths, _require, _say, input_digest, resume_or_restart, section
 from tasks.stages.runtimes import device_profile, runtime_identity
+from tasks.stages.space import search_space
 
 
 def device_access(params: Mapping[str, Any], device: str, root: str | os.PathLike = DATA_ROOT,
@@ -101,7 +103,8 @@ def stage_lut(params: Mapping[str, Any], device: str, root: str | os.PathLike = 
                          f"a location (devices.{device}.location: worker | bundle), or run `scan-edge profile bundle "
                          f"--device {device} --out DIR`, the bundle's runner on the device, then `scan-edge profile "
                          f"import --device {device} --bundle DIR`")
-    identity = {"lut": section(params, "lut"), "runtime": runtime_identity(params, device, root)}
+    identity = {"lut": section(params, "lut"), "runtime": runtime_identity(params, device, root),
+                **space_identity(search_space(params).spec)}
     resume = resume_or_restart(layout, f"lut@{device}", identity)
     frame = run_lut(params, profile, paths, resume=resume, progress=sys.stderr.isatty(),
                     access=device_access(params, device, root, paired=False))
@@ -110,13 +113,14 @@ def stage_lut(params: Mapping[str, Any], device: str, root: str | os.PathLike = 
 
 
 def run_lut(params: Mapping[str, Any], profile, paths, *, resume: bool = False, progress: bool = True, access=None):
-    """Time the blocks of the search space (``lut:``; ``blocks`` / ``limit`` select a part) on
+    """Time the blocks of the search space (``search_space:``; ``lut:``'s ``blocks`` / ``limit`` select a part) on
     ``profile`` (through ``access``; default this machine) into ``paths`` (``LutPaths``),
     holding the CPU lock as ``location.host_lock_mode`` says; returns the table
     (``nas_core.latency.lut.build_lut``). The work of the LUT stage and of ``scan-edge lut build``."""
     lut = section(params, "lut")
     with _locked(profile):
-        return build_lut(profile, paths, block_filter=lut.get("blocks"), limit=lut.get("limit"), resume=resume,
+        return build_lut(profile, paths, space=search_space(params), block_filter=lut.get("blocks"),
+                         limit=lut.get("limit"), resume=resume,
                          reference_id=lut.get("reference_block"), seed=lut.get("seed", 0), config=_timing(lut),
                          check_every=lut.get("check_every", 10), drift_tolerance=lut.get("drift_tolerance", 0.10),
                          progress=progress, access=access, passes=int(lut.get("passes", 1)),
@@ -161,10 +165,12 @@ def run_calibration(params: Mapping[str, Any], profile, paths, *, resume: bool =
     default this machine) and fit the latency model of the LUT in ``paths``, holding the CPU
     lock as ``location.host_lock_mode`` says; returns the report
     (``nas_core.latency.calibration.calibrate``). ``reference_ms``: MobileNetV2's latency
-    (the ``band`` sampling). The work of the calibration stage and of ``scan-edge lut calibrate``."""
+    (the ``band`` sampling). Subnets are drawn from the space of ``search_space:``. The work of
+    the calibration stage and of ``scan-edge lut calibrate``."""
     settings = CalibrationSettings.from_dict(section(params, "calibration"))
     with _locked(profile):
-        return calibrate(profile, paths, settings=settings, resume=resume, runtime_version=runtime_version,
+        return calibrate(profile, paths, space=search_space(params), settings=settings, resume=resume,
+                         runtime_version=runtime_version,
                          progress=progress, reference_ms=reference_ms, access=access)
 
 

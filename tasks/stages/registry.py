@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from tasks import code_identity
 from tasks.run_identity import run_identity
-from tasks.stages.common import Paths
+from tasks.stages.common import SPACE_KEY, Paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,17 +75,17 @@ _MODEL_CHOICE = ("pipeline.finetune_baselines", "pipeline.equal_budget", "search
 
 STAGES: dict[str, StageInfo] = {
     "dataset": StageInfo(stage_dataset, ("dataset",)),
-    "supernet": StageInfo(stage_supernet, ("supernet", "pipeline.torchrun")),
-    "pairs": StageInfo(stage_pairs, ("pairs", "runners")),
-    "predictor": StageInfo(stage_predictor, ("predictor",)),
+    "supernet": StageInfo(stage_supernet, ("supernet", "pipeline.torchrun", SPACE_KEY)),
+    "pairs": StageInfo(stage_pairs, ("pairs", "runners", SPACE_KEY)),
+    "predictor": StageInfo(stage_predictor, ("predictor", SPACE_KEY)),
     "runtime": StageInfo(stage_runtime, ("devices", "search_space"), measures_latency=True),
     "lut": StageInfo(stage_lut, ("devices", "search_space", "lut"), measures_latency=True),
     "calibration": StageInfo(stage_calibration, ("devices", "search_space", "calibration"), measures_latency=True),
     "baselines": StageInfo(stage_baselines, ("devices", "search_space", "baselines"), measures_latency=True),
     "search": StageInfo(stage_search, ("devices", "search_space", "search.evolution", "search.refine",
                                        "search.num_classes"), measures_latency=True),
-    "finetune": StageInfo(stage_finetune, ("devices", "finetune", "pipeline.finetune_baselines", "pipeline.equal_budget"),
-                          measures_latency=True),
+    "finetune": StageInfo(stage_finetune, ("devices", "finetune", "pipeline.finetune_baselines", "pipeline.equal_budget",
+                                           SPACE_KEY), measures_latency=True),
     "controls": StageInfo(stage_controls, ("controls", "finetune", "pairs", "devices", "search_space", "search.refine",
                                            "search.num_classes", "search.devices", "search.targets_vs_mobilenetv2",
                                            "pipeline.params_constrained", "pipeline.torchrun"), measures_latency=True),
@@ -95,7 +95,7 @@ STAGES: dict[str, StageInfo] = {
                                              "pipeline.detection_data", *_MODEL_CHOICE), measures_latency=True),
     "report": StageInfo(stage_report, ("search.devices", "search.targets_vs_mobilenetv2",
                                        "pipeline.params_constrained", "pipeline.finetune_baselines",
-                                       "pipeline.equal_budget")),
+                                       "pipeline.equal_budget", SPACE_KEY)),
 }
 
 code_identity.register_stages(STAGES)

@@ -13,6 +13,7 @@ from nas_core.search_run import REFERENCE_MODEL, load_setup, reference_latency_m
 from tasks import stage_lock
 from tasks.stages.common import Paths, SearchRun, _require, _say, parse_target
 from tasks.stages.latency import _measurable, device_access, device_profile
+from tasks.stages.space import search_space
 
 
 def target_latencies(run: SearchRun, layout: Layout) -> dict[str, float]:
@@ -27,9 +28,10 @@ def target_latencies(run: SearchRun, layout: Layout) -> dict[str, float]:
 def search_setup(params: Mapping[str, Any], devices: Sequence[str], *, predictor: str | os.PathLike,
                  lut_dir: str | os.PathLike, out_dir: str | os.PathLike):
     """``nas_core.search_run.load_setup`` for ``devices`` profiled as every stage profiles them
-    (:func:`device_profile`). Shared by the search stage and ``scan-edge search``."""
+    (:func:`device_profile`), in the space of ``search_space:``. Shared by the search stage,
+    the controls and ``scan-edge search``."""
     return load_setup(params, {device: device_profile(params, device) for device in devices},
-                      predictor=predictor, lut_dir=lut_dir, out_dir=out_dir)
+                      predictor=predictor, lut_dir=lut_dir, out_dir=out_dir, space=search_space(params))
 
 
 def stage_search(params: Mapping[str, Any], devices: str | Sequence[str], target: str | float,

@@ -18,10 +18,12 @@ from nas_core import accuracy_predictor, predictor_training
 from nas_core.io import read_provenance, write_text
 from nas_core.layout import DATA_ROOT, Layout
 from nas_core.pairs import PairsConfig, plan_identity
+from nas_core.search_space import space_identity
 from nas_core.train import SupernetTrainConfig, train_supernet
 from tasks import stage_lock
 from tasks.pairs import collect_pairs, default_shards_dir
 from tasks.stages.common import Paths, _require, _say, input_digest, pipeline_section, resume_or_restart, section
+from tasks.stages.space import search_space, space_sections
 
 
 def stage_supernet(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT, device: str | None = None) -> Paths:
@@ -35,12 +37,13 @@ def stage_supernet(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROO
     supernet = section(params, "supernet")
     _require(layout.manifest, "the dataset (scan-edge stage dataset)")
     identity = {"supernet": SupernetTrainConfig.from_params(supernet).to_dict(),
-                "inputs": input_digest([layout.dataset])}
+                "inputs": input_digest([layout.dataset]), **space_identity(search_space(params).spec)}
     resume = resume_or_restart(layout, "supernet", identity)
     nproc = _torchrun_nproc(params)
     if nproc > 1:
         _torchrun(nproc, ["train-supernet", "--data", str(layout.dataset), "--out", str(layout.supernet_dir),
-                          "--resume" if resume else "--overwrite", "--no-progress"], {"supernet": supernet}, layout)
+                          "--resume" if resume else "--overwrite", "--no-progress"],
+                  {"supernet": supernet, **space_sections(params)}, layout)
     else:
         run_supernet(params, layout.dataset, layout.supernet_dir, resume=resume, overwrite=not resume, device=device,
                      progress=sys.stderr.isatty())
@@ -53,11 +56,13 @@ def run_supernet(params: Mapping[str, Any], data: str | os.PathLike, out: str | 
     """Train the supernet of ``supernet:`` on the dataset folder ``data`` into ``out``, holding
     the CPU lock shared; returns ``supernet.pt``'s path (``nas_core.train.train_supernet``:
     ``resume`` continues ``out``'s checkpoint, ``overwrite`` discards it, neither refuses to
-    touch it). The work of the supernet stage and of ``scan-edge train-supernet``."""
+    touch it). The supernet holds the weights of the space of ``search_space:``. The work of the
+    supernet stage and of ``scan-edge train-supernet``."""
     supernet = section(params, "supernet")
     with stage_lock("shared"):
         return train_supernet(SupernetTrainConfig.from_params(supernet), data, out, resume=resume, overwrite=overwrite,
-                              params={"supernet": supernet}, progress=progress, device=device)
+                              params={"supernet": supernet, **space_sections(params)}, progress=progress,
+                              device=device, space=search_space(params))
 
 
 def _torchrun_nproc(params: Mapping[str, Any]) -> int:
@@ -105,11 +110,12 @@ def stage_pairs(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROOT) 
     _require(layout.supernet, "the supernet (scan-edge stage supernet)")
     shards = default_shards_dir(layout.pairs)
     plan = shards / "plan.parquet"
-    key = plan_identity(PairsConfig.from_dict(section(params, "pairs")), layout.supernet, layout.dataset)["key"]
+    space = search_space(params)
+    key = plan_identity(PairsConfig.from_dict(section(params, "pairs")), layout.supernet, layout.dataset, space)["key"]
     same_plan = plan.exists() and read_provenance(plan).get("key") == key
     out = collect_pairs({"pairs": section(params, "pairs"), "runners": section(params, "runners")},
                         supernet=layout.supernet, data_root=layout.dataset, out=layout.pairs, shards_dir=shards,
-                        resume=same_plan, fresh=not same_plan, log=_say)
+                        resume=same_plan, fresh=not same_plan, log=_say, space=space)
     return {"pairs": Path(out)}
 
 
@@ -127,5 +133,7 @@ def run_predictor(params: Mapping[str, Any], pairs: str | os.PathLike, out_dir: 
     predictor = section(params, "predictor")
     with stage_lock("shared"):
         config = accuracy_predictor.PredictorConfig.from_dict(predictor)
-        paths, _ = predictor_training.fit_and_write(pairs, out_dir, config, params={"predictor": predictor}, log=_say)
+        paths, _ = predictor_training.fit_and_write(pairs, out_dir, config,
+                                                    params={"predictor": predictor, **space_sections(params)},
+                                                    log=_say, space=search_space(params))
     return {name: Path(path) for name, path in paths.items()}
