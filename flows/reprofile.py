@@ -415,7 +415,9 @@ def remeasure_and_report(params: Mapping[str, Any], device: str, layout: stages.
     planned = device_steps(params, device, root)
     run_steps(planned, params, root, results, refresh=True, finished=finished)
 
-    recorded, installed = state.old_version, state.new_version
+    # A board reached through bundles may not have said its version when the re-profile
+    # started (nothing came back yet); the new LUT records what it was measured with.
+    recorded, installed = state.old_version, state.new_version or recorded_runtime_version(paths.lut)
     estimators = {"old": estimator_or_none(params, device, before.lut, before.fit, recorded),
                   "new": estimator_or_none(params, device, paths.lut, paths.fit, installed)}
     models = searched_models(params, device, layout, before, runs, estimators, installed)

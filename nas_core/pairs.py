@@ -274,7 +274,7 @@ def prepare_pairs(config: PairsConfig, supernet_path: str | os.PathLike, data_ro
         done = len(list(shards_dir.glob(SHARD_GLOB)))
         if previous.get("key") != identity["key"]:
             raise ValueError(f"{shards_dir} holds a collection with another plan ({done} shards done; changed: "
-                             f"{', '.join(_identity_diff(previous, identity)) or 'unknown'}); pass --fresh "
+                             f"{', '.join(_identity_diff(previous, identity, space)) or 'unknown'}); pass --fresh "
                              "(fresh=True) to discard it, or restore the previous settings")
         if not resume:
             raise ValueError(f"{shards_dir} holds a collection with this plan ({done} shards done); pass "
@@ -288,7 +288,10 @@ def prepare_pairs(config: PairsConfig, supernet_path: str | os.PathLike, data_ro
     return PairsPlan(plan_path, identity["key"], len(frame), int(frame["shard"].max()) + 1)
 
 
-def _identity_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+def _identity_diff(old: Mapping[str, Any], new: Mapping[str, Any], space: SearchSpace) -> list[str]:
+    """What differs between a stored plan's provenance and a new identity (in ``space``)."""
+    # The provenance keeps the spec as JSON (lists); Table 2's identity holds no spec at all.
+    new = {**new, "space_spec": json.loads(json.dumps(space.spec.to_dict()))}
     changed = [f"config.{k}" for k in sorted(set(old.get("config", {})) | set(new["config"]))
                if old.get("config", {}).get(k) != new["config"].get(k)]
     return changed + [k for k in ("supernet_sha256", "manifest_sha256", "space_version", "space_spec")

@@ -91,7 +91,7 @@ def test_each_stage_keys_on_its_own_params_only(smoke_params):
     assert stages.params_for("finetune", edited) != stages.params_for("finetune", smoke_params)
     assert stages.params_for("supernet", smoke_params) == {
         "profile": "smoke", "supernet": smoke_params["supernet"],
-        "pipeline": {"torchrun": smoke_params["pipeline"]["torchrun"]}}
+        "pipeline": {"torchrun": smoke_params["pipeline"]["torchrun"]}, "search_space": {"attention": ["mhsa"]}}
 
 
 def test_resume_only_an_interrupted_run_of_the_same_inputs(tmp_path):

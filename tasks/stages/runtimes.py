@@ -42,7 +42,8 @@ def device_runtime_version(params: Mapping[str, Any], device: str, root: str | o
         return check_usable(profile).runtime_version
     key = (device, json.dumps(profile.location_options, sort_keys=True, default=str), str(root))
     cached = _BOARD_VERSIONS.get(key)
-    if cached is None or time.monotonic() - cached[0] > BOARD_VERSION_TTL_S:
+    # An unknown version (a bundle board that has sent nothing back yet) is asked again each time.
+    if cached is None or cached[1] is None or time.monotonic() - cached[0] > BOARD_VERSION_TTL_S:
         cached = (time.monotonic(), stages.device_access(params, device, root, paired=False).runtime_version())
         _BOARD_VERSIONS[key] = cached
     return cached[1]
