@@ -229,7 +229,9 @@ def test_a_real_worker_on_another_runtime_times_jobs_and_resumes_after_it_disapp
 
     # The worker goes away mid-job: a clear error, the finished models kept, the job resumes.
     many = tuple(ModelEntry(f"{e.id}-{k}", e.path, e.input_shape) for k in range(30) for e in models)
-    slow = dataclasses.replace(FAST, min_total_ms=40, min_repeats=20)
+    # Slow enough (~50 s of timing) that the job cannot finish in the 20 s a stopped worker is given
+    # to end its flow run (SIGTERM, then SIGKILL): a faster job completed before the kill took hold.
+    slow = dataclasses.replace(FAST, min_total_ms=400, min_repeats=20, max_repeats=1_000_000, max_total_ms=1000)
     job = TimingJob("calibration", many, many[0].id, slow, drift_tolerance=10.0)
     results = simulated.jobs / "board_ort" / "calibration" / RESULTS_NAME
     stopper = threading.Thread(target=_stop_when_started, args=(simulated, results))
