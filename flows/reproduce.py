@@ -11,8 +11,9 @@
 after the other, printing one progress line per step, with one exception: on a machine with
 two or more CPUs the device measurements (runtime, LUT, baselines, calibration: single-thread
 timing) run in the latency lane, a process pinned to a CPU of its own, while this process
-trains the supernet and collects pairs on the others (``tasks.lanes``); the measured steps are
-then cache hits here. A step whose cache key is unchanged (its run key: its params sections, the content
+trains the supernet and collects pairs on the others, and later the searches and random
+controls run in the search lane while this process fine-tunes what each search found
+(``tasks.lanes``); the lanes' steps are then cache hits here. A step whose cache key is unchanged (its run key: its params sections, the content
 of what it reads, the code it imports, the runtimes it measures with) is not executed: a second
 ``reproduce`` with nothing changed runs no stage (only the runtime checks, which are never
 cached and cost a fraction of a second), and changing one parameter re-runs that stage
@@ -40,7 +41,7 @@ from flows.dvc_graph import upstream_from_dot
 from tasks import stages
 from tasks._runners import runner_needs_server
 from tasks._server import prefect_server, require_flow_result
-from tasks.lanes import latency_lane, plan_lane
+from tasks.lanes import lane_process, plan_lane, plan_search_lane
 from tasks.pairs import runner_params
 from tasks.prefect_tasks import step_arguments, step_task
 from tasks.step_stamps import record_done, step_key
@@ -65,19 +66,28 @@ def run_steps(steps: Sequence[stages.Step], params: Mapping[str, Any], root: str
     ``finished``, when given, is filled as steps complete (so a caller knows what completed
     before a failure) and returned.
 
-    On a machine with two or more CPUs the device measurements run in the latency lane
-    (``tasks.lanes``) while this process trains on the other CPUs; this process then
-    reaches those steps as cache hits, in an order that still respects the DAG."""
+    On a machine with two or more CPUs the device measurements run in the latency lane, and
+    later the searches and controls in the search lane (``tasks.lanes``), while this process
+    trains on the other CPUs; this process then reaches the lanes' steps as cache hits, in an
+    order that still respects the DAG."""
     outcome: dict[str, dict] = finished if finished is not None else {}
     plan = None if refresh else plan_lane(steps, params, root)
     order = plan.order() if plan else list(steps)
-    lane = None
+    search = None if refresh else plan_search_lane(order, params, root)
+    order = list(search.order) if search else order
+    lane = search_lane = None
     with contextlib.ExitStack() as stack:
         for index, step in enumerate(order, 1):
             if plan is not None and index == len(plan.before) + 1:  # what the lane reads is made: start it
-                lane = stack.enter_context(latency_lane(plan, params, root))
+                lane = stack.enter_context(lane_process(plan, params, root))
             if lane is not None and index == len(plan.before) + len(plan.beside) + 1:  # the lane's steps come next
                 lane.wait()
+            if search is not None and index == search.start + 1:
+                search_lane = stack.enter_context(lane_process(search, params, root, "search"))
+            if search_lane is not None:
+                if step in search.lane:
+                    search_lane.wait_for(step, params)  # False: it ended without this step, which runs here
+                search_lane.give_back_if_ended()
             outcome[step.id] = _run_step(step, params, root, results, refresh, f"[{index}/{len(order)}]")
     return outcome
 

@@ -5,7 +5,7 @@ the baselines are timed, the rest of the machine idles; training the supernet us
 but on a small CPU its second thread buys only ~1.3x. On a machine with two or more allowed
 CPUs ``reproduce`` therefore runs the measurement steps (``LANE_STAGES`` of the local devices)
 in a separate process pinned to the *last* allowed CPU, while this process trains the supernet
-and collects the pairs on the others (:class:`LatencyLane`). Measured on the 2-core smoke run:
+and collects the pairs on the others (:class:`LaneProcess`). Measured on the 2-core smoke run:
 the measurements (~7 min) disappear behind the supernet instead of following it
 (benchmarks/README.md, "Smoke budget"). After measuring, the lane trains the baselines that are
 fine-tuned from scratch (they read only the dataset, which this process then makes first), so
@@ -26,7 +26,17 @@ Why this keeps the numbers honest:
 
 If the lane fails, this process says so (with its log) and measures the steps itself: the
 LUT resumes from the rows the lane finished. An interrupted run stops the lane with it.
-``pipeline.overlap_latency: false`` turns the lane off (every step in this process, in order).
+
+**The search lane** (:func:`plan_search_lane`) does the same for the second half of the run. A
+search is one thread (the evolution, then its candidates timed on the device) and the fine-tunes
+that follow use two threads at ~1.7x of one: run one after the other, a core idles through every
+search. So once the predictor and the calibrations exist, the searches and the random controls
+(which measure on the device too, then fine-tune one model) run in a lane process on the last CPU,
+while this process fine-tunes each searched model as soon as its search is done (it waits for that
+one step, not the whole lane) and then transfers and detects. Measured on the 2-core smoke run:
+benchmarks/README.md, "Smoke budget".
+
+``pipeline.overlap_latency: false`` turns both lanes off (every step in this process, in order).
 """
 from __future__ import annotations
 
@@ -47,10 +57,13 @@ import yaml
 from nas_core.io import write_text
 from nas_core.latency.devices import get_profile, load_profiles
 from tasks import stages
-from tasks.step_stamps import is_done
+from tasks.run_identity import read_stamp
+from tasks.step_stamps import is_done, stamps_folder, step_key
 
 # The steps that measure on a device and read nothing the training makes.
 LANE_STAGES = ("runtime", "lut", "baselines", "calibration")
+# The steps that search (one thread, timing candidates on the device) and the controls that mirror them.
+SEARCH_LANE_STAGES = ("search", "controls")
 
 
 def allowed_cpus() -> list[int]:
@@ -124,18 +137,88 @@ def _measures_here(step: stages.Step, params: Mapping[str, Any]) -> bool:
     return device is not None and get_profile(device, load_profiles(params.get("devices") or {})).is_local
 
 
-class LatencyLane:
-    """The lane's process: ``scan-edge reproduce --only <its steps>`` pinned to ``plan.lane_cpu``,
-    with its own Prefect home and CPU-lock file, logging to ``<root>/.resume/lane/latency.log``."""
+@dataclass(frozen=True)
+class SearchLanePlan:
+    """The search lane: this process runs ``order``; the lane process starts before ``order[start]``
+    and runs ``lane``, which this process reaches one by one as cache hits once each is done."""
 
-    def __init__(self, plan: LanePlan, params: Mapping[str, Any], root: str | os.PathLike):
-        self.plan, self.root = plan, Path(root)
-        self.folder = stages.Layout(root).resume_stamps / "lane"
-        self.log = self.folder / "latency.log"
+    order: tuple[stages.Step, ...]
+    start: int
+    lane: tuple[stages.Step, ...]
+    lane_cpu: int
+    main_cpus: tuple[int, ...]
+
+
+def plan_search_lane(order: Sequence[stages.Step], params: Mapping[str, Any], root: str | os.PathLike,
+                     cpus: Sequence[int] | None = None) -> SearchLanePlan | None:
+    """The search lane over ``order`` (this process's order, the latency lane's steps included), or
+    None when it would not help: one CPU, the lanes switched off, no search measured on this
+    machine, nothing to train meanwhile, or everything on one side done.
+
+    The lane starts once everything its steps read from this process exists (a search step
+    placed before that point runs here). This process's order keeps its own steps
+    and moves each lane step to just before its first reader, so that it waits as late as it can."""
+    cpus = list(allowed_cpus() if cpus is None else cpus)
+    if len(cpus) < 2 or not stages.pipeline_section(params).get("overlap_latency", True):
+        return None
+    order = list(order)
+    candidates = [s for s in order if s.stage in SEARCH_LANE_STAGES and _all_local(s, params)]
+    if not candidates:
+        return None
+    writer = {p: i for i, s in enumerate(order) for p in s.outputs}
+    ids = {s.id for s in candidates}
+    start = 1 + max((writer[p] for s in candidates for p in s.inputs
+                     if p in writer and order[writer[p]].id not in ids), default=-1)
+    lane = [s for s in candidates if order.index(s) >= start]
+    beside = [s for s in order[start:] if s not in lane]
+    if not lane or not beside:
+        return None
+    if all(is_done(s, params, root) for s in lane) or all(is_done(s, params, root) for s in beside):
+        return None
+    tail = _lane_steps_late(order[start:], lane)
+    return SearchLanePlan(tuple(order[:start] + tail), start, tuple(lane), cpus[-1], tuple(cpus[:-1]))
+
+
+def _all_local(step: stages.Step, params: Mapping[str, Any]) -> bool:
+    """Whether every device the step measures on is timed on this machine (a board's search waits
+    for imported measurements: not a lane's job)."""
+    options = step.kwargs()
+    devices = list(options.get("devices") or ([options["device"]] if "device" in options else []))
+    if step.stage == "controls":
+        devices = [d for run in stages.controlled_runs(params) for d in run.devices]
+    profiles = load_profiles(params.get("devices") or {})
+    return bool(devices) and all(get_profile(d, profiles).is_local for d in devices)
+
+
+def _lane_steps_late(tail: Sequence[stages.Step], lane: Sequence[stages.Step]) -> list[stages.Step]:
+    """``tail`` with each lane step moved to just before the first step that reads it (lane steps keep
+    their own order, so one that reads another still follows it)."""
+    pending = [s for s in tail if s in lane]
+    ordered: list[stages.Step] = []
+    for step in (s for s in tail if s not in lane):
+        needed = [i for i, s in enumerate(pending) if set(s.outputs) & set(step.inputs)]
+        if needed:
+            ordered += pending[:needed[-1] + 1]
+            pending = pending[needed[-1] + 1:]
+        ordered.append(step)
+    return ordered + pending
+
+
+class LaneProcess:
+    """A lane's process: ``scan-edge reproduce --only <its steps>`` pinned to ``plan.lane_cpu``,
+    with its own Prefect home and CPU-lock file, logging to ``<root>/.resume/lane/latency.log``
+    (the latency lane) or ``<root>/.resume/search-lane/search.log``."""
+
+    def __init__(self, plan: LanePlan | SearchLanePlan, params: Mapping[str, Any], root: str | os.PathLike,
+                 kind: str = "latency"):
+        self.plan, self.root, self.kind = plan, Path(root), kind
+        self.folder = stages.Layout(root).resume_stamps / ("lane" if kind == "latency" else f"{kind}-lane")
+        self.log = self.folder / f"{kind}.log"
         self.process: subprocess.Popen | None = None
         self.started = self.finished = 0.0
         self._params = params
         self._watcher: threading.Thread | None = None
+        self._outcome: bool | None = None  # what wait() found, once it has
 
     def command(self) -> list[str]:
         name = self._params.get("profile", "smoke")
@@ -152,7 +235,7 @@ class LatencyLane:
                 "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{(home / 'prefect.db').resolve()}",
                 "PYTHONUNBUFFERED": "1"}
 
-    def start(self) -> "LatencyLane":
+    def start(self) -> "LaneProcess":
         self.folder.mkdir(parents=True, exist_ok=True)
         cpu = self.plan.lane_cpu
         with open(self.log, "w") as log:
@@ -161,11 +244,12 @@ class LatencyLane:
                                             preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
         self.started = time.monotonic()
         set_process_affinity(self.plan.main_cpus)
+        _set_torch_threads(len(self.plan.main_cpus))  # a torch loaded before would keep its threads on fewer CPUs
         # The lane's CPU comes back the moment the lane ends, not when the run next needs the lane
         # (the pairs that follow the supernet would otherwise collect on one CPU).
         self._watcher = threading.Thread(target=self._watch, name="latency-lane-watcher", daemon=True)
         self._watcher.start()
-        print(f"latency lane: measuring {', '.join(s.id for s in self.plan.lane)} on CPU {cpu} in process "
+        print(f"{self.kind} lane: running {', '.join(s.id for s in self.plan.lane)} on CPU {cpu} in process "
               f"{self.process.pid} (log: {self.log}); training here on CPU "
               f"{', '.join(map(str, self.plan.main_cpus))}", flush=True)
         return self
@@ -180,20 +264,43 @@ class LatencyLane:
         return sorted({*self.plan.main_cpus, self.plan.lane_cpu})
 
     def wait(self) -> bool:
-        """Wait for the lane; give this process every CPU back. True when it completed."""
+        """Wait for the lane; give this process every CPU back. True when it completed (said once)."""
         assert self.process is not None and self._watcher is not None
         self._watcher.join()
+        if self._outcome is not None:
+            return self._outcome
         code = self.process.returncode
         self._give_cpus_back()
         seconds = self.finished - self.started
+        self._outcome = code == 0
         if code == 0:
-            print(f"latency lane: done in {seconds:.0f} s", flush=True)
+            print(f"{self.kind} lane: done in {seconds:.0f} s", flush=True)
             return True
         tail = self.log.read_text(errors="replace").splitlines()[-25:] if self.log.exists() else []
-        print(f"latency lane: failed (exit {code}) after {seconds:.0f} s; measuring its steps in this process "
+        print(f"{self.kind} lane: failed (exit {code}) after {seconds:.0f} s; running its steps in this process "
               f"instead (finished measurements are kept). Last lines of {self.log}:\n  " + "\n  ".join(tail),
               file=sys.stderr, flush=True)
         return False
+
+    def wait_for(self, step: stages.Step, params: Mapping[str, Any], poll_s: float = 0.5) -> bool:
+        """Wait until the lane has completed ``step`` (True) or has ended without it (False: this
+        process then runs it itself). Reads the step's completion stamp, whichever Prefect server
+        the lane reports to."""
+        key = step_key(step, params, self.root)
+        while True:
+            ended = self.process is not None and self.process.poll() is not None
+            recorded = (read_stamp(stamps_folder(self.root), step.id) or {}).get("key")
+            if recorded == key and all(Path(p).exists() for p in step.outputs):
+                return True
+            if ended:
+                self.wait()
+                return False
+            time.sleep(poll_s)
+
+    def give_back_if_ended(self) -> None:
+        """Between two steps: once the lane has ended, this process trains on every CPU again."""
+        if self.process is not None and self.process.poll() is not None and self._outcome is None:
+            self.wait()
 
     def stop(self) -> None:
         """Stop the lane (this run was interrupted or failed): its finished rows stay on disk."""
@@ -212,18 +319,23 @@ class LatencyLane:
         set_process_affinity(cpus)
         # torch fixes its default thread count when it is imported, from the affinity of that
         # moment: imported beside the lane, it would train everything after it on one thread.
-        torch = sys.modules.get("torch")  # only a torch this process already loaded
-        if torch is not None:
-            torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or len(cpus)))
+        _set_torch_threads(int(os.environ.get("OMP_NUM_THREADS") or len(cpus)))
+
+
+def _set_torch_threads(threads: int) -> None:
+    torch = sys.modules.get("torch")  # only a torch this process already loaded
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager
-def latency_lane(plan: LanePlan | None, params: Mapping[str, Any], root: str | os.PathLike) -> Iterator[LatencyLane | None]:
+def lane_process(plan: LanePlan | SearchLanePlan | None, params: Mapping[str, Any], root: str | os.PathLike,
+                 kind: str = "latency") -> Iterator[LaneProcess | None]:
     """The started lane of ``plan`` (None: no lane), stopped if the block raises."""
     if plan is None:
         yield None
         return
-    lane = LatencyLane(plan, params, root).start()
+    lane = LaneProcess(plan, params, root, kind).start()
     try:
         yield lane
     except BaseException:
@@ -231,5 +343,5 @@ def latency_lane(plan: LanePlan | None, params: Mapping[str, Any], root: str | o
         raise
 
 
-__all__ = ["LANE_STAGES", "LanePlan", "LatencyLane", "allowed_cpus", "latency_lane", "plan_lane",
-           "set_process_affinity"]
+__all__ = ["LANE_STAGES", "SEARCH_LANE_STAGES", "LanePlan", "LaneProcess", "SearchLanePlan", "allowed_cpus",
+           "lane_process", "plan_lane", "plan_search_lane", "set_process_affinity"]

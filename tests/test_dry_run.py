@@ -10,7 +10,7 @@ from PIL import Image
 
 from nas_core.io import read_json, torch_load
 from nas_core.params import load_params
-from tasks import stages
+from tasks import lanes, stages
 from tasks.dry_run import dry_run_params
 
 
@@ -71,3 +71,6 @@ def test_imagenet_profile_dry_run_writes_every_stage(tmp_path, prefect_harness, 
     assert "tensorrt_fp32" not in ours["latency_ms"] and ours["latency_ms"]["ort_cpu_fp32"]["median_ms"] > 0
     assert read_json(out / "detection" / "metrics.json") and (out / "report" / "README.md").exists()
     assert "DRY RUN: distilling from a stand-in teacher" in printed.err + printed.out
+    if len(lanes.allowed_cpus()) >= 2:  # both lanes ran their real stages in their own processes
+        assert "latency lane: done" in printed.out + printed.err and "search lane: done" in printed.out + printed.err
+        assert (out / ".resume" / "search-lane" / "search.log").read_text().count("search@") > 0

@@ -1,4 +1,4 @@
-"""The latency lane (tasks/lanes.py): which steps it takes, and its process, pinned and stopped for real."""
+"""The latency and search lanes (tasks/lanes.py): which steps they take, and their process, pinned and stopped for real."""
 from __future__ import annotations
 
 import copy
@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 
 from nas_core.params import load_params
 from tasks import lanes, stages
@@ -75,7 +76,7 @@ def test_no_lane_when_the_measurements_are_done(smoke_params, tmp_path, monkeypa
     assert lanes.plan_lane(steps, smoke_params, tmp_path, cpus=[0, 1]) is None, "nothing to train beside it"
 
 
-class ScriptLane(lanes.LatencyLane):
+class ScriptLane(lanes.LaneProcess):
     """The real lane process machinery, running a small script instead of ``reproduce``."""
 
     script = ""
@@ -137,9 +138,9 @@ class SleepingLane(ScriptLane):
 def test_an_interrupted_run_stops_its_lane(smoke_params, tmp_path, monkeypatch):
     plan = _plan(smoke_params, tmp_path)
     before = lanes.allowed_cpus()
-    monkeypatch.setattr(lanes, "LatencyLane", SleepingLane)
+    monkeypatch.setattr(lanes, "LaneProcess", SleepingLane)
     with pytest.raises(KeyboardInterrupt):
-        with lanes.latency_lane(plan, smoke_params, tmp_path) as lane:
+        with lanes.lane_process(plan, smoke_params, tmp_path) as lane:
             assert lane.process.poll() is None
             raise KeyboardInterrupt
     assert lane.process.poll() is not None, "the lane must not outlive the run"
@@ -148,7 +149,7 @@ def test_an_interrupted_run_stops_its_lane(smoke_params, tmp_path, monkeypatch):
 
 def test_lane_command_runs_its_steps_under_the_same_profile(smoke_params, tmp_path):
     plan = lanes.plan_lane(stages.pipeline_steps(smoke_params, tmp_path), smoke_params, tmp_path, cpus=[0, 1])
-    lane = lanes.LatencyLane(plan, smoke_params, tmp_path)
+    lane = lanes.LaneProcess(plan, smoke_params, tmp_path)
     argv = lane.command()
     assert argv[1:4] == ["-m", "flows.cli", "reproduce"] and "--no-dvc-commit" in argv
     assert argv[argv.index("--only") + 1:] == [s.id for s in plan.lane]
@@ -156,3 +157,75 @@ def test_lane_command_runs_its_steps_under_the_same_profile(smoke_params, tmp_pa
     assert load_params(params_file) == smoke_params, "the lane's steps must key on the same params"
     env = lane.environment()
     assert env["SCAN_EDGE_CPU_LOCK"] != os.environ.get("SCAN_EDGE_CPU_LOCK") and "lane" in env["PREFECT_HOME"]
+
+
+def _search_plan(params, root, cpus=(0, 1)) -> lanes.SearchLanePlan | None:
+    steps = stages.pipeline_steps(params, root)
+    latency = lanes.plan_lane(steps, params, root, cpus=list(cpus))
+    return lanes.plan_search_lane(latency.order() if latency else steps, params, root, cpus=list(cpus))
+
+
+def test_search_lane_searches_beside_the_fine_tunes(smoke_params, tmp_path):
+    steps = stages.pipeline_steps(smoke_params, tmp_path)
+    plan = _search_plan(smoke_params, tmp_path)
+    searches = [s.id for s in steps if s.stage == "search"]
+    assert len(searches) == 3 and [s.id for s in plan.lane] == [*searches, "controls"]
+    assert plan.lane_cpu == 1 and plan.main_cpus == (0,)
+    order = [s.id for s in plan.order]
+    assert _valid_order(list(plan.order), steps)
+    # It starts once the last calibration (what a search reads) is made, and not before.
+    assert order[plan.start - 1].startswith("calibration@") and plan.start > order.index("predictor")
+    # Each fine-tune follows its own search at once; controls wait until transfer and detection have run.
+    for search in searches:
+        follower = order[order.index(search) + 1]
+        assert follower.startswith("finetune") and follower.split("@")[1] == search.split("@")[1]
+    assert order.index("controls") > order.index("detection") and order[-1] == "report"
+
+
+def test_search_lane_keeps_what_reads_this_process_and_skips_boards(smoke_params, tmp_path):
+    # A board's search waits for imported measurements: it stays out of the lane, and so do the controls
+    # of that search (they measure on the board too).
+    board = copy.deepcopy(smoke_params)
+    board["devices"]["ort_cpu_fp32"] = {**board["devices"]["ort_cpu_fp32"], "location": "bundle"}
+    plan = _search_plan(board, tmp_path)
+    assert [s.id for s in plan.lane] == ["search@openvino_cpu_fp32-1.0"]
+    # The lane starts only once what its steps read from this process exists: with controls reading the
+    # first fine-tune, the lane starts after it, and the first search (before that point) runs here.
+    steps = stages.pipeline_steps(smoke_params, tmp_path)
+    finetuned = next(s for s in steps if s.id == "finetune@ort_cpu_fp32-1.0").outputs[0]
+    patched = [stages.Step(s.stage, s.id, s.options, (*s.inputs, finetuned), s.outputs) if s.id == "controls" else s
+               for s in steps]
+    plan = lanes.plan_search_lane(patched, smoke_params, tmp_path, cpus=[0, 1])
+    assert [s.id for s in plan.lane] == ["search@openvino_cpu_fp32-1.0", "search-params@ort_cpu_fp32-1.0-2.5", "controls"]
+    assert plan.order[plan.start - 1].id == "finetune@ort_cpu_fp32-1.0" and _valid_order(list(plan.order), patched)
+    assert lanes.plan_search_lane(steps, smoke_params, tmp_path, cpus=[0]) is None
+    off = {**smoke_params, "pipeline": {**smoke_params["pipeline"], "overlap_latency": False}}
+    assert _search_plan(off, tmp_path) is None
+
+
+@needs_two_cpus
+def test_this_process_waits_for_one_lane_step_at_a_time(smoke_params, tmp_path):
+    """The real lane process completes one step (its stamp, with the key this process computes), then
+    ends without the next: the first wait returns True, the second False instead of hanging."""
+    plan = _search_plan(smoke_params, tmp_path, cpus=lanes.allowed_cpus())
+    first, second = plan.lane[0], plan.lane[1]
+    key = lanes.step_key(first, smoke_params, tmp_path)
+    stamp = lanes.stamps_folder(tmp_path) / f"{first.id}.json"
+    go = tmp_path / "go"
+    lane = ScriptLane(plan, smoke_params, tmp_path, "search")
+    lane.script = (
+        "import json, os, pathlib, time\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
+        f"for out in {[str(p) for p in first.outputs]!r}:\n"
+        "    pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True); pathlib.Path(out).write_text('{}')\n"
+        f"pathlib.Path({str(stamp)!r}).parent.mkdir(parents=True, exist_ok=True)\n"
+        f"pathlib.Path({str(stamp)!r}).write_text(json.dumps({{'key': {key!r}, 'stage': 'search'}}))\n"
+        "import sys; sys.exit(4)\n")
+    with lanes.lane_process(None, smoke_params, tmp_path) as nothing:
+        assert nothing is None
+    lane.start()
+    assert "search-lane" in str(lane.log)
+    go.touch()
+    assert lane.wait_for(first, smoke_params, poll_s=0.02) is True
+    assert lane.wait_for(second, smoke_params, poll_s=0.02) is False, "ended without it: this process runs it"
+    assert lanes.allowed_cpus() == sorted({*plan.main_cpus, plan.lane_cpu}), "and trains on every CPU again"
