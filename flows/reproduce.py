@@ -71,7 +71,8 @@ def run_steps(steps: Sequence[stages.Step], params: Mapping[str, Any], root: str
     trains on the other CPUs; this process then reaches the lanes' steps as cache hits, in an
     order that still respects the DAG."""
     outcome: dict[str, dict] = finished if finished is not None else {}
-    plan = None if refresh else plan_lane(steps, params, root)
+    search_follows = not refresh and plan_search_lane(steps, params, root) is not None
+    plan = None if refresh else plan_lane(steps, params, root, train_in_lane=not search_follows)
     order = plan.order() if plan else list(steps)
     search = None if refresh else plan_search_lane(order, params, root)
     order = list(search.order) if search else order

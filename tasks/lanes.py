@@ -58,7 +58,7 @@ from nas_core.io import write_text
 from nas_core.latency.devices import get_profile, load_profiles
 from tasks import stages
 from tasks.run_identity import read_stamp
-from tasks.step_stamps import is_done, stamps_folder, step_key
+from tasks.step_stamps import is_done, measured_devices, stamps_folder, step_key
 
 # The steps that measure on a device and read nothing the training makes.
 LANE_STAGES = ("runtime", "lut", "baselines", "calibration")
@@ -98,13 +98,16 @@ class LanePlan:
 
 
 def plan_lane(steps: Sequence[stages.Step], params: Mapping[str, Any], root: str | os.PathLike,
-              cpus: Sequence[int] | None = None) -> LanePlan | None:
+              cpus: Sequence[int] | None = None, train_in_lane: bool = True) -> LanePlan | None:
     """The lane for these steps, or None when it would not help: one CPU, nothing to measure,
     nothing to train meanwhile, or ``pipeline.overlap_latency`` off.
 
-    The lane measures the local devices, then trains the baselines fine-tuned from scratch
-    (they read only the dataset, which is then made first): the measurements end before the
-    supernet does, and the lane's CPU would idle."""
+    The lane measures the local devices, then (``train_in_lane``) trains the baselines
+    fine-tuned from scratch (they read only the dataset, which is then made first), so that
+    its CPU does not idle if the measurements end before the supernet. With a search lane to
+    follow, ``run_steps`` leaves them to this process instead: the latency lane ends later
+    than the supernet on 2 CPUs, and this process would otherwise wait idle for the first
+    search."""
     cpus = list(allowed_cpus() if cpus is None else cpus)
     pipeline = stages.pipeline_section(params)
     if len(cpus) < 2 or not pipeline.get("overlap_latency", True):
@@ -115,7 +118,7 @@ def plan_lane(steps: Sequence[stages.Step], params: Mapping[str, Any], root: str
     single_process = int((pipeline.get("torchrun") or {}).get("nproc_per_node") or 1) <= 1
     before = [s for s in steps if s.stage == "dataset"] if single_process else []
     ready = {p for s in [*before, *measure] for p in s.outputs}
-    scratch = [s for s in steps if s.stage == "finetune" and s.inputs and set(s.inputs) <= ready]
+    scratch = [s for s in steps if train_in_lane and s.stage == "finetune" and s.inputs and set(s.inputs) <= ready]
     before = before if scratch else []
     lane = [s for s in steps if s in measure or s in scratch]
     lane_outputs = {p for s in lane for p in s.outputs}
@@ -156,7 +159,9 @@ def plan_search_lane(order: Sequence[stages.Step], params: Mapping[str, Any], ro
     machine, nothing to train meanwhile, or everything on one side done.
 
     The lane starts once everything its steps read from this process exists (a search step
-    placed before that point runs here). This process's order keeps its own steps
+    placed before that point runs here). It also fine-tunes the searched models that nothing
+    but the report reads (this process fine-tunes the ones transfer and detection start from):
+    the two CPUs then carry about the same load. This process's order keeps its own steps
     and moves each lane step to just before its first reader, so that it waits as late as it can."""
     cpus = list(allowed_cpus() if cpus is None else cpus)
     if len(cpus) < 2 or not stages.pipeline_section(params).get("overlap_latency", True):
@@ -170,6 +175,8 @@ def plan_search_lane(order: Sequence[stages.Step], params: Mapping[str, Any], ro
     start = 1 + max((writer[p] for s in candidates for p in s.inputs
                      if p in writer and order[writer[p]].id not in ids), default=-1)
     lane = [s for s in candidates if order.index(s) >= start]
+    lane += [s for s in _report_only_finetunes(order[start:], lane) if _all_local(s, params)]
+    lane = [s for s in order if s in lane]  # the pipeline's order, which the lane's process keeps
     beside = [s for s in order[start:] if s not in lane]
     if not lane or not beside:
         return None
@@ -180,22 +187,40 @@ def plan_search_lane(order: Sequence[stages.Step], params: Mapping[str, Any], ro
 
 
 def _all_local(step: stages.Step, params: Mapping[str, Any]) -> bool:
-    """Whether every device the step measures on is timed on this machine (a board's search waits
-    for imported measurements: not a lane's job)."""
-    options = step.kwargs()
-    devices = list(options.get("devices") or ([options["device"]] if "device" in options else []))
-    if step.stage == "controls":
-        devices = [d for run in stages.controlled_runs(params) for d in run.devices]
+    """Whether every device the step measures latency on is timed on this machine (a board's
+    search waits for imported measurements: not a lane's job)."""
+    devices = measured_devices(step.stage, params, step.kwargs())
     profiles = load_profiles(params.get("devices") or {})
     return bool(devices) and all(get_profile(d, profiles).is_local for d in devices)
 
 
+def _report_only_finetunes(tail: Sequence[stages.Step], lane: Sequence[stages.Step]) -> list[stages.Step]:
+    """Fine-tunes in ``tail`` of what the lane searches, whose outputs only the report reads."""
+    lane_outputs = {p for s in lane for p in s.outputs}
+    chosen = []
+    for step in tail:
+        if step.stage != "finetune" or step in lane or not lane_outputs & set(step.inputs):
+            continue
+        readers = [s for s in tail if set(step.outputs) & set(s.inputs)]
+        made_here = {p for s in tail if s not in lane for p in s.outputs}
+        if all(r.stage == "report" for r in readers) and not made_here & set(step.inputs):
+            chosen.append(step)
+    return chosen
+
+
 def _lane_steps_late(tail: Sequence[stages.Step], lane: Sequence[stages.Step]) -> list[stages.Step]:
-    """``tail`` with each lane step moved to just before the first step that reads it (lane steps keep
-    their own order, so one that reads another still follows it)."""
+    """``tail`` for this process: first its steps that need nothing from the lane (they run while
+    the lane searches), then the others, each lane step moved to just before the first step that
+    reads it (lane steps keep their own order, so one that reads another still follows it)."""
+    waits = {p for s in lane for p in s.outputs}
+    for step in tail:  # what depends on the lane, directly or through this process's own steps
+        if step not in lane and waits & set(step.inputs):
+            waits |= set(step.outputs)
+    own = [s for s in tail if s not in lane]
+    own = [s for s in own if not waits & set(s.inputs)] + [s for s in own if waits & set(s.inputs)]
     pending = [s for s in tail if s in lane]
     ordered: list[stages.Step] = []
-    for step in (s for s in tail if s not in lane):
+    for step in own:
         needed = [i for i, s in enumerate(pending) if set(s.outputs) & set(step.inputs)]
         if needed:
             ordered += pending[:needed[-1] + 1]

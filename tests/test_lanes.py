@@ -160,26 +160,33 @@ def test_lane_command_runs_its_steps_under_the_same_profile(smoke_params, tmp_pa
 
 
 def _search_plan(params, root, cpus=(0, 1)) -> lanes.SearchLanePlan | None:
+    """Both lanes planned as ``run_steps`` plans them: the scratch baseline then trains here."""
     steps = stages.pipeline_steps(params, root)
-    latency = lanes.plan_lane(steps, params, root, cpus=list(cpus))
+    latency = lanes.plan_lane(steps, params, root, cpus=list(cpus), train_in_lane=False)
     return lanes.plan_search_lane(latency.order() if latency else steps, params, root, cpus=list(cpus))
 
 
 def test_search_lane_searches_beside_the_fine_tunes(smoke_params, tmp_path):
     steps = stages.pipeline_steps(smoke_params, tmp_path)
+    latency = lanes.plan_lane(steps, smoke_params, tmp_path, cpus=[0, 1], train_in_lane=False)
+    assert latency.before == () and not any(s.stage == "finetune" for s in latency.lane)
     plan = _search_plan(smoke_params, tmp_path)
     searches = [s.id for s in steps if s.stage == "search"]
-    assert len(searches) == 3 and [s.id for s in plan.lane] == [*searches, "controls"]
+    assert len(searches) == 3
+    # The searches, the controls, and the fine-tunes that only the report reads; the first search's model
+    # ("ours", which transfer and detection start from) fine-tunes here.
+    assert [s.id for s in plan.lane] == [searches[0], searches[1], "finetune@openvino_cpu_fp32-1.0", searches[2],
+                                         "finetune-params@ort_cpu_fp32-1.0-2.5", "controls"]
     assert plan.lane_cpu == 1 and plan.main_cpus == (0,)
     order = [s.id for s in plan.order]
     assert _valid_order(list(plan.order), steps)
     # It starts once the last calibration (what a search reads) is made, and not before.
     assert order[plan.start - 1].startswith("calibration@") and plan.start > order.index("predictor")
-    # Each fine-tune follows its own search at once; controls wait until transfer and detection have run.
-    for search in searches:
-        follower = order[order.index(search) + 1]
-        assert follower.startswith("finetune") and follower.split("@")[1] == search.split("@")[1]
-    assert order.index("controls") > order.index("detection") and order[-1] == "report"
+    # Here: first what needs no search (the scratch baseline trains while the lane searches), then ours
+    # as soon as its search is done, then transfer and detection; the report waits for the whole lane.
+    assert order[plan.start:plan.start + 5] == ["finetune-baseline@mobilenetv2_100", searches[0],
+                                                "finetune@ort_cpu_fp32-1.0", "transfer", "detection"]
+    assert order[-2:] == ["controls", "report"]
 
 
 def test_search_lane_keeps_what_reads_this_process_and_skips_boards(smoke_params, tmp_path):
@@ -196,7 +203,9 @@ def test_search_lane_keeps_what_reads_this_process_and_skips_boards(smoke_params
     patched = [stages.Step(s.stage, s.id, s.options, (*s.inputs, finetuned), s.outputs) if s.id == "controls" else s
                for s in steps]
     plan = lanes.plan_search_lane(patched, smoke_params, tmp_path, cpus=[0, 1])
-    assert [s.id for s in plan.lane] == ["search@openvino_cpu_fp32-1.0", "search-params@ort_cpu_fp32-1.0-2.5", "controls"]
+    assert [s.id for s in plan.lane] == ["search@openvino_cpu_fp32-1.0", "finetune@openvino_cpu_fp32-1.0",
+                                         "search-params@ort_cpu_fp32-1.0-2.5", "finetune-params@ort_cpu_fp32-1.0-2.5",
+                                         "controls"]
     assert plan.order[plan.start - 1].id == "finetune@ort_cpu_fp32-1.0" and _valid_order(list(plan.order), patched)
     assert lanes.plan_search_lane(steps, smoke_params, tmp_path, cpus=[0]) is None
     off = {**smoke_params, "pipeline": {**smoke_params["pipeline"], "overlap_latency": False}}
