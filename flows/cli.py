@@ -22,21 +22,33 @@ by `scan-edge arch sample --out FILE` / the search stage."""
 # --------------------------------------------------------------------------- arch
 def arch_argument(name_or_file: str):
     """The architecture a command-line argument names: a preset name or a path to an
-    architecture JSON file; exits with a message when it names neither. (The library's
-    ``nas_core.finetune.resolve_arch`` also accepts fine-tune outputs and returns their record.)"""
+    architecture JSON file (Table 2's, or the extended space's when it uses ESHA); exits with a
+    message when it names neither. (The library's ``nas_core.finetune.resolve_arch`` also
+    accepts fine-tune outputs and returns their record.)"""
     from nas_core.search_space import SearchSpace
 
-    space = SearchSpace()
     path = Path(name_or_file)
     if path.suffix == ".json" or path.exists():
         if not path.exists():
             raise SystemExit(f"error: {path}: no such architecture file")
         data = json.loads(path.read_text())
-        return space.from_dict(data.get("arch", data))  # search results wrap the arch
+        data = data.get("arch", data)  # search results wrap the arch
+        return space_holding(data).from_dict(data)
     try:
-        return space.preset(name_or_file)
+        return SearchSpace().preset(name_or_file)
     except KeyError as err:
         raise SystemExit(f"error: {err.args[0]} (or give a path to an architecture .json)") from None
+
+
+def space_holding(arch):
+    """Table 2's space, or the extended one (``search_space.attention: [mhsa, esha]``) for an
+    architecture (an ``ArchConfig`` or its dict) with an ESHA block: the space a command must
+    encode it in."""
+    from nas_core.search_space import SearchSpace, SpaceSpec
+
+    data = arch if isinstance(arch, dict) else arch.to_dict()
+    esha = any(((b.get("mhsa") or {}).get("type") == "esha") for s in data.get("stages", []) for b in s.get("blocks", []))
+    return SearchSpace(SpaceSpec.from_params({"attention": ["mhsa", "esha"]})) if esha else SearchSpace()
 
 
 def cmd_arch_list(args) -> int:
@@ -59,12 +71,11 @@ def cmd_arch_list(args) -> int:
 def cmd_arch_show(args) -> int:
     from nas_core.block_catalog import BlockCatalog
     from nas_core.microvit import is_microvit
-    from nas_core.search_space import SearchSpace
 
     if is_microvit(args.arch):
         return _show_microvit(args)
     arch = arch_argument(args.arch)
-    space = SearchSpace()
+    space = space_holding(arch)
     g = space.encode(arch)[None]
     catalog = BlockCatalog(space, args.resolution)
     params = int(catalog.count_params(g, args.num_classes)[0])

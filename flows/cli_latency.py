@@ -258,13 +258,19 @@ def cmd_profile_import(args) -> int:
 # --------------------------------------------------------------------------- latency ARCH
 def cmd_latency(args) -> int:
     from nas_core.efficiency_predictor import LatencyEstimator
+    from nas_core.search_space import ArchError
 
     profile = _profile(args)
     paths = _paths(args, profile)
     arch = arch_argument(args.arch)
     estimator = LatencyEstimator.from_files(paths.lut, paths.fit if not args.raw else None, profile,
                                             runtime_version=args.runtime_version)
-    genome = estimator.space.encode(arch)[None]
+    try:
+        genome = estimator.space.encode(arch)[None]
+    except ArchError as err:
+        raise SystemExit(f"error: {arch.arch_id} is not in the space of {paths.lut} "
+                         f"({estimator.space.spec.label}): {err}; an ESHA architecture needs a LUT built "
+                         "with search_space.attention: [mhsa, esha]") from None
     result = {"arch_id": arch.arch_id, "device": profile.name, "resolution": profile.resolution,
               "estimated_ms": float(estimator.predict_genomes(genome)[0]),
               "lut_sum_ms": float(estimator.raw_sum_ms(genome)[0]),

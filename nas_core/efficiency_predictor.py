@@ -145,8 +145,11 @@ def _checked_fit(fit_json, lut: LookupTable, profile: DeviceProfile) -> dict:
     if not (fit.get("targets") or {}).get("met", True):
         scored = ((fit.get("metrics") or {}).get("validation") or {}).get("calibrated") or {}  # the chosen model
         mape, spearman = scored.get("mape_pct") or float("nan"), scored.get("spearman") or float("nan")
+        worst, within = scored.get("max_ape_pct") or float("nan"), scored.get("within_5_pct") or float("nan")
+        failed = ", ".join(fit["targets"].get("failed") or []) or "unknown"
         warnings.warn(f"{fit_json}: the calibrated LUT missed its accuracy targets on the held-out subnets "
-                      f"(MAPE {mape:.1f} %, Spearman {spearman:.3f}); its estimates may be "
-                      "far off. Was the machine busy? Re-run the LUT and calibration on a quiet machine "
-                      "(or with the cpu clock, see nas_core.latency.lut.CLOCKS)", stacklevel=3)
+                      f"({failed}: MAPE {mape:.1f} %, max {worst:.1f} %, Spearman {spearman:.3f}, "
+                      f"{within:.0f} % within ±5 %); its estimates may be off by that much. Was the machine "
+                      "busy? Re-run the LUT and calibration on a quiet machine (or with the cpu clock, see "
+                      "nas_core.latency.lut.CLOCKS)", stacklevel=3)
     return fit
