@@ -3,10 +3,14 @@
 Table 2's space must not move (its own tests: test_search_space, test_timm_equivalence,
 test_supernet); these check what the extension adds, and that it stays opt-in.
 """
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from flows.cli import main as cli_main
+from flows.cli import space_holding
 from nas_core.block_catalog import BlockCatalog, block_macs, block_params
 from nas_core.blocks import build_block
 from nas_core.complexity import arch_complexity, count_macs, count_params
@@ -155,3 +159,16 @@ def test_the_predictor_reads_the_extended_encoding():
     np.testing.assert_allclose(by_archs, by_genomes, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="25"):
         PredictorBundle(AccuracyPredictor(), encoder)  # a Table 2 predictor (24 bits) refuses it
+
+
+def test_arch_show_reads_an_esha_architecture_in_the_space_that_holds_it(tmp_path, capsys):
+    arch = esha_arch()
+    path = tmp_path / "esha.json"
+    path.write_text(json.dumps({"arch": arch.to_dict()}))  # as a search result wraps it
+    assert space_holding(arch).spec.attention_types == ("mhsa", "esha")
+    assert space_holding(TABLE2.preset("efficientformerv2_s0")).spec == TABLE2.spec
+    assert cli_main(["arch", "show", str(path), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    g = EXTENDED.encode(arch)[None]
+    assert shown["params"] == int(BlockCatalog(EXTENDED, 224).count_params(g)[0]) == arch_complexity(arch)["params"]
+    assert shown["arch"] == arch.to_dict()

@@ -68,6 +68,7 @@ def _small_params() -> dict:
 def setup(tmp_path, monkeypatch):
     params = _small_params()
     params["pipeline"]["params_constrained"] = {}
+    params["pipeline"]["overlap_latency"] = False  # the fakes live in this process; a lane's would run real stages
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump({k: v for k, v in params.items() if k != "profile"}))
     monkeypatch.setenv("SCAN_EDGE_CPU_LOCK", str(tmp_path / "cpu.lock"))
