@@ -528,3 +528,27 @@ def test_full_lut_and_calibration_meet_the_targets_on_onnxruntime_cpu(tmp_path, 
     assert validation["mape_pct"] <= 3.0 and validation["spearman"] >= 0.95, report.summary()
     estimator = LatencyEstimator.from_files(paths.lut, paths.fit, profile)
     assert estimator.min_latency_ms() < report.frame["median_ms"].min()
+
+
+def test_calibration_in_the_extended_space_prices_its_esha_blocks(tmp_path, exports):
+    """The extended space end to end through the calibration (issue 19): a LUT with ESHA blocks, subnets
+    with ESHAs timed for real, and the fit read in that space (Table 2's catalog would refuse the LUT)."""
+    extended = SearchSpace(SpaceSpec.from_params({"attention": ["mhsa", "esha"]}))
+    u = "U(2,3,R)"
+    archs = [extended.from_compact("R", (24, 40, 96, 176), (f"{u} {u}", f"{u} {u}", f"E({act})+{u} " + " ".join([u] * 5),
+                                                          f"E({act})+{u} " + " ".join([u] * 3)), embed3="DS(2,R)")
+             for act in ("R", "G")] + [SPACE.smallest("unified", "relu")]
+    assert all("ESHA" in a.table() for a in archs[:2])
+    catalog = BlockCatalog(extended, ORT64.resolution)
+    paths = LutPaths.for_device(ORT64.name, tmp_path, exports)
+    lut.build_lut(ORT64, paths, space=extended, block_filter=lut.blocks_of(catalog, archs), **QUIET)
+    subnets = [SubnetChoice(archs[0], "calibration"), SubnetChoice(archs[2], "calibration"),
+               SubnetChoice(archs[1], "validation")]
+    calibration.calibrate(ORT64, paths, space=extended, subnets=subnets, **QUIET)
+    frame = io.read_parquet(paths.calibration)
+    esha_ms = LookupTable.read(paths.lut).block_ms(catalog)[[catalog.index[b] for b in catalog.block_ids(archs[0])
+                                                             if "/esha/" in b]]
+    assert len(esha_ms) == 2 and np.all(esha_ms > 0), "its ESHA blocks were timed"
+    assert frame["calibrated_ms"].notna().all() and (frame["lut_sum_ms"] > esha_ms.sum()).all()
+    with pytest.raises(LutError, match="not in the catalog"):
+        LookupTable.read(paths.lut).block_ms(CATALOG64)  # Table 2's catalog cannot read it

@@ -511,7 +511,7 @@ def calibrate(profile: DeviceProfile, paths: LutPaths | None = None, *, space: S
                  "passes": settings.passes, "seed": settings.seed, "sampling": "given" if given else settings.sampling,
                  "band": None if band is None else dataclasses.asdict(band), "models": list(settings.models)}
     return finish_calibration(frame, lut, read_provenance(paths.subnet_timings), profile, paths, described,
-                              drift_tolerance, figure, settings.models)
+                              drift_tolerance, figure, settings.models, space)
 
 
 def _choose(settings: CalibrationSettings, space: SearchSpace, catalog: BlockCatalog, lut: LookupTable,
@@ -537,9 +537,10 @@ def _count(subnets: Sequence[SubnetChoice], role: str) -> int:
 
 def finish_calibration(frame, lut: LookupTable, subnet_provenance: Mapping, profile: DeviceProfile, paths: LutPaths,
                        settings: Mapping, drift_tolerance: float = 0.10, figure: bool = True,
-                       models: Sequence[str] = (PAPER_MODEL,)) -> CalibrationReport:
-    """Choose, fit and score the model; write the calibration table, the fit file and the figure."""
-    catalog = BlockCatalog(SearchSpace(), profile.resolution)
+                       models: Sequence[str] = (PAPER_MODEL,), space: SearchSpace | None = None) -> CalibrationReport:
+    """Choose, fit and score the model; write the calibration table, the fit file and the figure.
+    ``space``: the one the LUT and the subnets belong to (default Table 2)."""
+    catalog = BlockCatalog(space or SearchSpace(), profile.resolution)
     block_ms = lut.block_ms(catalog)
     result = fit_calibration(frame, catalog, np.nan_to_num(block_ms, nan=0.0), models)
     frame["paper_line_ms"] = result.paper_line(frame["lut_sum_ms"])

@@ -111,7 +111,7 @@ def import_profiling_results(profile: DeviceProfile, bundle_dir: str | Path,
                 "n_validation": sum(c.role == "validation" for c in subnets),
                 "seed": sidecar.get("seed"), "sampling": sidecar.get("sampling"), "bundle": str(bundle_dir)}
     return finish_calibration(table, lut, provenance, profile, paths, settings,
-                              float(sidecar.get("drift_tolerance", 0.10)), figure)
+                              float(sidecar.get("drift_tolerance", 0.10)), figure, space=space)
 
 
 def _read_sidecar(bundle_dir: Path, profile: DeviceProfile, space: SearchSpace) -> dict:
