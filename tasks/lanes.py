@@ -7,9 +7,9 @@ CPUs ``reproduce`` therefore runs the measurement steps (``LANE_STAGES`` of the 
 in a separate process pinned to the *last* allowed CPU, while this process trains the supernet
 and collects the pairs on the others (:class:`LaneProcess`). Measured on the 2-core smoke run:
 the measurements (~7 min) disappear behind the supernet instead of following it
-(benchmarks/README.md, "Smoke budget"). After measuring, the lane trains the baselines that are
-fine-tuned from scratch (they read only the dataset, which this process then makes first), so
-that its CPU does not idle while the supernet finishes.
+(benchmarks/README.md, "Smoke budget"). Without a search lane to follow, the lane then trains
+the baselines that are fine-tuned from scratch (they read only the dataset, which this process
+then makes first), so that its CPU does not idle if the supernet is still training.
 
 Why this keeps the numbers honest:
 
@@ -30,11 +30,12 @@ LUT resumes from the rows the lane finished. An interrupted run stops the lane w
 **The search lane** (:func:`plan_search_lane`) does the same for the second half of the run. A
 search is one thread (the evolution, then its candidates timed on the device) and the fine-tunes
 that follow use two threads at ~1.7x of one: run one after the other, a core idles through every
-search. So once the predictor and the calibrations exist, the searches and the random controls
-(which measure on the device too, then fine-tune one model) run in a lane process on the last CPU,
-while this process fine-tunes each searched model as soon as its search is done (it waits for that
-one step, not the whole lane) and then transfers and detects. Measured on the 2-core smoke run:
-benchmarks/README.md, "Smoke budget".
+search. So once the predictor and the calibrations exist, the searches, the random controls (which
+measure on the device too, then fine-tune one model) and the fine-tunes of the searched models
+that only the report reads run in a lane process on the last CPU. Meanwhile this process trains
+the scratch baselines, fine-tunes "ours" as soon as its search is done (it waits for that one
+step, not for the whole lane), then transfers and detects: the two CPUs carry about the same
+load. Measured on the 2-core smoke run: benchmarks/README.md, "Smoke budget".
 
 ``pipeline.overlap_latency: false`` turns both lanes off (every step in this process, in order).
 """
