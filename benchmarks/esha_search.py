@@ -117,7 +117,11 @@ def table2_estimator(estimator, catalog: BlockCatalog) -> BlockTableEstimator:
     else:  # a BlockTableEstimator (tests)
         table, scale, offset = estimator.table, estimator.scale, estimator.offset
     rows = [estimator.catalog.index[block.block_id] for block in catalog.blocks]
-    return BlockTableEstimator(catalog, np.asarray(table)[rows], scale, offset, name=getattr(estimator, "name", "lat"))
+    restricted = BlockTableEstimator(catalog, np.asarray(table)[rows], scale, offset,
+                                     name=getattr(estimator, "name", "lat"))
+    # The same LUT: the on-device check reads its identity (the runtime version a board must run).
+    restricted.provenance = dict(getattr(estimator, "provenance", {}))
+    return restricted
 
 
 def table2_setup(setup, out_dir: Path):
@@ -150,7 +154,8 @@ def one_search(setup, targets: Mapping[str, float], *, measure: bool, accesses=N
                                 lock=lock or no_lock, say=say, force=True)
     arch = setup.space.from_dict(record["arch"])
     counts = attention_counts(arch)
-    measured = measured_latency(setup.out_dir, record["name"], record["arch_id"]) if measure else None
+    run = record["name"].removeprefix("ours_")  # the files are named by the run, the record by the model
+    measured = measured_latency(setup.out_dir, run, record["arch_id"]) if measure else None
     return {"arch_id": record["arch_id"], "compact": record.get("compact"), "esha": counts["esha"],
             "attentions": counts["mhsa"] + counts["esha"], "predicted_accuracy": record.get("predicted_accuracy"),
             "estimated_ms": record.get("latency_ms"), "measured_ms": measured,

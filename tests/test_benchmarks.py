@@ -189,7 +189,10 @@ def test_esha_search_compares_the_extended_search_with_table2_inside_the_same_ar
     import esha_search
 
     setup = _toy_extended_setup(tmp_path)
+    setup.estimators["dev"].provenance = {"lut_identity": {"runtime_version": "9.9"}}
     table2 = esha_search.table2_setup(setup, tmp_path / "t2")
+    # The on-device check reads the LUT's identity from the estimator (it crashed on the first real run).
+    assert table2.estimators["dev"].provenance == setup.estimators["dev"].provenance
     arch = table2.space.sample(3)  # a Table 2 genome scores as its extended genome, in both models
     genome = table2.space.encode(arch)[None]
     assert np.allclose(table2.predictor.predict_genomes(genome), setup.predictor.predict_genomes(
