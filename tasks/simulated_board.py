@@ -15,8 +15,10 @@ A runtime upgrade on the board is :meth:`SimulatedBoard.install_runtime` with an
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -117,21 +119,48 @@ class SimulatedBoard:
         raise BoardError(f"the board's worker did not start within {startup_s:.0f} s: {self.log_tail()}")
 
     def stop_worker(self) -> None:
-        """Stop the worker (a board that goes away); flow runs it had started are ended too."""
+        """Stop the worker as a board that goes away stops: the flow runs it had started die at
+        once (killed by process: a flow run may run in a session of its own, and one left running
+        finished its job after the worker was stopped), then the worker itself, which reports
+        them crashed to the server on its way out (SIGKILL if it takes over 20 s)."""
         if self.worker is None:
             return
         if self.worker.poll() is None:
-            os.killpg(self.worker.pid, 15)
+            for pid in _descendants(self.worker.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.worker.pid, signal.SIGTERM)
             try:
                 self.worker.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                os.killpg(self.worker.pid, 9)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.worker.pid, signal.SIGKILL)
                 self.worker.wait()
         self.worker = None
 
     def log_tail(self, chars: int = 3000) -> str:
         path = self.root / "worker.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, their children, ...), read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
 
 
 def _uv() -> str:

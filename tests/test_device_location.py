@@ -7,6 +7,8 @@ onnxruntime and no torch, one core, a real ``prefect worker`` on a work pool.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ from nas_core.latency.devices import check_usable, load_profiles
 from nas_core.latency.location import (RESULTS_NAME, RUNTIME_REPORT, LocalDevice, MeasurementsPending,
                                        TimingJob, device_access, host_lock_mode, import_results)
 from nas_core.latency.timing import ModelEntry, TimingConfig
+from tasks.simulated_board import SimulatedBoard
 from tests._bundles import run_without_torch
 
 FAST = TimingConfig(warmup_runs=2, warmup_ms=0, min_repeats=5, min_total_ms=2, max_repeats=100, max_total_ms=100,
@@ -229,8 +232,8 @@ def test_a_real_worker_on_another_runtime_times_jobs_and_resumes_after_it_disapp
 
     # The worker goes away mid-job: a clear error, the finished models kept, the job resumes.
     many = tuple(ModelEntry(f"{e.id}-{k}", e.path, e.input_shape) for k in range(30) for e in models)
-    # Slow enough (~50 s of timing) that the job cannot finish in the 20 s a stopped worker is given
-    # to end its flow run (SIGTERM, then SIGKILL): a faster job completed before the kill took hold.
+    # Slow enough (~50 s of timing) that the job cannot finish between the tenth row and the stop (the
+    # flow run is killed at once; it used to survive the worker in its own session and finish the job).
     slow = dataclasses.replace(FAST, min_total_ms=400, min_repeats=20, max_repeats=1_000_000, max_total_ms=1000)
     job = TimingJob("calibration", many, many[0].id, slow, drift_tolerance=10.0)
     results = simulated.jobs / "board_ort" / "calibration" / RESULTS_NAME
@@ -280,3 +283,27 @@ def test_baselines_stage_of_a_bundle_device_stops_with_the_bundle_then_imports_i
     assert list(table["model"]) == ["mobilenetv2_100"] and table["median_ms"].iloc[0] > 0
     assert read_provenance(tmp_path / "baselines" / "board.parquet")["location"] == "bundle"
     assert stages.device_runtime_version(params, "board", tmp_path) == HOST_ORT  # the board's own report
+
+
+def test_a_stopped_board_takes_its_flow_runs_with_it(tmp_path):
+    """The worker's flow run may live in a session of its own: stopping the board kills it too (it used
+    to finish its job after the worker was gone)."""
+    pid_file = tmp_path / "flow_run.pid"
+    script = ("import subprocess, sys, time\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
+              f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+              "time.sleep(600)\n")
+    board = SimulatedBoard(tmp_path)
+    board.worker = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    flow_run = int(pid_file.read_text())
+    worker = board.worker
+    board.stop_worker()
+    assert worker.poll() is not None and board.worker is None
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{flow_run}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    state = Path(f"/proc/{flow_run}/stat").read_text().split()[2] if Path(f"/proc/{flow_run}").exists() else "gone"
+    assert state in ("gone", "Z"), f"the flow run outlived its board (state {state})"
