@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nas_core.block_catalog import BlockCatalog  # noqa: E402
 from nas_core.io import code_version, machine_fingerprint, read_parquet, utc_now, write_json  # noqa: E402
 from nas_core.latency.calibration import (SubnetChoice, calibration_frame, combine_passes,  # noqa: E402
-                                          fit_calibration, fitted_model, measure_subnets, read_fit)
+                                          fit_calibration, fitted_model, measure_subnets, read_fit,
+                                          subnet_genomes)
 from nas_core.latency.latency_model import error_metrics  # noqa: E402
 from nas_core.latency.lut import LookupTable  # noqa: E402
 from nas_core.latency.timing import TimingConfig  # noqa: E402
@@ -100,10 +101,6 @@ def scores(estimated: np.ndarray, measured: np.ndarray) -> dict:
     return {k: figures.get(k) for k in FIGURES}
 
 
-def genomes_of(frame, catalog) -> np.ndarray:
-    return np.stack([catalog.space.encode(catalog.space.from_json(text)) for text in frame["arch"]])
-
-
 def refit_with_frontier(base, frontier, catalog, block_ms, models) -> dict:
     """Two folds: half of the frontier subnets join the calibration set, the other half is scored."""
     halves = [frontier.iloc[0::2], frontier.iloc[1::2]]
@@ -111,7 +108,7 @@ def refit_with_frontier(base, frontier, catalog, block_ms, models) -> dict:
     for added, scored in (halves, halves[::-1]):
         frame = pd.concat([base, added.assign(role="calibration")], ignore_index=True)
         fit = fit_calibration(frame, catalog, block_ms, models)
-        predict = lambda rows: fit.selection.model.predict(catalog, block_ms, genomes_of(rows, catalog))  # noqa: E731
+        predict = lambda rows: fit.selection.model.predict(catalog, block_ms, subnet_genomes(rows, catalog))  # noqa: E731
         held = base[base["role"] == "validation"]
         folds.append({"model": fit.selection.model.name,
                       "frontier": scores(predict(scored), scored["median_ms"].to_numpy(float)),
@@ -136,7 +133,7 @@ def main(argv=None) -> int:
         frontier = calibration_frame(choices, rows, lut.block_ms(catalog), catalog, args.device)
         fit = read_fit(paths.fit)
         model = fitted_model(fit)
-        frontier["calibrated_ms"] = model.predict(catalog, block_ms, genomes_of(frontier, catalog))
+        frontier["calibrated_ms"] = model.predict(catalog, block_ms, subnet_genomes(frontier, catalog))
         base = read_parquet(paths.calibration)
         held = base[base["role"] == "validation"]
         result = {

@@ -44,11 +44,11 @@ def space_holding(arch):
     """Table 2's space, or the extended one (``search_space.attention: [mhsa, esha]``) for an
     architecture (an ``ArchConfig`` or its dict) with an ESHA block: the space a command must
     encode it in."""
-    from nas_core.search_space import SearchSpace, SpaceSpec
+    from nas_core.search_space import ATTENTION_TYPES, SearchSpace, SpaceSpec
 
     data = arch if isinstance(arch, dict) else arch.to_dict()
     esha = any(((b.get("mhsa") or {}).get("type") == "esha") for s in data.get("stages", []) for b in s.get("blocks", []))
-    return SearchSpace(SpaceSpec.from_params({"attention": ["mhsa", "esha"]})) if esha else SearchSpace()
+    return SearchSpace(SpaceSpec(attention_types=ATTENTION_TYPES)) if esha else SearchSpace()
 
 
 def cmd_arch_list(args) -> int:

@@ -58,8 +58,7 @@ import yaml
 from nas_core.io import write_text
 from nas_core.latency.devices import get_profile, load_profiles
 from tasks import stages
-from tasks.run_identity import read_stamp
-from tasks.step_stamps import is_done, measured_devices, stamps_folder, step_key
+from tasks.step_stamps import completed_with, is_done, measured_devices, step_key
 
 # The steps that measure on a device and read nothing the training makes.
 LANE_STAGES = ("runtime", "lut", "baselines", "calibration")
@@ -113,7 +112,7 @@ def plan_lane(steps: Sequence[stages.Step], params: Mapping[str, Any], root: str
     pipeline = stages.pipeline_section(params)
     if len(cpus) < 2 or not pipeline.get("overlap_latency", True):
         return None
-    measure = [s for s in steps if s.stage in LANE_STAGES and _measures_here(s, params)]
+    measure = [s for s in steps if s.stage in LANE_STAGES and _all_local(s, params)]
     if not measure:
         return None
     single_process = int((pipeline.get("torchrun") or {}).get("nproc_per_node") or 1) <= 1
@@ -134,11 +133,6 @@ def plan_lane(steps: Sequence[stages.Step], params: Mapping[str, Any], root: str
         return None  # nothing to overlap: run in order, in this process
     after = [s for s in steps[first_reader:] if s not in lane and s not in before]
     return LanePlan(tuple(before), tuple(lane), tuple(beside), tuple(after), cpus[-1], tuple(cpus[:-1]))
-
-
-def _measures_here(step: stages.Step, params: Mapping[str, Any]) -> bool:
-    device = step.kwargs().get("device")
-    return device is not None and get_profile(device, load_profiles(params.get("devices") or {})).is_local
 
 
 @dataclass(frozen=True)
@@ -315,8 +309,7 @@ class LaneProcess:
         key = step_key(step, params, self.root)
         while True:
             ended = self.process is not None and self.process.poll() is not None
-            recorded = (read_stamp(stamps_folder(self.root), step.id) or {}).get("key")
-            if recorded == key and all(Path(p).exists() for p in step.outputs):
+            if completed_with(step, key, self.root):
                 return True
             if ended:
                 self.wait()

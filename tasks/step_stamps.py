@@ -91,12 +91,17 @@ def record_done(step: stages.Step, key: str, root: str | os.PathLike) -> Path:
     return write_stamp(stamps_folder(root), step.id, {"key": key, "stage": step.stage})
 
 
-def is_done(step: stages.Step, params: Mapping[str, Any], root: str | os.PathLike) -> bool:
-    """The step's outputs exist and its last completed run had the run key it has now."""
+def completed_with(step: stages.Step, key: str, root: str | os.PathLike) -> bool:
+    """The step's outputs exist and its last completed run recorded run key ``key`` (cheap: for a
+    caller that computed the key once and polls)."""
     if not all(Path(p).exists() for p in step.outputs):
         return False
-    recorded = (read_stamp(stamps_folder(root), step.id) or {}).get("key")
-    return recorded is not None and recorded == step_key(step, params, root)
+    return (read_stamp(stamps_folder(root), step.id) or {}).get("key") == key
+
+
+def is_done(step: stages.Step, params: Mapping[str, Any], root: str | os.PathLike) -> bool:
+    """The step's outputs exist and its last completed run had the run key it has now."""
+    return all(Path(p).exists() for p in step.outputs) and completed_with(step, step_key(step, params, root), root)
 
 
 def first_stale_step(params: Mapping[str, Any], root: str | os.PathLike = stages.DATA_ROOT,
@@ -109,4 +114,5 @@ def first_stale_step(params: Mapping[str, Any], root: str | os.PathLike = stages
     return None
 
 
-__all__ = ["measured_devices", "record_done", "run_key", "first_stale_step", "step_key", "step_runtimes", "is_done"]
+__all__ = ["completed_with", "measured_devices", "record_done", "run_key", "first_stale_step", "step_key",
+           "step_runtimes", "is_done"]

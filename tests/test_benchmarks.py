@@ -238,7 +238,7 @@ def test_frontier_refit_removes_a_bias_the_band_alone_leaves():
                           "params": catalog.count_params(np.stack([space.encode(a) for a in archs]))})
     base, frontier = frame.iloc[:24].reset_index(drop=True), frame.iloc[24:].reset_index(drop=True)
     fit = ff.fit_calibration(base, catalog, block_ms, ["linear"])
-    before = ff.scores(fit.selection.model.predict(catalog, block_ms, ff.genomes_of(frontier, catalog)),
+    before = ff.scores(fit.selection.model.predict(catalog, block_ms, ff.subnet_genomes(frontier, catalog)),
                        frontier["median_ms"].to_numpy(float))
     assert before["mean_signed_pct"] == pytest.approx(100 * (1 / 1.1 - 1), abs=0.5)  # -9.1 %: the band's blind spot
     folds = ff.refit_with_frontier(base, frontier, catalog, block_ms, ["linear"])["folds"]

@@ -11,7 +11,7 @@ import pytest
 
 
 from nas_core.params import load_params
-from tasks import lanes, stages
+from tasks import lanes, stages, step_stamps
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 needs_two_cpus = pytest.mark.skipif(len(lanes.allowed_cpus()) < 2, reason="the lane needs two CPUs")
@@ -218,8 +218,8 @@ def test_this_process_waits_for_one_lane_step_at_a_time(smoke_params, tmp_path):
     ends without the next: the first wait returns True, the second False instead of hanging."""
     plan = _search_plan(smoke_params, tmp_path, cpus=lanes.allowed_cpus())
     first, second = plan.lane[0], plan.lane[1]
-    key = lanes.step_key(first, smoke_params, tmp_path)
-    stamp = lanes.stamps_folder(tmp_path) / f"{first.id}.json"
+    key = step_stamps.step_key(first, smoke_params, tmp_path)
+    stamp = step_stamps.stamps_folder(tmp_path) / f"{first.id}.json"
     go = tmp_path / "go"
     lane = ScriptLane(plan, smoke_params, tmp_path, "search")
     lane.script = (

@@ -167,7 +167,7 @@ def fit_calibration(frame, catalog: BlockCatalog, block_ms: np.ndarray,
                     models: Sequence[str] = (PAPER_MODEL,)) -> CalibrationFit:
     """Choose and fit the latency model on the calibration rows of ``frame`` (columns role,
     median_ms, lut_sum_ms, macs, params, arch) and score every predictor on both roles."""
-    genomes = _genomes(frame, catalog)
+    genomes = subnet_genomes(frame, catalog)
     calib = (frame["role"] == "calibration").to_numpy()
     measured = frame["median_ms"].to_numpy(dtype=np.float64)
     selection = select_model(models, catalog, block_ms, genomes[calib], measured[calib])
@@ -185,7 +185,8 @@ def fit_calibration(frame, catalog: BlockCatalog, block_ms: np.ndarray,
     return CalibrationFit(selection, line, proxy_fits, metrics)
 
 
-def _genomes(frame, catalog: BlockCatalog) -> np.ndarray:
+def subnet_genomes(frame, catalog: BlockCatalog) -> np.ndarray:
+    """The genomes of a calibration table's subnets (its ``arch`` JSON column), in ``catalog``'s space."""
     return np.stack([catalog.space.encode(catalog.space.from_json(text)) for text in frame["arch"]])
 
 
@@ -544,7 +545,8 @@ def finish_calibration(frame, lut: LookupTable, subnet_provenance: Mapping, prof
     block_ms = lut.block_ms(catalog)
     result = fit_calibration(frame, catalog, np.nan_to_num(block_ms, nan=0.0), models)
     frame["paper_line_ms"] = result.paper_line(frame["lut_sum_ms"])
-    frame["calibrated_ms"] = result.model.predict(catalog, np.nan_to_num(block_ms, nan=0.0), _genomes(frame, catalog))
+    frame["calibrated_ms"] = result.model.predict(catalog, np.nan_to_num(block_ms, nan=0.0),
+                                                  subnet_genomes(frame, catalog))
     document = {
         "kind": FIT_KIND, "device": profile.name, "model": result.model.to_dict(),
         "selection": result.selection.to_dict(), **result.paper_line.to_dict(), **settings, "metrics": result.metrics,
