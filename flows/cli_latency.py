@@ -209,7 +209,8 @@ def cmd_lut_calibrate(args) -> int:
     profile = _profile(args)
     paths = _paths(args, profile)
     _require_usable(profile)
-    params = _with_flags(args, "calibration", **_calibration_flags(args), sampling=args.sampling)
+    params = _with_flags(args, "calibration", **_calibration_flags(args), sampling=args.sampling,
+                         frontier=args.frontier)
     identity = _run_identity(params, "calibration", profile)
     resume = _resume(args.resume, paths.work, paths.subnet_timings, paths.fit, "calibration", identity)
     reference_ms = args.reference_ms
@@ -330,6 +331,9 @@ def register(sub) -> None:
     p.add_argument("--sampling", choices=("uniform", "stratified", "band"),
                    help="calibration subnets: uniform genomes (the paper's), spread over the LUT-sum range, or in a "
                         "band around MobileNetV2's latency (params.yaml's default)")
+    p.add_argument("--frontier", type=float, metavar="SHARE",
+                   help="band sampling: share of the band's subnets taken from quick searches on the raw LUT sum, "
+                        "where searches land (0-1; default: params.yaml's calibration.frontier)")
     p.add_argument("--reference-ms", type=float,
                    help="band sampling: MobileNetV2's latency on the device (default: from its baselines table)")
     p.add_argument("--baselines", help="band sampling: the device's baselines table (default "

@@ -108,3 +108,63 @@ def test_per_op_separates_ffn_kernels_that_per_kind_lumps_together():
     assert selection.model.name == "per_op"
     assert selection.model.scales["ffn_unified_k5"] == pytest.approx(1.4, rel=1e-6)
     assert selection.candidates["per_kind+blocks"]["cv"]["mape_pct"] > 0.1  # one scale per FFN type cannot fit it
+
+
+def _raw(genomes: np.ndarray) -> np.ndarray:
+    return CATALOG.sum_table(BLOCK_MS, genomes)
+
+
+def test_frontier_subnets_spend_the_same_latency_on_more_macs_than_the_bands_draws():
+    fastest = CATALOG.min_table_sum(BLOCK_MS)[0]
+    window = (3.0 * fastest, 6.0 * fastest)  # uniform subnets of this made-up LUT sit at 8-14x its fastest
+    frontier = ss.Frontier(CATALOG, BLOCK_MS)
+    taken: set = set()
+    searched = np.stack(ss.frontier_genomes(SPACE, frontier, window, 8, [0, 1], taken))
+    drawn = np.stack(ss.band_genomes(SPACE, _raw, window, 8, np.random.default_rng(0), taken))
+    assert len(taken) == 16 and len({g.tobytes() for g in searched}) == 8
+    sums = _raw(searched)
+    assert (sums >= window[0] - 1e-9).all() and (sums <= window[1] + 1e-9).all()
+    targets = np.linspace(*window, 10)[1:-1]  # one search per target, targets spread over the window
+    assert ((sums <= targets + 1e-9) & (sums >= targets - (window[1] - window[0]) / 9 - 1e-9)).all()
+    # What a search does: at the same raw sum, a searched subnet holds far more MACs than a cheap-tilted draw.
+    macs_per_ms = lambda g: CATALOG.count_macs(g) / _raw(g)  # noqa: E731
+    assert np.median(macs_per_ms(searched)) > 1.2 * np.median(macs_per_ms(drawn))
+    again = ss.frontier_genomes(SPACE, frontier, window, 8, [0, 1], set())
+    assert [g.tobytes() for g in again] == [g.tobytes() for g in searched]  # reproducible from its stream
+
+
+def test_band_sampling_with_a_frontier_labels_each_subnet_with_its_origin():
+    fastest = CATALOG.min_table_sum(BLOCK_MS)[0]
+    band = ss.Band(6.0 * fastest)
+    chosen = ss.choose_subnets(SPACE, 20, 30, seed=1, sampling="band", raw_sum_ms=_raw, band=band,
+                               frontier=ss.Frontier(CATALOG, BLOCK_MS, share=0.5))
+    counts = {}
+    for choice in chosen:
+        counts[choice.role, choice.origin] = counts.get((choice.role, choice.origin), 0) + 1
+    # 20 % of the calibration set outside the band; half of the rest, and half of the held-out set, searched
+    assert counts == {("calibration", "frontier"): 8, ("calibration", "band"): 8, ("calibration", "outside"): 4,
+                      ("validation", "frontier"): 15, ("validation", "band"): 15}
+    assert len({c.arch.arch_id for c in chosen}) == 50
+    low, high = band.ms
+    inside = np.array([_raw(SPACE.encode(c.arch)[None])[0] for c in chosen if c.origin == "frontier"])
+    assert (inside >= max(low, fastest) - 1e-9).all() and (inside <= high + 1e-9).all()
+    plain = ss.choose_subnets(SPACE, 20, 30, seed=1, sampling="band", raw_sum_ms=_raw, band=band)
+    assert {c.origin for c in plain} == {"band", "outside"}
+    with pytest.raises(ValueError, match="need band sampling"):
+        ss.choose_subnets(SPACE, 20, 30, sampling="stratified", raw_sum_ms=_raw,
+                          frontier=ss.Frontier(CATALOG, BLOCK_MS))
+    with pytest.raises(ValueError, match="origin must be one of"):
+        ss.SubnetChoice(chosen[0].arch, "validation", "lucky")
+    with pytest.raises(ValueError, match="no subnet has a raw LUT sum"):
+        ss.frontier_genomes(SPACE, ss.Frontier(CATALOG, BLOCK_MS), (0.1 * fastest, 0.5 * fastest), 3, [0], set())
+
+
+def test_calibration_settings_take_a_frontier_share_only_with_the_band():
+    from nas_core.latency.calibration import CalibrationSettings
+
+    assert CalibrationSettings(sampling="band", frontier=0.5).frontier == 0.5
+    assert CalibrationSettings().frontier == 0.0  # the paper's: no searched subnets
+    with pytest.raises(ValueError, match="needs sampling: band"):
+        CalibrationSettings(sampling="uniform", frontier=0.5)
+    with pytest.raises(ValueError, match=r"share in \[0, 1\]"):
+        CalibrationSettings(sampling="band", frontier=1.5)

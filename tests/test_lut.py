@@ -346,6 +346,7 @@ def test_host_calibration_fits_and_writes_table_fit_and_figure(host_lut):
     frame = io.read_parquet(host_lut.calibration)
     assert list(frame.columns) == calibration.CALIBRATION_COLUMNS
     assert list(frame["role"]) == ["calibration", "calibration", "validation"]
+    assert set(frame["origin"]) == {"given"}  # chosen by the caller, not by a sampling
     lut_ms = LookupTable.read(host_lut.lut).block_ms(CATALOG64)
     expected_sum = [sum(lut_ms[CATALOG64.index[i]] for i in CATALOG64.block_ids(a)) for a in ARCHS]
     np.testing.assert_allclose(frame["lut_sum_ms"], expected_sum)
@@ -359,6 +360,7 @@ def test_host_calibration_fits_and_writes_table_fit_and_figure(host_lut):
     assert set(document["metrics"]["validation"]) == {"lut_sum", "paper_line", "calibrated", "macs", "params"}
     assert document["model"]["name"] == "linear" and document["model"]["scales"]["all"] == pytest.approx(report.a)
     assert document["metrics"]["validation"]["calibrated"]["spearman"] is None  # one point: no rank correlation
+    assert document["metrics_by_origin"]["validation"]["given"] == document["metrics"]["validation"]["calibrated"]
     assert host_lut.figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # One architecture timed alone (scan-edge latency --measure) agrees with its calibration timing.
     alone = calibration.measure_arch(ARCHS[2], dataclasses.replace(ORT64, options={"clock": "cpu"}), FAST)

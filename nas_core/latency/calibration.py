@@ -10,7 +10,9 @@ What this module adds, each a named option with the paper's choice as default:
 * **Where the subnets are** (``sampling``, ``nas_core.latency.subnet_sampling``): the
   paper's uniform subnets sit at 3-8x MobileNetV2's latency, where no search lands; the
   ``band`` sampling (both params profiles) calibrates and checks on subnets at 0.5-2x the
-  device's MobileNetV2, the region of the 0.75-1.5x targets, plus a few outside it.
+  device's MobileNetV2, the region of the 0.75-1.5x targets, plus a few outside it;
+  ``frontier`` takes a share of them from quick searches on the raw LUT sum, the kind of
+  subnet a search returns (the band's draws alone left searched subnets 5 % off).
 * **The model** (``models``, ``nas_core.latency.latency_model``): the paper's line, or
   per-group scales and a per-block term, chosen by leave-one-out error on the calibration
   subnets; the held-out (validation) subnets only score the chosen model.
@@ -42,6 +44,7 @@ column            type   meaning
 ================  =====  ===============================================================
 arch_id           str    ``ArchConfig.arch_id``
 role              str    calibration (fits the model) | validation (held out)
+origin            str    how the subnet was chosen (subnet_sampling.ORIGINS): band, frontier, ...
 median_ms         f64    measured end-to-end latency (median of the timed calls; with
                          ``passes`` > 1 the median over the passes of each pass's median)
 pass_spread_pct   f64    (max - min) / median of the passes' medians, in % (0 with one pass)
@@ -88,8 +91,8 @@ from nas_core.latency.lut import (CLOCKS, LookupTable, LutError, LutPaths, block
                                   check_same_code, combine_passes, compiled_model_cache, export_blocks, export_folder,
                                   profile_clock, reference_block)
 from nas_core.latency.measure import TorchSession, require_usable
-from nas_core.latency.subnet_sampling import (DEFAULT_BAND, DEFAULT_OUTSIDE, ROLES, SAMPLINGS, Band, SubnetChoice,
-                                              choose_subnets)
+from nas_core.latency.subnet_sampling import (DEFAULT_BAND, DEFAULT_OUTSIDE, ROLES, SAMPLINGS, Band, Frontier,
+                                              SubnetChoice, choose_subnets)
 from nas_core.latency.timing import ModelEntry, TimingConfig
 from nas_core.search_space import ArchConfig, SearchSpace
 from nas_core.subnet import SubnetModel
@@ -110,6 +113,8 @@ FIT_SCHEMA = """\
   a, b            §5.3's line ``measured_ms = a * lut_sum_ms + b`` (least squares, calibration subnets)
   n_calibration, n_validation, passes, seed, sampling, band ({reference_ms, low, high} or null)
   metrics         {calibration|validation: {lut_sum|paper_line|calibrated|macs|params: METRICS}}
+  metrics_by_origin  {calibration|validation: {origin: METRICS of the chosen model}}: e.g. how it
+                  does on the held-out subnets from quick searches (frontier) against the band's
                   METRICS = latency_model.error_metrics: n, spearman, rmse_ms, mape_pct, rmspe_pct,
                   max_abs_err_ms, max_ape_pct, within_5_pct, within_10_pct, bias_ms
                   (macs / params: after their own linear fit, ``proxy_fits``)
@@ -183,6 +188,19 @@ def fit_calibration(frame, catalog: BlockCatalog, block_ms: np.ndarray,
         if rows.any():
             metrics[role] = {name: error_metrics(values[rows], measured[rows]) for name, values in estimates.items()}
     return CalibrationFit(selection, line, proxy_fits, metrics)
+
+
+def metrics_by_origin(frame) -> dict:
+    """The chosen model's figures (``calibrated_ms`` against ``median_ms``) per role and origin:
+    the held-out bar is met on the band as a whole, this says where within it (e.g. on the
+    subnets from quick searches). Tables from before the origin column: {}."""
+    if "origin" not in frame:
+        return {}
+    out: dict = {}
+    for (role, origin), rows in frame.groupby(["role", "origin"], sort=True):
+        out.setdefault(role, {})[origin] = error_metrics(rows["calibrated_ms"].to_numpy(np.float64),
+                                                         rows["median_ms"].to_numpy(np.float64))
+    return out
 
 
 def subnet_genomes(frame, catalog: BlockCatalog) -> np.ndarray:
@@ -299,7 +317,7 @@ def measure_arch(arch: ArchConfig, profile: DeviceProfile, config: TimingConfig 
 # --------------------------------------------------------------------------- the calibration table
 _ROW_PROVENANCE = ["device", "runtime", "runtime_version", "precision", "precision_actual", "threads", "batch_size",
                    "resolution", "machine_id", "timestamp"]
-CALIBRATION_COLUMNS = ["arch_id", "role", "median_ms", "pass_spread_pct", "p10_ms", "p90_ms", "repeats", "stable",
+CALIBRATION_COLUMNS = ["arch_id", "role", "origin", "median_ms", "pass_spread_pct", "p10_ms", "p90_ms", "repeats", "stable",
                        "drift_flag", "load_average", "lut_sum_ms", "paper_line_ms", "calibrated_ms", "params", "macs", "arch"]
 CALIBRATION_COLUMNS += _ROW_PROVENANCE
 
@@ -323,7 +341,7 @@ def calibration_frame(choices: Sequence[SubnetChoice], rows: Sequence[Mapping], 
     records = []
     for index, choice in enumerate(choices):
         row = by_id[choice.id]
-        records.append({"arch_id": choice.arch.arch_id, "role": choice.role,
+        records.append({"arch_id": choice.arch.arch_id, "role": choice.role, "origin": choice.origin,
                         **{k: row.get(k) for k in ("median_ms", "p10_ms", "p90_ms", "repeats", "stable", "drift_flag",
                                                    "load_average")},
                         "pass_spread_pct": float(row.get("pass_spread_pct", 0.0)),
@@ -419,6 +437,11 @@ class CalibrationReport:
             spearman = "  -  " if m["spearman"] is None else f"{m['spearman']:.3f}"  # None: one point
             lines.append(f"  {name:<10} spearman {spearman}  MAPE {m['mape_pct']:6.2f} %  max {m['max_ape_pct']:6.2f} %"
                          f"  within 5 % {m.get('within_5_pct', float('nan')):.0%}  RMSE {m['rmse_ms']:.3f} ms")
+        by_origin = (doc.get("metrics_by_origin") or {}).get("validation", {})
+        if len(by_origin) > 1:  # one origin: the lines above already say it
+            lines.append("  calibrated, held out by origin: " + "; ".join(
+                f"{origin} ({m['n']}): MAPE {m['mape_pct']:.2f} %, max {m['max_ape_pct']:.2f} %"
+                for origin, m in by_origin.items()))
         quiet, targets = doc["quiet_machine"], doc["targets"]
         lines.append(f"  model {doc['model']['name']} (chosen by leave-one-out on the calibration subnets); targets "
                      f"(MAPE <= {TARGETS['mape_pct']} %, max <= {TARGETS['max_ape_pct']} %, spearman >= "
@@ -441,6 +464,9 @@ class CalibrationSettings(SectionConfig):
     sampling: str = "uniform"
     band: tuple[float, float] = DEFAULT_BAND   # x the device's MobileNetV2 latency (sampling: band)
     outside: float = DEFAULT_OUTSIDE           # share of calibration subnets outside the band
+    # Share of the band's subnets (both roles) from quick searches on the raw LUT sum
+    # (subnet_sampling.Frontier): where searches land. 0: the band's tilted draws alone.
+    frontier: float = 0.0
     models: tuple[str, ...] = (PAPER_MODEL,)   # candidates, simplest first (latency_model.MODELS)
     # TimingConfig fields for the subnets (None: the LUT's). A subnet's median is one data point
     # of the fit and of the held-out figures, so its own noise shows up in them undamped; a
@@ -459,6 +485,11 @@ class CalibrationSettings(SectionConfig):
         object.__setattr__(self, "passes", int(self.passes))
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"calibration.sampling must be one of {SAMPLINGS}, not {self.sampling!r}")
+        if not 0.0 <= float(self.frontier) <= 1.0:
+            raise ValueError(f"calibration.frontier is a share in [0, 1], not {self.frontier!r}")
+        if self.frontier and self.sampling != "band":
+            raise ValueError(f"calibration.frontier fills the band: it needs sampling: band, not {self.sampling!r}")
+        object.__setattr__(self, "frontier", float(self.frontier))
         for name in self.models:
             parse_model_name(name)
         object.__setattr__(self, "band", tuple(float(v) for v in self.band))
@@ -510,6 +541,7 @@ def calibrate(profile: DeviceProfile, paths: LutPaths | None = None, *, space: S
     frame = calibration_frame(subnets, combine_passes(passes), lut_ms, catalog, profile.name)
     described = {"n_calibration": _count(subnets, "calibration"), "n_validation": _count(subnets, "validation"),
                  "passes": settings.passes, "seed": settings.seed, "sampling": "given" if given else settings.sampling,
+                 "frontier": None if given else settings.frontier,
                  "band": None if band is None else dataclasses.asdict(band), "models": list(settings.models)}
     return finish_calibration(frame, lut, read_provenance(paths.subnet_timings), profile, paths, described,
                               drift_tolerance, figure, settings.models, space)
@@ -517,18 +549,18 @@ def calibrate(profile: DeviceProfile, paths: LutPaths | None = None, *, space: S
 
 def _choose(settings: CalibrationSettings, space: SearchSpace, catalog: BlockCatalog, lut: LookupTable,
             reference_ms: float | None) -> tuple[list[SubnetChoice], Band | None]:
-    band = None
-    raw_sum = None
+    band = raw_sum = frontier = None
     if settings.sampling != "uniform":
         block_ms = lut.require_complete(catalog)
         raw_sum = lambda genomes: catalog.sum_table(block_ms, genomes)  # noqa: E731 - a local shorthand
+        frontier = Frontier(catalog, block_ms, settings.frontier) if settings.frontier else None
     if settings.sampling == "band":
         if reference_ms is None:
             raise ValueError("band sampling needs the device's MobileNetV2 latency (the baselines stage); "
                              "or set calibration.sampling: uniform")
         band = Band(float(reference_ms), *settings.band)
     subnets = choose_subnets(space, settings.n_calibration, settings.n_validation, settings.seed, settings.sampling,
-                             raw_sum, band, settings.outside)
+                             raw_sum, band, settings.outside, frontier=frontier)
     return subnets, band
 
 
@@ -550,6 +582,7 @@ def finish_calibration(frame, lut: LookupTable, subnet_provenance: Mapping, prof
     document = {
         "kind": FIT_KIND, "device": profile.name, "model": result.model.to_dict(),
         "selection": result.selection.to_dict(), **result.paper_line.to_dict(), **settings, "metrics": result.metrics,
+        "metrics_by_origin": metrics_by_origin(frame),
         "proxy_fits": {k: v.to_dict() for k, v in result.proxy_fits.items()},
         "targets": targets_met(result.metrics),
         "quiet_machine": quiet_machine_check(lut, subnet_provenance, frame, drift_tolerance),

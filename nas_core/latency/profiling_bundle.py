@@ -71,7 +71,8 @@ def make_profiling_bundle(profile: DeviceProfile, bundle_dir: str | Path, paths:
         "format": BUNDLE_FORMAT, "device": profile.name, "settings": profile.to_settings(),
         "space": space.version, "resolution": profile.resolution, "reference_id": reference.block_id,
         "blocks": [b.block_id for b in blocks], "seed": seed, "sampling": sampling, "drift_tolerance": drift_tolerance,
-        "subnets": [{"id": c.id, "arch_id": c.arch.arch_id, "role": c.role, "arch": c.arch.to_dict()}
+        "subnets": [{"id": c.id, "arch_id": c.arch.arch_id, "role": c.role, "origin": c.origin,
+                     "arch": c.arch.to_dict()}
                     for c in subnets],
         "code_version": code_version(), "created_at": utc_now(),
     })
@@ -102,7 +103,7 @@ def import_profiling_results(profile: DeviceProfile, bundle_dir: str | Path,
     lut_provenance["bundle"] = {"path": str(bundle_dir), "results": str(results),
                                 "created_at": sidecar.get("created_at"), "results_sha256": file_sha256(results)}
     write_parquet(paths.lut, frame, lut_provenance)
-    subnets = [SubnetChoice(space.from_dict(s["arch"]), s["role"]) for s in sidecar["subnets"]]
+    subnets = [SubnetChoice(space.from_dict(s["arch"]), s["role"], s.get("origin", "given")) for s in sidecar["subnets"]]
     if not subnets:
         return None
     lut = LookupTable.read(paths.lut)
