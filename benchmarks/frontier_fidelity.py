@@ -8,9 +8,15 @@ pipeline (``scan-edge reproduce``), for one device:
 1. the search stage's own evolution (its predictor, LUT and calibration) at each of
    ``--multiples`` x the device's MobileNetV2, without measuring: one "frontier" subnet each;
 2. those subnets timed end to end exactly as the calibration timed its own (``measure_subnets``:
-   paired with the LUT's reference block, ``--passes`` passes in their own orders, median);
-3. the fitted model scored on them and on the calibration's held-out subnets: mean signed error
-   (estimate / measured - 1), MAPE, max, share within ±5 %;
+   paired with the device's yardstick, ``--passes`` passes in their own orders, median), shuffled
+   together with the calibration's held-out subnets, timed again: this host's speed moves between
+   sessions in ways the pairing does not fully cancel for big networks, so the searched subnets are
+   compared with held-out subnets of the *same* session (``session``: how far the re-timed held-out
+   subnets moved from the calibration's own timings);
+3. the fitted model scored on the searched subnets and on the held-out subnets, both as the
+   calibration measured them and as re-timed here: mean signed error (estimate / measured - 1),
+   MAPE, max, share within ±5 %; ``frontier_vs_heldout_same_session_pct``: the searched subnets'
+   mean signed error minus the re-timed held-out subnets' (what is the searches' own, not the session's);
 4. two folds: the calibration refitted (same candidate models, same choice rule) with half of the
    frontier subnets added to its calibration set, scored on the other half and on the held-out
    subnets: does calibrating on search-like subnets remove what the band leaves?
@@ -79,15 +85,20 @@ def frontier_subnets(params, device: str, layout: Layout, multiples, work: Path)
 
 
 def time_like_the_calibration(params, device: str, layout: Layout, space, archs, passes: int, work: Path) -> tuple:
-    """The subnets as validation choices, and their rows (median of the passes) from
-    ``measure_subnets``: the calibration's machinery and settings."""
+    """The searched subnets and the calibration's held-out ones as validation choices (searched
+    first), and their rows (median of the passes) from ``measure_subnets``: the calibration's
+    machinery and settings, one shuffled session for both."""
     profile = device_profile(params, device)
     paths = layout.lut_paths(device)
     lut = LookupTable.read(paths.lut)
     reference = lut.provenance["reference"]
     settings = section(params, "calibration")
     config = TimingConfig.from_dict(settings.get("timing") or lut.provenance.get("timing"))
+    heldout = read_parquet(paths.calibration).query("role == 'validation'")
+    searched_ids = {arch.arch_id for arch in archs}
     choices = [SubnetChoice(arch, "validation") for arch in archs]
+    choices += [SubnetChoice(space.from_json(text), "validation")
+                for text, arch_id in zip(heldout["arch"], heldout["arch_id"]) if arch_id not in searched_ids]
     rows = [measure_subnets(choices, profile, paths, reference["id"], space=space, resume=False, seed=index,
                             config=config, progress=False, yardstick_ms=reference.get("yardstick_ms"),
                             out=work / f"frontier.pass{index}.parquet")
@@ -130,17 +141,26 @@ def main(argv=None) -> int:
         lut = LookupTable.read(paths.lut)
         catalog = BlockCatalog(space, device_profile(params, args.device).resolution)
         block_ms = np.nan_to_num(lut.block_ms(catalog), nan=0.0)
-        frontier = calibration_frame(choices, rows, lut.block_ms(catalog), catalog, args.device)
+        session = calibration_frame(choices, rows, lut.block_ms(catalog), catalog, args.device)
         fit = read_fit(paths.fit)
         model = fitted_model(fit)
-        frontier["calibrated_ms"] = model.predict(catalog, block_ms, subnet_genomes(frontier, catalog))
+        session["calibrated_ms"] = model.predict(catalog, block_ms, subnet_genomes(session, catalog))
+        frontier, retimed = session.iloc[:len(archs)].reset_index(drop=True), session.iloc[len(archs):]
         base = read_parquet(paths.calibration)
         held = base[base["role"] == "validation"]
+        frontier_scores = scores(frontier["calibrated_ms"].to_numpy(float), frontier["median_ms"].to_numpy(float))
+        retimed_scores = scores(retimed["calibrated_ms"].to_numpy(float), retimed["median_ms"].to_numpy(float))
+        then = held.set_index("arch_id")["median_ms"].reindex(retimed["arch_id"]).to_numpy(float)
+        moved = float(100 * np.median(retimed["median_ms"].to_numpy(float) / then - 1))
         result = {
             "device": args.device, "root": str(args.root), "multiples": args.multiples, "passes": args.passes,
             "model": model.name,
-            "frontier": scores(frontier["calibrated_ms"].to_numpy(float), frontier["median_ms"].to_numpy(float)),
+            "frontier": frontier_scores,
             "heldout": scores(held["calibrated_ms"].to_numpy(float), held["median_ms"].to_numpy(float)),
+            "heldout_same_session": retimed_scores,
+            "session": {"n": int(len(retimed)), "heldout_moved_median_pct": moved},
+            "frontier_vs_heldout_same_session_pct": frontier_scores["mean_signed_pct"]
+            - retimed_scores["mean_signed_pct"],
             "refit_with_frontier": refit_with_frontier(base, frontier, catalog, block_ms,
                                                        fit.get("models") or section(params, "calibration")["models"]),
             "subnets": [{"arch_id": r.arch_id, "measured_ms": r.median_ms, "estimated_ms": r.calibrated_ms,
@@ -152,6 +172,9 @@ def main(argv=None) -> int:
     write_json(args.out, result)
     print(f"frontier ({len(frontier)} searched subnets): {result['frontier']}")
     print(f"held-out ({len(held)} band subnets):      {result['heldout']}")
+    print(f"held-out, re-timed with them:     {result['heldout_same_session']}; moved "
+          f"{result['session']['heldout_moved_median_pct']:+.2f} % (median) since the calibration")
+    print(f"searched minus held-out, same session: {result['frontier_vs_heldout_same_session_pct']:+.2f} % mean signed")
     for index, fold in enumerate(result["refit_with_frontier"]["folds"]):
         print(f"refit, fold {index} ({fold['model']}): frontier {fold['frontier']}; held-out {fold['heldout']}")
     print(f"wrote {args.out} ({result['seconds']} s)")
