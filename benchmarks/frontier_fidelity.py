@@ -50,7 +50,7 @@ from nas_core.latency.timing import TimingConfig  # noqa: E402
 from nas_core.layout import Layout  # noqa: E402
 from nas_core.params import load_params, section  # noqa: E402
 from nas_core.search_run import run_search  # noqa: E402
-from tasks.stages import SearchRun, device_profile, search_setup, target_latencies  # noqa: E402
+from tasks.stages import SearchRun, device_access, device_profile, search_setup, target_latencies  # noqa: E402
 
 FIGURES = ("n", "mean_signed_pct", "mape_pct", "max_ape_pct", "within_5_pct", "spearman")
 
@@ -99,9 +99,10 @@ def time_like_the_calibration(params, device: str, layout: Layout, space, archs,
     choices = [SubnetChoice(arch, "validation") for arch in archs]
     choices += [SubnetChoice(space.from_json(text), "validation")
                 for text, arch_id in zip(heldout["arch"], heldout["arch_id"]) if arch_id not in searched_ids]
+    access = device_access(params, device, layout.root)  # as the calibration stage: against MobileNetV2
     rows = [measure_subnets(choices, profile, paths, reference["id"], space=space, resume=False, seed=index,
                             config=config, progress=False, yardstick_ms=reference.get("yardstick_ms"),
-                            out=work / f"frontier.pass{index}.parquet")
+                            access=access, out=work / f"frontier.pass{index}.parquet")
             for index in range(passes)]
     return choices, combine_passes(rows)
 

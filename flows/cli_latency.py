@@ -204,7 +204,7 @@ def cmd_lut_build(args) -> int:
 def cmd_lut_calibrate(args) -> int:
     from nas_core.search_run import reference_latency_ms
     from tasks.run_identity import finish_run
-    from tasks.stages import run_calibration
+    from tasks.stages import device_access, run_calibration
 
     profile = _profile(args)
     paths = _paths(args, profile)
@@ -217,8 +217,11 @@ def cmd_lut_calibrate(args) -> int:
     if reference_ms is None and (params.get("calibration") or {}).get("sampling") == "band":
         baselines = args.baselines or Layout(paths.root.parent).baselines(profile.name)  # the LUT's data root
         reference_ms = reference_latency_ms(Path(baselines), profile.name)
+    # The pipeline's access: where the device is, and (paired profiles) every subnet timed against
+    # the device's MobileNetV2, as the calibration stage times it. The LUT's data root holds both.
+    access = device_access(params, profile.name, paths.root.parent)
     report = run_calibration(params, profile, paths, resume=resume, progress=not args.quiet,
-                             runtime_version=args.runtime_version, reference_ms=reference_ms)
+                             runtime_version=args.runtime_version, reference_ms=reference_ms, access=access)
     finish_run(paths.work, _stamp("calibration"), identity)
     print(report.summary())
     print(f"wrote {paths.calibration}, {paths.fit}, {paths.figure}")

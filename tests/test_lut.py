@@ -508,6 +508,44 @@ def test_cli_devices_and_latency(synthetic, capsys):
         main(["lut", "build", "--device", "torch_cuda", "--root", str(lut_path.parent)])
 
 
+def test_cli_calibrate_reaches_the_device_as_the_calibration_stage_does(tmp_path, monkeypatch, capsys):
+    """``scan-edge lut calibrate`` timed subnets against the LUT's block alone, while the stage
+    times them against the device's MobileNetV2: the same LUT calibrated by hand missed the
+    held-out bar the stage met. Both now take device_access; a board's calibration is the
+    pipeline's (``reprofile`` / ``reproduce``), and the command says so."""
+    import yaml
+
+    import tasks.stages as stages
+    from flows.cli import main
+    from nas_core.latency.location import PairedAccess
+
+    seen = {}
+
+    class Report:
+        def summary(self):
+            return "fitted"
+
+    def fake_calibration(params, profile, paths, **kwargs):
+        seen[profile.name] = kwargs["access"]
+        return Report()
+
+    monkeypatch.setattr(stages, "run_calibration", fake_calibration)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "calibration": {"sampling": "band", "frontier": 0.5},
+        "devices": {"ort_cpu_fp32": {"options": {"paired_reference": True}},
+                    "ort_board": {"backend": "onnxruntime", "provider": "CPUExecutionProvider", "precision": "fp32",
+                                  "threads": 1, "location": "bundle", "options": {"paired_reference": True}}}}))
+    command = ["lut", "calibrate", "--root", str(tmp_path / "data" / "lut"), "--params", str(params),
+               "--reference-ms", "5.0", "--device"]
+    assert main(command + ["ort_cpu_fp32"]) == 0
+    assert "fitted" in capsys.readouterr().out
+    assert isinstance(seen["ort_cpu_fp32"], PairedAccess) and seen["ort_cpu_fp32"].location == "local"
+    with pytest.raises(SystemExit, match="runs on a board .bundle.; it is measured there, never here"):
+        main(command + ["ort_board"])
+    assert "ort_board" not in seen
+
+
 # ----------------------------------------------------------------------------- the real thing (minutes)
 @pytest.mark.slow
 @pytest.mark.parametrize("clock", ["wall", "cpu"])

@@ -23,11 +23,12 @@ searched subnets by 4.9-5.2 % MAPE against 1.4-1.6 % on its band held-out subnet
 (``benchmarks/frontier_fidelity.py``). :func:`frontier_genomes` runs short evolutionary
 searches (the search stage's own ``EvolutionFinder``) on the raw LUT sum at targets spread
 over the band. The calibration runs before any accuracy predictor exists, so each search
-maximises a stand-in for accuracy: a mix of MACs, parameters and self-attention layers, a
-fresh mix per target (Dirichlet weights), so that the subnets differ in how they spend their
-latency. Attention is in the mix because the searches keep it (run 11's searched networks
-held two or three MHSA layers) while MACs and parameters alone pick none, and on OpenVINO
-the subnets without attention were the ones the calibrated LUT underestimated.
+maximises a stand-in for accuracy: a mix of MACs, parameters, self-attention layers and
+block widths, a fresh mix per target (Dirichlet weights), so that the subnets differ in how
+they spend their latency. Attention and width are in the mix because the searches keep them
+(searched networks hold up to six MHSA layers and stage 4 at its widest) while MACs and
+parameters alone pick no attention, and the subnets without it were the ones the calibrated
+LUT missed on OpenVINO.
 
 Validation (held-out) subnets never repeat a calibration subnet and come from their own
 random stream; with ``band`` they are all inside the band (the region the accuracy targets
@@ -53,6 +54,9 @@ ORIGINS = ("uniform", "stratified", "band", "outside", "frontier", "given")
 DEFAULT_BAND = (0.5, 2.0)  # x MobileNetV2's measured latency: the searches' 0.75-1.5x targets and margin
 DEFAULT_OUTSIDE = 0.2       # share of calibration subnets outside the band
 DEFAULT_FRONTIER = 0.5      # share of the band's subnets from quick searches (Frontier)
+
+ATTENTION_KINDS = ("mhsa", "esha")          # the stand-in's attention layers (esha: the extended space)
+WIDE_KINDS = ("ffn", "mhsa", "esha")         # blocks whose width the stand-in's width term counts
 
 RawSum = Callable[[np.ndarray], np.ndarray]  # genomes -> raw LUT sum (ms)
 
@@ -187,7 +191,7 @@ def frontier_genomes(space: SearchSpace, frontier: Frontier, window_ms: tuple[fl
                      stream: Sequence[int], taken: set) -> list[np.ndarray]:
     """Up to ``n`` distinct genomes (not in ``taken``, which is updated) from short searches at raw
     LUT sums evenly spread over ``window_ms``: each the most "accurate" subnet under its target by
-    a stand-in score, a random mix of MACs, parameters and attention layers (module docstring). A target whose
+    a stand-in score, a random mix of MACs, parameters, attention layers and widths (module docstring). A target whose
     search finds no valid subnet within ``max_sampling_attempts`` gives none."""
     catalog = frontier.catalog
     lut_sum = BlockTableEstimator(catalog, frontier.block_ms, name="lut_sum")
@@ -246,7 +250,9 @@ def _typical_sums(space: SearchSpace, catalog: BlockCatalog, rng: np.random.Gene
     its mean over uniform subnets, so that a mix weighs them alike."""
     pool = space.sample_genomes(256, rng)
     tables = {"macs": catalog.macs_table().astype(np.float64), "params": catalog.params_table().astype(np.float64),
-              "attention": np.array([block.kind == "mhsa" for block in catalog.blocks], dtype=np.float64)}
+              "attention": np.array([block.kind in ATTENTION_KINDS for block in catalog.blocks], dtype=np.float64),
+              "width": np.array([block.out_width if block.kind in WIDE_KINDS else 0 for block in catalog.blocks],
+                                dtype=np.float64)}
     return {name: table / catalog.sum_table(table, pool).mean() for name, table in tables.items()}
 
 
