@@ -30,7 +30,8 @@
     params, resolution, ``latency_ms.<device>``, source
 ``table5_comparisons.parquet``, ``table6_comparisons.parquet`` ours vs each other model: comparison,
     model, other, metric, diff, ci_low, ci_high, confidence, method, n_ours, n_other, claim
-``latency_predictor.parquet`` per device and estimator (lut_sum, calibrated, macs, params):
+``latency_predictor.parquet`` per device and estimator (lut_sum, calibrated, macs, params; and the
+    calibrated model on each origin of held-out subnet, e.g. ``calibrated (per_op), frontier subnets``):
     a, b, validation spearman, mape_pct, rmse_ms, source (Fig. 3, Suppl. S4)
 ``accuracy_predictor.parquet`` per model: spearman, kendall, mae, top-10 % precision on the
     held-out test pairs, source (Suppl. S4/S5)
@@ -345,7 +346,12 @@ def latency_predictor_table(layout: Layout, devices: Sequence[str], src: Sources
             continue
         lines = {"paper_line": {"a": fit.get("a"), "b": fit.get("b")}, **(fit.get("proxy_fits") or {})}
         model = fit["model"]["name"] if isinstance(fit.get("model"), dict) else "linear"
-        for estimator, m in fit["metrics"].get("validation", {}).items():
+        # The chosen model again on each kind of held-out subnet (band draws, searched ones), when
+        # the calibration drew both: the search-like subnets are the ones the searches' estimates need.
+        by_origin = (fit.get("metrics_by_origin") or {}).get("validation", {})
+        per_origin = {f"calibrated ({model}), {origin} subnets": m for origin, m in by_origin.items()}
+        for estimator, m in {**fit["metrics"].get("validation", {}),
+                             **(per_origin if len(per_origin) > 1 else {})}.items():
             line = lines.get(estimator) or {}
             rows.append({"device": device, "estimator": f"calibrated ({model})" if estimator == "calibrated"
                          else estimator, "a": line.get("a"), "b": line.get("b"), "n": m.get("n"),

@@ -168,3 +168,29 @@ def test_calibration_settings_take_a_frontier_share_only_with_the_band():
         CalibrationSettings(sampling="uniform", frontier=0.5)
     with pytest.raises(ValueError, match=r"share in \[0, 1\]"):
         CalibrationSettings(sampling="band", frontier=1.5)
+
+
+def test_report_gives_the_calibrated_model_on_each_origin_of_held_out_subnet(tmp_path):
+    import pandas as pd
+
+    from nas_core import io
+    from nas_core.latency.calibration import metrics_by_origin
+    from nas_core.layout import Layout
+    from nas_core.report import Sources, latency_predictor_table
+
+    frame = pd.DataFrame({"role": ["calibration"] * 2 + ["validation"] * 4,
+                          "origin": ["band", "frontier", "band", "band", "frontier", "frontier"],
+                          "median_ms": [5.0, 6.0, 5.0, 4.0, 6.0, 8.0],
+                          "calibrated_ms": [5.0, 6.0, 5.1, 4.0, 6.6, 8.8]})
+    by_origin = metrics_by_origin(frame)
+    assert by_origin["validation"]["band"]["mape_pct"] == pytest.approx(1.0)      # 2 % and 0 %
+    assert by_origin["validation"]["frontier"]["mape_pct"] == pytest.approx(10.0)  # 10 % and 10 %
+    overall = lm.error_metrics(frame["calibrated_ms"][2:], frame["median_ms"][2:])
+    layout = Layout(tmp_path)
+    io.write_json(layout.lut_paths("ort_cpu_fp32").fit, {
+        "a": 1.0, "b": 0.0, "model": {"name": "per_op"}, "sampling": "band",
+        "metrics": {"validation": {"calibrated": overall}}, "metrics_by_origin": by_origin})
+    table = latency_predictor_table(layout, ["ort_cpu_fp32"], Sources(tmp_path)).set_index("estimator")
+    assert table.loc["calibrated (per_op), frontier subnets", "mape_pct"] == pytest.approx(10.0)
+    assert table.loc["calibrated (per_op), band subnets", "n"] == 2
+    assert table.loc["calibrated (per_op)", "n"] == 4

@@ -189,10 +189,10 @@ def _band_and_frontier(space, raw_sum_ms, window_ms, n: int, stream: list[int], 
 
 def frontier_genomes(space: SearchSpace, frontier: Frontier, window_ms: tuple[float, float], n: int,
                      stream: Sequence[int], taken: set) -> list[np.ndarray]:
-    """Up to ``n`` distinct genomes (not in ``taken``, which is updated) from short searches at raw
-    LUT sums evenly spread over ``window_ms``: each the most "accurate" subnet under its target by
-    a stand-in score, a random mix of MACs, parameters, attention layers and widths (module docstring). A target whose
-    search finds no valid subnet within ``max_sampling_attempts`` gives none."""
+    """Up to ``n`` distinct genomes (not in ``taken``, which is updated) from short searches at
+    raw LUT sums evenly spread over ``window_ms``: each the most "accurate" subnet under its
+    target by a stand-in score, a random mix of MACs, parameters, attention layers and widths
+    (module docstring). A target whose search finds no valid subnet gives none."""
     catalog = frontier.catalog
     lut_sum = BlockTableEstimator(catalog, frontier.block_ms, name="lut_sum")
     low, high = max(window_ms[0], 1.02 * lut_sum.min_value()), window_ms[1]  # the space's floor: nothing to search
@@ -200,28 +200,26 @@ def frontier_genomes(space: SearchSpace, frontier: Frontier, window_ms: tuple[fl
         raise ValueError(f"no subnet has a raw LUT sum in [{window_ms[0]:.2f}, {window_ms[1]:.2f}] ms: the fastest "
                          f"is {lut_sum.min_value():.2f} ms")
     rng = np.random.default_rng([*stream, 2])
-    scales = _typical_sums(space, catalog, rng)
-    chosen: list[np.ndarray] = []
+    tables = _stand_in_tables(space, catalog, rng)
     starts = _starting_distributions(space, lut_sum.predict_genomes, rng)
-    targets = np.linspace(low, high, n + 2)[1:-1]
     spacing = (high - low) / (n + 1)
-    for target in targets:
-        weights = rng.dirichlet(np.ones(len(scales)))
-        score = sum(weight * table for weight, table in zip(weights, scales.values()))
-        config = EvolutionConfig(population_size=frontier.population_size, generations=frontier.generations,
-                                 probe_samples=0, max_sampling_attempts=frontier.max_sampling_attempts,
-                                 seed=int(rng.integers(2**31)))
+    chosen: list[np.ndarray] = []
+    for target in np.linspace(low, high, n + 2)[1:-1]:
+        weights = rng.dirichlet(np.ones(len(tables)))
+        stand_in = BlockTableEstimator(catalog, sum(w * table for w, table in zip(weights, tables.values())),
+                                       name="accuracy stand-in")
         # The floor keeps each subnet near its own target (a short search may stop below it).
         constraints = Constraints(catalog, [LatencyConstraint("lut_sum", float(target), lut_sum,
                                                               floor_ms=float(target - spacing))])
-        result = _search_from(starts, space, BlockTableEstimator(catalog, score, name="accuracy stand-in"),
-                              constraints, config)
-        for candidate in result.top if result is not None else []:
-            genome = np.asarray(candidate.genome, dtype=np.int64)
-            if genome.tobytes() not in taken:
-                taken.add(genome.tobytes())
-                chosen.append(genome)
-                break
+        config = EvolutionConfig(population_size=frontier.population_size, generations=frontier.generations,
+                                 probe_samples=0, max_sampling_attempts=frontier.max_sampling_attempts,
+                                 seed=int(rng.integers(2**31)))
+        result = _search_from(starts, space, stand_in, constraints, config)
+        fresh = [g for g in (np.asarray(c.genome, dtype=np.int64) for c in (result.top if result else []))
+                 if g.tobytes() not in taken]
+        if fresh:
+            taken.add(fresh[0].tobytes())
+            chosen.append(fresh[0])
     return chosen
 
 
@@ -245,9 +243,9 @@ def _search_from(starts, space, score, constraints, config):
     return None
 
 
-def _typical_sums(space: SearchSpace, catalog: BlockCatalog, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The stand-in's per-block tables (MACs, parameters, self-attention layers), each divided by
-    its mean over uniform subnets, so that a mix weighs them alike."""
+def _stand_in_tables(space: SearchSpace, catalog: BlockCatalog, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The stand-in's per-block tables (MACs, parameters, attention layers, widths), each divided
+    by its mean sum over uniform subnets, so that a mix weighs them alike."""
     pool = space.sample_genomes(256, rng)
     tables = {"macs": catalog.macs_table().astype(np.float64), "params": catalog.params_table().astype(np.float64),
               "attention": np.array([block.kind in ATTENTION_KINDS for block in catalog.blocks], dtype=np.float64),
