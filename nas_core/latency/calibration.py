@@ -317,8 +317,9 @@ def measure_arch(arch: ArchConfig, profile: DeviceProfile, config: TimingConfig 
 # --------------------------------------------------------------------------- the calibration table
 _ROW_PROVENANCE = ["device", "runtime", "runtime_version", "precision", "precision_actual", "threads", "batch_size",
                    "resolution", "machine_id", "timestamp"]
-CALIBRATION_COLUMNS = ["arch_id", "role", "origin", "median_ms", "pass_spread_pct", "p10_ms", "p90_ms", "repeats", "stable",
-                       "drift_flag", "load_average", "lut_sum_ms", "paper_line_ms", "calibrated_ms", "params", "macs", "arch"]
+CALIBRATION_COLUMNS = ["arch_id", "role", "origin", "median_ms", "pass_spread_pct", "p10_ms", "p90_ms", "repeats",
+                       "stable", "drift_flag", "load_average", "lut_sum_ms", "paper_line_ms", "calibrated_ms", "params",
+                       "macs", "arch"]
 CALIBRATION_COLUMNS += _ROW_PROVENANCE
 
 

@@ -103,7 +103,8 @@ def import_profiling_results(profile: DeviceProfile, bundle_dir: str | Path,
     lut_provenance["bundle"] = {"path": str(bundle_dir), "results": str(results),
                                 "created_at": sidecar.get("created_at"), "results_sha256": file_sha256(results)}
     write_parquet(paths.lut, frame, lut_provenance)
-    subnets = [SubnetChoice(space.from_dict(s["arch"]), s["role"], s.get("origin", "given")) for s in sidecar["subnets"]]
+    subnets = [SubnetChoice(space.from_dict(s["arch"]), s["role"], s.get("origin", "given"))
+               for s in sidecar["subnets"]]
     if not subnets:
         return None
     lut = LookupTable.read(paths.lut)
