@@ -41,9 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nas_core.block_catalog import BlockCatalog  # noqa: E402
 from nas_core.io import code_version, machine_fingerprint, read_parquet, utc_now, write_json  # noqa: E402
-from nas_core.latency.calibration import (SubnetChoice, calibration_frame, combine_passes,  # noqa: E402
-                                          fit_calibration, fitted_model, measure_subnets, read_fit,
-                                          subnet_genomes)
+from nas_core.latency.calibration import (SubnetChoice, calibration_frame, fit_calibration,  # noqa: E402
+                                          fitted_model, read_fit, subnet_genomes, time_in_passes)
 from nas_core.latency.latency_model import error_metrics  # noqa: E402
 from nas_core.latency.lut import LookupTable  # noqa: E402
 from nas_core.latency.timing import TimingConfig  # noqa: E402
@@ -86,12 +85,12 @@ def frontier_subnets(params, device: str, layout: Layout, multiples, work: Path)
 
 def time_like_the_calibration(params, device: str, layout: Layout, space, archs, passes: int, work: Path) -> tuple:
     """The searched subnets and the calibration's held-out ones as validation choices (searched
-    first), and their rows (median of the passes) from ``measure_subnets``: the calibration's
-    machinery and settings, one shuffled session for both."""
+    first), and their rows (median of the passes) from ``time_in_passes``: the calibration's
+    machinery and settings, one shuffled session for both. Everything it writes goes to ``work``
+    (so no OpenVINO compile cache: that lives in the pipeline's work folder)."""
     profile = device_profile(params, device)
     paths = layout.lut_paths(device)
     lut = LookupTable.read(paths.lut)
-    reference = lut.provenance["reference"]
     settings = section(params, "calibration")
     config = TimingConfig.from_dict(settings.get("timing") or lut.provenance.get("timing"))
     heldout = read_parquet(paths.calibration).query("role == 'validation'")
@@ -100,11 +99,10 @@ def time_like_the_calibration(params, device: str, layout: Layout, space, archs,
     choices += [SubnetChoice(space.from_json(text), "validation")
                 for text, arch_id in zip(heldout["arch"], heldout["arch_id"]) if arch_id not in searched_ids]
     access = device_access(params, device, layout.root)  # as the calibration stage: against MobileNetV2
-    rows = [measure_subnets(choices, profile, paths, reference["id"], space=space, resume=False, seed=index,
-                            config=config, progress=False, yardstick_ms=reference.get("yardstick_ms"),
-                            access=access, out=work / f"frontier.pass{index}.parquet")
-            for index in range(passes)]
-    return choices, combine_passes(rows)
+    rows = time_in_passes(choices, profile, paths, lut, access, space=space, passes=passes, seed=0, config=config,
+                          resume=False, progress=False, compile_once=False,
+                          out_of_pass=lambda index: work / f"frontier.pass{index}.parquet")
+    return choices, rows
 
 
 def scores(estimated: np.ndarray, measured: np.ndarray) -> dict:

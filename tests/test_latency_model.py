@@ -117,7 +117,7 @@ def _raw(genomes: np.ndarray) -> np.ndarray:
 def test_frontier_subnets_spend_the_same_latency_on_more_macs_than_the_bands_draws():
     fastest = CATALOG.min_table_sum(BLOCK_MS)[0]
     window = (3.0 * fastest, 6.0 * fastest)  # uniform subnets of this made-up LUT sit at 8-14x its fastest
-    frontier = ss.Frontier(CATALOG, BLOCK_MS)
+    frontier = ss.Frontier(CATALOG, BLOCK_MS, 0.5)
     taken: set = set()
     searched = np.stack(ss.frontier_genomes(SPACE, frontier, window, 8, [0, 1], taken))
     drawn = np.stack(ss.band_genomes(SPACE, _raw, window, 8, np.random.default_rng(0), taken))
@@ -152,11 +152,11 @@ def test_band_sampling_with_a_frontier_labels_each_subnet_with_its_origin():
     assert {c.origin for c in plain} == {"band", "outside"}
     with pytest.raises(ValueError, match="need band sampling"):
         ss.choose_subnets(SPACE, 20, 30, sampling="stratified", raw_sum_ms=_raw,
-                          frontier=ss.Frontier(CATALOG, BLOCK_MS))
+                          frontier=ss.Frontier(CATALOG, BLOCK_MS, 0.5))
     with pytest.raises(ValueError, match="origin must be one of"):
         ss.SubnetChoice(chosen[0].arch, "validation", "lucky")
     with pytest.raises(ValueError, match="no subnet has a raw LUT sum"):
-        ss.frontier_genomes(SPACE, ss.Frontier(CATALOG, BLOCK_MS), (0.1 * fastest, 0.5 * fastest), 3, [0], set())
+        ss.frontier_genomes(SPACE, ss.Frontier(CATALOG, BLOCK_MS, 0.5), (0.1 * fastest, 0.5 * fastest), 3, [0], set())
 
 
 def test_calibration_settings_take_a_frontier_share_only_with_the_band():

@@ -529,23 +529,37 @@ def calibrate(profile: DeviceProfile, paths: LutPaths | None = None, *, space: S
         raise LutError(f"{paths.lut} lacks {len(lacking)} blocks the subnets use (e.g. {', '.join(lacking[:5])}); "
                        f"complete it first (scan-edge lut build --device {profile.name} --resume)")
     config = config or TimingConfig.from_dict(settings.timing or lut.provenance.get("timing"))
-    with compiled_model_cache(profile, access, paths, enabled=settings.passes > 1):
-        passes = [measure_subnets(subnets, profile, paths, lut.provenance["reference"]["id"], space=space,
-                                  resume=resume, seed=settings.seed + index, config=config, check_every=check_every,
-                                  drift_tolerance=drift_tolerance, max_retries=max_retries, drift_pause_s=drift_pause_s,
-                                  progress=progress, access=access,
-                                  expected_runtime_version=None if access.location == "local"
-                                  else lut.identity.get("runtime_version"),
-                                  yardstick_ms=(lut.provenance.get("reference") or {}).get("yardstick_ms"),
-                                  out=paths.subnet_timings_pass(index))
-                  for index in range(settings.passes)]  # each pass in its own order (seed + index)
-    frame = calibration_frame(subnets, combine_passes(passes), lut_ms, catalog, profile.name)
+    rows = time_in_passes(subnets, profile, paths, lut, access, space=space, passes=settings.passes, seed=settings.seed,
+                          config=config, resume=resume, progress=progress, check_every=check_every,
+                          drift_tolerance=drift_tolerance, max_retries=max_retries, drift_pause_s=drift_pause_s)
+    frame = calibration_frame(subnets, rows, lut_ms, catalog, profile.name)
     described = {"n_calibration": _count(subnets, "calibration"), "n_validation": _count(subnets, "validation"),
                  "passes": settings.passes, "seed": settings.seed, "sampling": "given" if given else settings.sampling,
                  "frontier": None if given else settings.frontier,
                  "band": None if band is None else dataclasses.asdict(band), "models": list(settings.models)}
     return finish_calibration(frame, lut, read_provenance(paths.subnet_timings), profile, paths, described,
                               drift_tolerance, figure, settings.models, space)
+
+
+def time_in_passes(subnets: Sequence[SubnetChoice], profile: DeviceProfile, paths: LutPaths, lut: LookupTable,
+                   access: DeviceAccess, *, space: SearchSpace, passes: int, seed: int, config: TimingConfig,
+                   resume: bool = True, progress: bool = True, out_of_pass: Callable[[int], Path] | None = None,
+                   compile_once: bool = True, **measure_options) -> list[dict]:
+    """The subnets timed as the calibration times them: ``measure_subnets`` against the LUT's
+    reference and yardstick on ``access``, ``passes`` passes each in its own order (seed +
+    pass), one row per subnet with the median of its passes (``combine_passes``). Pass ``i``
+    is written to ``out_of_pass(i)`` (default ``paths.subnet_timings_pass``); ``compile_once``:
+    OpenVINO's later passes load the first pass's compiled models (``compiled_model_cache``)."""
+    out_of_pass = out_of_pass or paths.subnet_timings_pass
+    reference = lut.provenance.get("reference") or {}
+    with compiled_model_cache(profile, access, paths, enabled=compile_once and passes > 1):
+        rows = [measure_subnets(subnets, profile, paths, reference["id"], space=space, resume=resume, seed=seed + index,
+                                config=config, progress=progress, access=access,
+                                expected_runtime_version=None if access.location == "local"
+                                else lut.identity.get("runtime_version"),
+                                yardstick_ms=reference.get("yardstick_ms"), out=out_of_pass(index), **measure_options)
+                for index in range(passes)]
+    return combine_passes(rows)
 
 
 def _choose(settings: CalibrationSettings, space: SearchSpace, catalog: BlockCatalog, lut: LookupTable,

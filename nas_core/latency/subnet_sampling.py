@@ -53,7 +53,6 @@ ROLES = ("calibration", "validation")
 ORIGINS = ("uniform", "stratified", "band", "outside", "frontier", "given")
 DEFAULT_BAND = (0.5, 2.0)  # x MobileNetV2's measured latency: the searches' 0.75-1.5x targets and margin
 DEFAULT_OUTSIDE = 0.2       # share of calibration subnets outside the band
-DEFAULT_FRONTIER = 0.5      # share of the band's subnets from quick searches (Frontier)
 
 ATTENTION_KINDS = ("mhsa", "esha")          # the stand-in's attention layers (esha: the extended space)
 WIDE_KINDS = ("ffn", "mhsa", "esha")         # blocks whose width the stand-in's width term counts
@@ -105,7 +104,7 @@ class Frontier:
 
     catalog: BlockCatalog
     block_ms: np.ndarray
-    share: float = DEFAULT_FRONTIER
+    share: float  # calibration.frontier (CalibrationSettings; 0.5 in params.yaml)
     population_size: int = 48
     generations: int = 12
     max_sampling_attempts: int = 100_000  # per search; a target no search fits in this is left to the band
