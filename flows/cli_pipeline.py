@@ -217,7 +217,7 @@ def cmd_status(args) -> int:
 def stage_options(args) -> dict:
     """The stage function's options from the command line, checked per stage."""
     devices = args.device or []
-    if args.stage in ("runtime", "lut", "calibration", "baselines"):
+    if args.stage in ("runtime", "lut", "calibration", "baselines", "recalibration"):
         if len(devices) != 1:
             raise ValueError(f"stage {args.stage} needs exactly one --device")
         return {"device": devices[0]}

@@ -1,7 +1,7 @@
 """The ``reproduce`` flow: DESIGN.md's whole DAG, one cached Prefect task per stage run.
 
     dataset -> supernet -> pairs -> predictor
-    per device: runtime -> lut -> calibration, baselines
+    per device: runtime -> lut -> calibration, baselines; after the predictor: recalibration
     per search (device x target [x params bound]): search -> fine-tune (measured on the device)
     baselines trained like ours (and, with pipeline.equal_budget, on ours' total images)
     random controls at the searches' measured latency, trained like ours (controls)

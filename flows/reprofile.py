@@ -97,8 +97,9 @@ def change_rule(params: Mapping[str, Any], overrides: Mapping[str, Any] | None =
 
 # --------------------------------------------------------------------------- which steps
 def device_steps(params: Mapping[str, Any], device: str, root: str) -> list[stages.Step]:
-    """The steps that measure on ``device``: runtime, LUT, calibration, baselines, its searches."""
-    per_device = {"runtime", "lut", "calibration", "baselines"}
+    """The steps that measure on ``device``: runtime, LUT, calibration, baselines, the second
+    calibration round, its searches."""
+    per_device = {"runtime", "lut", "calibration", "baselines", "recalibration"}
     return [s for s in stages.pipeline_steps(params, root)
             if (s.stage in per_device and s.kwargs().get("device") == device)
             or (s.stage == "search" and device in s.kwargs()["devices"])]
@@ -160,8 +161,8 @@ def _summaries(layout: stages.Layout, runs: Sequence[stages.SearchRun]) -> dict[
 
 
 def forget_resume_stamps(layout: stages.Layout, device: str) -> None:
-    """Forget the LUT's and calibration's resume stamps, so they start over instead of resuming."""
-    for stage_id in (f"lut@{device}", f"calibration@{device}"):
+    """Forget the LUT's and calibrations' resume stamps, so they start over instead of resuming."""
+    for stage_id in (f"lut@{device}", f"calibration@{device}", f"recalibration@{device}"):
         layout.resume_stamp(stage_id).unlink(missing_ok=True)
 
 
@@ -176,7 +177,7 @@ def bundle_jobs(params: Mapping[str, Any], device: str, root: str | Path) -> Pat
 
 def set_aside(layout: stages.Layout, device: str, runs: Sequence[stages.SearchRun], folder: Path,
               jobs: Path | None = None) -> Before:
-    """Copy the device's LUT and fit, and move its searches and its bundle ``jobs`` folder,
+    """Copy the device's LUT and fits (both rounds), and move its searches and its bundle ``jobs`` folder,
     into ``folder``; forget its resume stamps (so the LUT and calibration start over).
 
     Safe to repeat after an interruption (nothing is copied or moved over what ``folder``
@@ -184,7 +185,7 @@ def set_aside(layout: stages.Layout, device: str, runs: Sequence[stages.SearchRu
     still the old state."""
     paths = layout.lut_paths(device)
     folder.mkdir(parents=True, exist_ok=True)
-    for path in (paths.lut, paths.fit):
+    for path in (paths.lut, paths.fit, paths.second_round().fit):
         if path.exists() and not (folder / path.name).exists():
             shutil.copy2(path, folder / path.name)
     searches = stages.Layout(folder).search_root  # the searches keep their layout inside the folder

@@ -15,6 +15,7 @@ Artifacts (``root`` = ``data/``)::
     runtime/<device>.json                  runtime name + version + machine the device runs on
     lut/<device>.parquet                   (+ lut/_work/: exports, raw timings)
     lut/<device>.{calibration.parquet,fit.json,calibration.png}
+    lut/<device>.{recalibration.parquet,recalibration.json,recalibration.png}   the second round
     baselines/<device>.parquet             timm baselines timed on the device (Table 3)
     search/<run>/                          one search: history, top-k, .arch.json, measurements
     search/<run>.json                      its summary (a DVC metric)
@@ -45,7 +46,10 @@ One device's LUT folder (:class:`LutPaths`; ``lut/`` above, or any ``--root``)::
     <device>.calibration.parquet     measured subnets (calibration)
     <device>.fit.json                the fitted latency model
     <device>.calibration.png         its figure
-    _work/<device>/timings.parquet   raw, resumable block timings (+ subnet_timings[.passN].parquet)
+    <device>.recalibration.{parquet,json,png}   the second round: the same three, refitted with the
+                                     subnets the predictor's searches pick (``LutPaths.second_round``)
+    _work/<device>/timings.parquet   raw, resumable block timings (+ subnet_timings[.passN].parquet,
+                                     and the second round's searched_timings[.passN].parquet)
     _work/onnx/                      exported blocks and subnets, shared by every device
 """
 from __future__ import annotations
@@ -68,6 +72,13 @@ class LutPaths:
     root: Path
     device: str
     export_root: Path | None = None  # None: ``root/_work/onnx``
+    # 1: the calibration stage's files; 2: the recalibration stage's (the same LUT, refitted with
+    # the subnets the accuracy predictor's searches pick: nas_core.latency.calibration.recalibrate).
+    calibration_round: int = 1
+
+    def __post_init__(self):
+        if self.calibration_round not in (1, 2):
+            raise ValueError(f"calibration_round is 1 or 2, not {self.calibration_round!r}")
 
     @classmethod
     def for_device(cls, device: str, root: str | os.PathLike | None = None,
@@ -76,20 +87,33 @@ class LutPaths:
         root = Layout().lut_dir if root is None else Path(root)
         return cls(root, device, Path(export_root) if export_root is not None else None)
 
+    def second_round(self) -> "LutPaths":
+        """The same LUT folder, naming the second calibration round's table, fit, figure and timings."""
+        return dataclasses.replace(self, calibration_round=2)
+
+    def first_round(self) -> "LutPaths":
+        return dataclasses.replace(self, calibration_round=1)
+
     @property
     def lut(self) -> Path:
         return self.root / f"{self.device}.parquet"
 
     @property
     def calibration(self) -> Path:
+        if self.calibration_round == 2:
+            return self.root / f"{self.device}.recalibration.parquet"
         return self.root / f"{self.device}.calibration.parquet"
 
     @property
     def fit(self) -> Path:
+        if self.calibration_round == 2:
+            return self.root / f"{self.device}.recalibration.json"
         return self.root / f"{self.device}.fit.json"
 
     @property
     def figure(self) -> Path:
+        if self.calibration_round == 2:
+            return self.root / f"{self.device}.recalibration.png"
         return self.root / f"{self.device}.calibration.png"
 
     @property
@@ -107,11 +131,20 @@ class LutPaths:
 
     @property
     def subnet_timings(self) -> Path:
-        return self.work / "subnet_timings.parquet"
+        return self.work / f"{self._subnets_stem}.parquet"
 
     def subnet_timings_pass(self, index: int) -> Path:
         """The raw subnet timings of calibration pass ``index`` (0: ``subnet_timings``)."""
-        return self.subnet_timings if index == 0 else self.work / f"subnet_timings.pass{index + 1}.parquet"
+        return self.subnet_timings if index == 0 else self.work / f"{self._subnets_stem}.pass{index + 1}.parquet"
+
+    @property
+    def _subnets_stem(self) -> str:
+        return "searched_timings" if self.calibration_round == 2 else "subnet_timings"
+
+    @property
+    def searches(self) -> Path:
+        """The second round's quick searches (their history files), which chose its subnets."""
+        return self.work / "recalibration_searches"
 
     @property
     def exports(self) -> Path:

@@ -36,10 +36,12 @@ from .accuracy_predictor import PredictorBundle
 from .block_catalog import BlockCatalog
 from .efficiency_predictor import LatencyEstimator
 from .io import code_version, file_sha256, machine_fingerprint, read_parquet, utc_now, write_parquet
+from .latency.calibration import current_fit
 from .latency.devices import check_usable
 from .latency.export import export_onnx
 from .latency.location import LocalDevice, TimingJob, host_lock_mode
 from .latency.timing import ModelEntry
+from .layout import LutPaths
 from .locks import Lock, no_lock
 from .search_algorithm import EvolutionConfig, run_name, search
 from .search_constraints import Constraints, LatencyConstraint
@@ -72,9 +74,13 @@ def load_accuracy_predictor(path: str | os.PathLike, space: SearchSpace | None =
     return PredictorBundle.load(path, space)
 
 
-def load_latency_estimator(device: str, lut_dir: str | os.PathLike, profile, space: SearchSpace | None = None):
-    """The calibrated LUT estimator of ``device`` (``nas_core.efficiency_predictor``) over ``space``."""
-    lut, fit = Path(lut_dir) / f"{device}.parquet", Path(lut_dir) / f"{device}.fit.json"
+def load_latency_estimator(device: str, lut_dir: str | os.PathLike, profile, space: SearchSpace | None = None,
+                           fit: str | os.PathLike | None = None):
+    """The calibrated LUT estimator of ``device`` (``nas_core.efficiency_predictor``) over ``space``,
+    with ``fit`` (default: the LUT folder's ``calibration.current_fit``, its second round when current)."""
+    paths = LutPaths.for_device(device, lut_dir)
+    lut = paths.lut
+    fit = Path(fit) if fit is not None else current_fit(paths)
     if not lut.exists():
         raise MissingArtifact(f"{lut}: no latency lookup table for device {device!r}. Make it with "
                               f"`scan-edge lut build --device {device}`")
@@ -130,11 +136,12 @@ class SearchSetup:
 
 def load_setup(params: Mapping[str, Any], profiles: Mapping[str, Any], *, predictor: str | os.PathLike,
                lut_dir: str | os.PathLike, out_dir: str | os.PathLike,
-               space: SearchSpace | None = None) -> SearchSetup:
+               space: SearchSpace | None = None, fits: Mapping[str, str | os.PathLike] | None = None) -> SearchSetup:
     """The set-up of searches in ``space`` (default Table 2) for the devices of ``profiles``
     (device -> ``DeviceProfile``, all at the search's resolution), configured by ``params``
     (its ``search:`` section), reading the predictor at ``predictor`` (trained on ``space``)
-    and ``<lut_dir>/<device>.{parquet,fit.json}`` (holding its blocks), writing under ``out_dir``."""
+    and each device's LUT in ``lut_dir`` (holding its blocks) with its fit (``fits``, device ->
+    path; default ``calibration.current_fit``), writing under ``out_dir``."""
     section = search_section(params)
     resolutions = {device: profile.resolution for device, profile in profiles.items()}
     if len(set(resolutions.values())) != 1:
@@ -142,10 +149,12 @@ def load_setup(params: Mapping[str, Any], profiles: Mapping[str, Any], *, predic
                          "(set search_space.resolution)")
     space = space or SearchSpace()
     accuracy = load_accuracy_predictor(predictor, space)
-    estimators = {device: load_latency_estimator(device, lut_dir, profile, space)
+    fits = {device: Path((fits or {}).get(device) or current_fit(LutPaths.for_device(device, lut_dir)))
+            for device in profiles}
+    estimators = {device: load_latency_estimator(device, lut_dir, profile, space, fits[device])
                   for device, profile in profiles.items()}
-    inputs = [Path(predictor), *[Path(lut_dir) / f"{device}{suffix}" for device in profiles
-                                 for suffix in (".parquet", ".fit.json")]]
+    inputs = [Path(predictor), *[p for device in profiles for p in (LutPaths.for_device(device, lut_dir).lut,
+                                                                    fits[device])]]
     return SearchSetup(space=space, catalog=BlockCatalog(space, next(iter(resolutions.values()))),
                        predictor=accuracy, estimators=estimators, profiles=dict(profiles),
                        config=EvolutionConfig.from_dict(section.get("evolution")),

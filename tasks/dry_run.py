@@ -53,6 +53,7 @@ DRY_RUN_OVERRIDES: dict[str, Any] = {
     "lut": {"timing": TINY_TIMING, "check_every": 1000},
     "calibration": {"n_calibration": 6, "n_validation": 2},  # the simplest fit (a line) needs 4 or more
     "baselines": {"timing": TINY_TIMING},
+    "recalibration": {"subnets": 2},
     "search": {"refine": {"measure_top": 1, "max_rounds": 1}},
     "finetune": {"resolution": 32, "deploy_resolution": 64, "batch_size": 8, "eval_batch_size": 40,
                  "bn_calib_batches": 1, "bn_calib_batch_size": 8, "teacher_stand_in": STAND_IN_TEACHER,

@@ -32,7 +32,8 @@ search is one thread (the evolution, then its candidates timed on the device) an
 that follow use two threads at ~1.7x of one: run one after the other, a core idles through every
 search. So once the predictor and the calibrations exist, the searches, the random controls (which
 measure on the device too, then fine-tune one model) and the fine-tunes of the searched models
-that only the report reads run in a lane process on the last CPU. Meanwhile this process trains
+that only the report reads run in a lane process on the last CPU, after each device's second
+calibration round (``recalibration``: it needs the predictor, and the searches read it). Meanwhile this process trains
 the scratch baselines, fine-tunes "ours" as soon as its search is done (it waits for that one
 step, not for the whole lane), then transfers and detects: the two CPUs carry about the same
 load. Measured on the 2-core smoke run: benchmarks/README.md, "Smoke budget".
@@ -62,8 +63,9 @@ from tasks.step_stamps import completed_with, is_done, measured_devices, step_ke
 
 # The steps that measure on a device and read nothing the training makes.
 LANE_STAGES = ("runtime", "lut", "baselines", "calibration")
-# The steps that search (one thread, timing candidates on the device) and the controls that mirror them.
-SEARCH_LANE_STAGES = ("search", "controls")
+# The steps that search (one thread, timing candidates on the device), the second calibration round
+# before them (quick searches, then subnets timed), and the controls that mirror them.
+SEARCH_LANE_STAGES = ("recalibration", "search", "controls")
 
 
 def allowed_cpus() -> list[int]:

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from nas_core.io import file_sha256
 from nas_core.search_space import SearchSpace
 from tasks import stages
 
@@ -68,6 +69,14 @@ def _fit(step: stages.Step, digest: str, root: Path) -> None:
                                      "b": 0.1, "metrics": {}}))
 
 
+def _refit(step: stages.Step, root: Path) -> None:
+    """The second round: the first round's fit again, naming the fit it refits (as ``recalibrate`` does)."""
+    paths = stages.Layout(root).lut_paths(step.kwargs()["device"])
+    document = {**json.loads(paths.fit.read_text()), "round": 2,
+                "first_round": {"path": str(paths.fit), "sha256": file_sha256(paths.fit)}}
+    paths.second_round().fit.write_text(json.dumps(document))
+
+
 def _params() -> dict:
     from nas_core.params import load_params
 
@@ -85,6 +94,8 @@ def fake(stage: str):
             _search_summary(step, digest, root)
         elif stage == "calibration":
             _fit(step, digest, root)
+        elif stage == "recalibration":
+            _refit(step, root)
         with open(os.environ["FAKE_STAGES_LOG"], "a") as log:
             log.write(step.id + "\n")
         return {Path(o).name: Path(o) for o in outs}

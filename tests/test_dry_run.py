@@ -70,6 +70,10 @@ def test_imagenet_profile_dry_run_writes_every_stage(tmp_path, prefect_harness, 
     assert ours["train"]["distillation"] is True and ours["inherited"] is not None
     assert "tensorrt_fp32" not in ours["latency_ms"] and ours["latency_ms"]["ort_cpu_fp32"]["median_ms"] > 0
     assert read_json(out / "detection" / "metrics.json") and (out / "report" / "README.md").exists()
+    # The second calibration round timed the subnets its quick predictor searches found, and refitted.
+    refit = read_json(stages.Layout(out).lut_paths(params["search"]["devices"][0]).second_round().fit)
+    assert refit["round"] == 2 and refit["searched"]["n"] >= 1
+    assert "searched" in refit["metrics_by_origin"]["calibration"]
     assert "DRY RUN: distilling from a stand-in teacher" in printed.err + printed.out
     if len(lanes.allowed_cpus()) >= 2:  # both lanes ran their real stages in their own processes
         assert "latency lane: done" in printed.out + printed.err and "search lane: done" in printed.out + printed.err

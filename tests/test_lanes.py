@@ -44,7 +44,7 @@ def test_plan_measures_the_local_devices_beside_the_training(smoke_params, tmp_p
     assert {s.id for s in plan.lane} == {f"{stage}@{d}" for d in devices for stage in lanes.LANE_STAGES} | set(scratch)
     assert [s.id for s in plan.before] == ["dataset"], "what the lane's fine-tune reads is made first"
     assert [s.id for s in plan.beside] == ["supernet", "pairs", "predictor"]
-    assert plan.after[0].stage == "search"
+    assert plan.after[0].stage == "recalibration", "the second calibration round follows the predictor"
     assert _valid_order(plan.order(), steps)
     # Fine-tuned from the supernet, a baseline cannot go in the lane; with no fine-tune there, nothing runs first.
     inherited = copy.deepcopy(smoke_params)
@@ -175,7 +175,9 @@ def test_search_lane_searches_beside_the_fine_tunes(smoke_params, tmp_path):
     assert len(searches) == 3
     # The searches, the controls, and the fine-tunes that only the report reads; the first search's model
     # ("ours", which transfer and detection start from) fine-tunes here.
-    assert [s.id for s in plan.lane] == [searches[0], searches[1], "finetune@openvino_cpu_fp32-1.0", searches[2],
+    # Each device's second calibration round just before its first search.
+    assert [s.id for s in plan.lane] == ["recalibration@ort_cpu_fp32", searches[0], "recalibration@openvino_cpu_fp32",
+                                         searches[1], "finetune@openvino_cpu_fp32-1.0", searches[2],
                                          "finetune-params@ort_cpu_fp32-1.0-2.5", "controls"]
     assert plan.lane_cpu == 1 and plan.main_cpus == (0,)
     order = [s.id for s in plan.order]
@@ -184,8 +186,8 @@ def test_search_lane_searches_beside_the_fine_tunes(smoke_params, tmp_path):
     assert order[plan.start - 1].startswith("calibration@") and plan.start > order.index("predictor")
     # Here: first what needs no search (the scratch baseline trains while the lane searches), then ours
     # as soon as its search is done, then transfer and detection; the report waits for the whole lane.
-    assert order[plan.start:plan.start + 5] == ["finetune-baseline@mobilenetv2_100", searches[0],
-                                                "finetune@ort_cpu_fp32-1.0", "transfer", "detection"]
+    assert order[plan.start:plan.start + 6] == ["finetune-baseline@mobilenetv2_100", "recalibration@ort_cpu_fp32",
+                                                searches[0], "finetune@ort_cpu_fp32-1.0", "transfer", "detection"]
     assert order[-2:] == ["controls", "report"]
 
 
@@ -195,7 +197,7 @@ def test_search_lane_keeps_what_reads_this_process_and_skips_boards(smoke_params
     board = copy.deepcopy(smoke_params)
     board["devices"]["ort_cpu_fp32"] = {**board["devices"]["ort_cpu_fp32"], "location": "bundle"}
     plan = _search_plan(board, tmp_path)
-    assert [s.id for s in plan.lane] == ["search@openvino_cpu_fp32-1.0"]
+    assert [s.id for s in plan.lane] == ["recalibration@openvino_cpu_fp32", "search@openvino_cpu_fp32-1.0"]
     # The lane starts only once what its steps read from this process exists: with controls reading the
     # first fine-tune, the lane starts after it, and the first search (before that point) runs here.
     steps = stages.pipeline_steps(smoke_params, tmp_path)
@@ -203,9 +205,9 @@ def test_search_lane_keeps_what_reads_this_process_and_skips_boards(smoke_params
     patched = [stages.Step(s.stage, s.id, s.options, (*s.inputs, finetuned), s.outputs) if s.id == "controls" else s
                for s in steps]
     plan = lanes.plan_search_lane(patched, smoke_params, tmp_path, cpus=[0, 1])
-    assert [s.id for s in plan.lane] == ["search@openvino_cpu_fp32-1.0", "finetune@openvino_cpu_fp32-1.0",
-                                         "search-params@ort_cpu_fp32-1.0-2.5", "finetune-params@ort_cpu_fp32-1.0-2.5",
-                                         "controls"]
+    assert [s.id for s in plan.lane] == ["recalibration@openvino_cpu_fp32", "search@openvino_cpu_fp32-1.0",
+                                         "finetune@openvino_cpu_fp32-1.0", "search-params@ort_cpu_fp32-1.0-2.5",
+                                         "finetune-params@ort_cpu_fp32-1.0-2.5", "controls"]
     assert plan.order[plan.start - 1].id == "finetune@ort_cpu_fp32-1.0" and _valid_order(list(plan.order), patched)
     assert lanes.plan_search_lane(steps, smoke_params, tmp_path, cpus=[0]) is None
     off = {**smoke_params, "pipeline": {**smoke_params["pipeline"], "overlap_latency": False}}

@@ -386,6 +386,63 @@ def test_calibration_passes_take_each_subnets_median_over_passes(host_lut, tmp_p
         calibration.CalibrationSettings(passes=0)
 
 
+def _mixed(first, second, stages_from_second):
+    """``first`` with the stages ``stages_from_second`` taken from ``second`` (same widths: same LUT blocks)."""
+    return dataclasses.replace(first, stages=tuple(second.stages[i] if i in stages_from_second else stage
+                                                   for i, stage in enumerate(first.stages)))
+
+
+SEARCHED = [SubnetChoice(_mixed(ARCHS[0], ARCHS[1], {0}), "calibration", "searched"),
+            SubnetChoice(_mixed(ARCHS[0], ARCHS[1], {2, 3}), "validation", "searched")]
+
+
+def test_second_round_adds_searched_subnets_and_refits_beside_the_first(host_lut, tmp_path, exports):
+    paths = LutPaths.for_device(ORT64.name, tmp_path, exports)
+    paths.lut.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(host_lut.lut, paths.lut)
+    first = calibration.calibrate(ORT64, paths, subnets=SUBNETS, **QUIET).document
+    assert calibration.current_fit(paths) == paths.fit  # no second round yet
+    kept = {p: p.read_bytes() for p in (paths.fit, paths.calibration)}
+    quiet = {k: QUIET[k] for k in ("drift_tolerance", "drift_pause_s")}
+    report = calibration.recalibrate(ORT64, paths, SEARCHED, progress=False, searched={"band": [0.6, 1.8]}, **quiet)
+    second = paths.second_round()
+    assert second.fit.name == f"{ORT64.name}.recalibration.json"
+    assert second.subnet_timings.name == "searched_timings.parquet"
+    assert all(p.read_bytes() == content for p, content in kept.items()), "the first round is only read"
+    frame, before = io.read_parquet(second.calibration), io.read_parquet(paths.calibration)
+    assert list(frame["arch_id"]) == [*before["arch_id"], *(c.arch.arch_id for c in SEARCHED)]
+    assert list(frame["origin"].iloc[3:]) == ["searched"] * 2 and list(frame["role"].iloc[3:]) == ["calibration",
+                                                                                                    "validation"]
+    np.testing.assert_array_equal(frame["median_ms"].iloc[:3], before["median_ms"])  # not timed again
+    document = json.loads(second.fit.read_text())
+    assert document["round"] == 2 and first["round"] == 1
+    assert document["first_round"]["sha256"] == io.file_sha256(paths.fit)
+    assert (document["n_calibration"], document["n_validation"]) == (3, 2)
+    assert document["searched"] == {"n": 2, "band": [0.6, 1.8]}
+    assert document["passes"] == first["passes"] and document["models"] == first["models"]
+    # Three calibration points now: a least-squares line through them, no longer the first round's two-point line.
+    calib = frame[frame["role"] == "calibration"]
+    a, b = np.polyfit(calib["lut_sum_ms"], calib["median_ms"], 1)
+    assert (document["a"], document["b"]) == (pytest.approx(a), pytest.approx(b)) and document["a"] != first["a"]
+    model = document["model"]  # the line the leave-one-out chose (fitted on relative error), on all five rows
+    assert model["name"] == "linear" and model["scales"]["all"] != first["model"]["scales"]["all"]
+    np.testing.assert_allclose(frame["calibrated_ms"], model["scales"]["all"] * frame["lut_sum_ms"]
+                               + model["intercept_ms"])
+    assert set(document["metrics_by_origin"]["validation"]) == {"given", "searched"}
+    assert report.document["targets"] == calibration.targets_met(document["metrics"])
+    assert calibration.current_fit(paths) == second.fit  # what a search reads now
+    with pytest.raises(ValueError, match="measured in the first round"):
+        calibration.recalibrate(ORT64, paths, [SubnetChoice(ARCHS[2], "calibration", "searched")], progress=False)
+    # No subnets: the first round's fit carried over as the second round's.
+    carried = calibration.recalibrate(ORT64, paths, [], progress=False).document
+    assert (carried["a"], carried["b"], carried["n_calibration"]) == (first["a"], first["b"], 2)
+    assert carried["quiet_machine"] == first["quiet_machine"]
+    # A first round made again since (by hand): its second round is stale and searches read the first.
+    calibration.calibrate(ORT64, paths, subnets=SUBNETS, **QUIET)
+    with pytest.warns(UserWarning, match="refits another version"):
+        assert calibration.current_fit(paths) == paths.fit
+
+
 def test_combine_passes_keeps_the_first_row_and_the_median_of_its_passes():
     rows = calibration.combine_passes([[{"id": "a", "median_ms": 1.0, "p10_ms": 0.9}, {"id": "b", "median_ms": 2.0}],
                                        [{"id": "a", "median_ms": 1.3}, {"id": "b", "median_ms": 2.0}],

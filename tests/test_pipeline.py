@@ -26,8 +26,8 @@ SMOKE_STEPS = [
     "runtime@ort_cpu_fp32", "lut@ort_cpu_fp32", "baselines@ort_cpu_fp32", "calibration@ort_cpu_fp32",
     "runtime@openvino_cpu_fp32", "lut@openvino_cpu_fp32", "baselines@openvino_cpu_fp32",
     "calibration@openvino_cpu_fp32",
-    "search@ort_cpu_fp32-1.0", "finetune@ort_cpu_fp32-1.0",
-    "search@openvino_cpu_fp32-1.0", "finetune@openvino_cpu_fp32-1.0",
+    "recalibration@ort_cpu_fp32", "search@ort_cpu_fp32-1.0", "finetune@ort_cpu_fp32-1.0",
+    "recalibration@openvino_cpu_fp32", "search@openvino_cpu_fp32-1.0", "finetune@openvino_cpu_fp32-1.0",
     "search-params@ort_cpu_fp32-1.0-2.5", "finetune-params@ort_cpu_fp32-1.0-2.5",
     "finetune-baseline@mobilenetv2_100", "controls", "transfer", "detection", "report",
 ]
@@ -139,11 +139,22 @@ def test_stages_hold_the_cpu_lock_in_the_right_mode(smoke_params, tmp_path, monk
     layout.pairs.write_text("pairs")
     stages.stage_baselines(smoke_params, "ort_cpu_fp32", layout.root)
     stages.stage_predictor(smoke_params, layout.root)
+    # The second calibration round times its subnets with the lock exclusive.
+    paths = layout.lut_paths("ort_cpu_fp32")
+    for path in (paths.lut, paths.fit, paths.calibration, layout.predictor):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("stand-in")
+    monkeypatch.setattr("tasks.stages.recalibration.searched_subnets", lambda *args: (["a subnet"], [5.0]))
+    monkeypatch.setattr("tasks.stages.recalibration.recalibrate",
+                        lambda profile, paths, subnets, **kwargs: seen.setdefault("recalibration", _held())
+                        and type("Report", (), {"summary": lambda self: ""})())
+    stages.stage_recalibration(smoke_params, "ort_cpu_fp32", layout.root)
     lock = str((tmp_path / "cpu.lock").resolve())
-    assert seen == {"baselines": {lock: "exclusive"}, "predictor": {lock: "shared"}}
+    assert seen == {"baselines": {lock: "exclusive"}, "predictor": {lock: "shared"},
+                    "recalibration": {lock: "exclusive"}}
     assert _held() == {}
     assert {name for name, info in STAGES.items() if info.measures_latency} == {
-        "runtime", "lut", "calibration", "baselines", "search", "finetune", "controls", "detection"}
+        "runtime", "lut", "calibration", "baselines", "recalibration", "search", "finetune", "controls", "detection"}
 
 
 def test_torchrun_command_runs_the_stage_cli_under_torch_distributed(tmp_path):
@@ -205,7 +216,8 @@ def test_flow_reuses_cached_stages_and_reruns_only_what_depends_on_a_changed_par
     edited = json.loads(json.dumps(smoke_params))
     edited["search"]["evolution"]["generations"] += 1
     _run(fakes, edited, results)
-    assert set(fakes.calls) - set(runtime_steps) == {
+    assert set(fakes.calls) - set(runtime_steps) == {  # the second calibration round runs the search's evolution
+        "recalibration@ort_cpu_fp32", "recalibration@openvino_cpu_fp32",
         "search@ort_cpu_fp32-1.0", "search@openvino_cpu_fp32-1.0", "search-params@ort_cpu_fp32-1.0-2.5",
         "finetune@ort_cpu_fp32-1.0", "finetune@openvino_cpu_fp32-1.0", "finetune-params@ort_cpu_fp32-1.0-2.5",
         "controls", "transfer", "detection", "report"}

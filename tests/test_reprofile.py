@@ -126,7 +126,15 @@ def _install_fakes(monkeypatch, root: Path, calls: list) -> None:
         write_json(layout.controls_summary, {"runs": {}})
         return {"summary": layout.controls_summary}
 
+    def recalibration(params, device, root):  # the second round: the first round's fit, naming it
+        calls.append(f"recalibration@{device}")
+        first = layout.lut_paths(device)
+        write_json(first.second_round().fit, {**read_json(first.fit), "round": 2,
+                                              "first_round": {"sha256": file_sha256(first.fit)}})
+        return {"fit": first.second_round().fit}
+
     fakes = {"calibration": calibration, "baselines": baselines, "search": search, "finetune": finetune,
+             "recalibration": recalibration,
              "controls": controls, **{stage: downstream(stage) for stage in ("transfer", "detection", "report")}}
     for name, fake in fakes.items():
         info = STAGES[name]
@@ -170,7 +178,7 @@ def test_a_runtime_upgrade_reprofiles_the_device_brings_the_pipeline_up_to_date_
     outcome = flow["devices"][DEVICE]
     assert outcome["status"] == "reprofiled"
     assert sorted(calls[:2]) == [f"baselines@{DEVICE}", f"calibration@{DEVICE}"]
-    assert calls[2:] == [f"search@{DEVICE}@1.0x", *DOWNSTREAM]
+    assert calls[2:] == [f"recalibration@{DEVICE}", f"search@{DEVICE}@1.0x", *DOWNSTREAM]
     assert list(outcome["steps"]) == [s.id for s in reprofile.device_steps(params, DEVICE, str(root))]
     assert set(flow["downstream"]) == {f"finetune@{DEVICE}-1.0", "finetune-baseline@mobilenetv2_100", "controls",
                                        "transfer",
@@ -213,7 +221,8 @@ def test_force_reprofiles_an_unchanged_runtime_and_searches_only_leaves_the_rest
                                     force=True, searches_only=True)
     outcome = flow["devices"][DEVICE]
     assert outcome["status"] == "reprofiled" and flow["downstream"] == {}
-    assert sorted(calls) == [f"baselines@{DEVICE}", f"calibration@{DEVICE}", f"search@{DEVICE}@1.0x"]
+    assert sorted(calls) == [f"baselines@{DEVICE}", f"calibration@{DEVICE}", f"recalibration@{DEVICE}",
+                             f"search@{DEVICE}@1.0x"]
     document = json.loads(Path(outcome["json"]).read_text())
     assert document["forced"] and document["old_runtime_version"] == document["new_runtime_version"]
     assert "no version change: a noise baseline" in Path(outcome["markdown"]).read_text()
@@ -318,7 +327,8 @@ def test_what_to_decide_on_full_luts_gives_old_and_new_latency_and_whether_each_
     calibrated = f"{_calibrated(old_lut, old_arch, OLD_FIT):.3f} → {_calibrated(new_lut, old_arch, NEW_FIT):.3f}"
     assert (f"| `{DEVICE}@1.0x` | deployed | `{old_arch.arch_id}` | 2.100 → 2.000 | {calibrated} | 2.050 → 2.300 "
             "| **no** |") in text
-    assert {f"lut@{DEVICE}", f"calibration@{DEVICE}", f"search@{DEVICE}@1.0x", "report"} <= set(calls)
+    assert {f"lut@{DEVICE}", f"calibration@{DEVICE}", f"recalibration@{DEVICE}", f"search@{DEVICE}@1.0x",
+            "report"} <= set(calls)
 
 
 # --------------------------------------------------------------------------- a board's models are timed on the board
@@ -507,7 +517,8 @@ def test_dependent_steps_follow_inputs_measured_devices_and_dvcs_graph():
     plan = stages.pipeline_steps(params, "data")
     ort = [s.id for s in reprofile.device_steps(params, "ort_cpu_fp32", "data")]
     assert sorted(ort) == ["baselines@ort_cpu_fp32", "calibration@ort_cpu_fp32", "lut@ort_cpu_fp32",
-                           "runtime@ort_cpu_fp32", "search-params@ort_cpu_fp32-1.0-2.5", "search@ort_cpu_fp32-1.0"]
+                           "recalibration@ort_cpu_fp32", "runtime@ort_cpu_fp32", "search-params@ort_cpu_fp32-1.0-2.5",
+                           "search@ort_cpu_fp32-1.0"]
     after = [s.id for s in reprofile.dependent_steps(plan, ort, ["ort_cpu_fp32"], params)]
     # every fine-tune measures on every searched device (its cache key holds their runtimes)
     assert after == ["finetune@ort_cpu_fp32-1.0", "finetune@openvino_cpu_fp32-1.0",

@@ -489,7 +489,7 @@ def _cli_stand_ins(monkeypatch, world, tmp_path):
     monkeypatch.setenv("SCAN_EDGE_CPU_LOCK", str(tmp_path / "cpu.lock"))  # not the machine's lock
     monkeypatch.setattr(search_run, "load_accuracy_predictor", lambda path, space=None: world["acc"])
     monkeypatch.setattr(search_run, "load_latency_estimator",
-                        lambda device, lut, profile, space=None: estimators[device])
+                        lambda device, lut, profile, space=None, fit=None: estimators[device])
     monkeypatch.setattr(search_run, "device_measure", lambda setup, accesses=None, run="", lock=None:
                         lambda c: {d: 1.02 * ms for d, ms in c.latency_ms().items()})
     return ["--predictor", str(predictor), "--lut-dir", str(lut_dir), "--out-dir", str(tmp_path / "search"),

@@ -49,8 +49,9 @@ from nas_core.search_space import ArchConfig, SearchSpace
 SAMPLINGS = ("uniform", "stratified", "band")
 ROLES = ("calibration", "validation")
 # uniform / stratified / band: drawn by that sampling; outside: beyond the band (calibration only);
-# frontier: from a quick search (Frontier); given: chosen by the caller (a bundle, a benchmark)
-ORIGINS = ("uniform", "stratified", "band", "outside", "frontier", "given")
+# frontier: from a quick search (Frontier); searched: from a search with the accuracy predictor on the
+# calibrated LUT (the second calibration round, calibration.recalibrate); given: chosen by the caller
+ORIGINS = ("uniform", "stratified", "band", "outside", "frontier", "searched", "given")
 DEFAULT_BAND = (0.5, 2.0)  # x MobileNetV2's measured latency: the searches' 0.75-1.5x targets and margin
 DEFAULT_OUTSIDE = 0.2       # share of calibration subnets outside the band
 

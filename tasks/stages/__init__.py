@@ -12,6 +12,7 @@ By concern, each module readable on its own:
 * ``space``: the search space params name (``search_space.attention``: Table 2 or with ESHA);
 * ``data``: the dataset; ``training``: supernet, pairs, predictor and the torchrun launcher;
 * ``latency``: runtime record, LUT, calibration, baselines, and how a device is reached;
+* ``recalibration``: the second calibration round, on the predictor's searched subnets;
 * ``search``; ``downstream``: fine-tune, transfer, detection; ``controls``: random
   architectures at the same latency, trained like ours; ``report``;
 * ``registry``: :data:`STAGES` (function, params sections, code); ``planner``: the steps.
@@ -76,13 +77,14 @@ _EXPORTS = {
     "stage_report": "report",
     "SPACE_KEY": "common", "search_space": "space", "space_spec": "space", "space_sections": "space",
     "control_run": "controls", "stage_controls": "controls",
+    "stage_recalibration": "recalibration", "searched_subnets": "recalibration",
     "search_setup": "search", "searched_arch": "search", "stage_search": "search", "target_latencies": "search",
     "_launch_ranks": "training", "_torchrun": "training", "run_predictor": "training", "run_supernet": "training",
     "stage_pairs": "training", "stage_predictor": "training", "stage_supernet": "training",
     "torchrun_command": "training",
 }
-SUBMODULES = ("common", "space", "data", "training", "runtimes", "latency", "search", "downstream", "controls",
-              "report", "registry", "planner")
+SUBMODULES = ("common", "space", "data", "training", "runtimes", "latency", "search", "recalibration", "downstream",
+              "controls", "report", "registry", "planner")
 __all__ = sorted(_EXPORTS)
 
 

@@ -82,16 +82,18 @@ def control_run(params: Mapping[str, Any], config: ControlsConfig, seeds: Sequen
     targets = {d: float(ms) for d, ms in summary["targets_ms"].items()}
     tolerance = RefineConfig.from_dict(section(params, "search").get("refine")).tolerance
     out = layout.controls_dir(run.key)
+    fits = {d: layout.lut_paths(d).second_round().fit for d in run.devices}  # what the searches read
     identity = {"controls": config.to_dict(), "seeds": list(seeds), "finetune": section(params, "finetune"),
                 "pairs": section(params, "pairs"), "devices": section(params, "devices"), "tolerance": tolerance,
                 "inputs": input_digest([summary_path, layout.supernet, layout.manifest, layout.predictor,
                                         *[p for d in run.devices for p in (layout.lut_paths(d).lut,
-                                                                           layout.lut_paths(d).fit)]])}
+                                                                           fits[d])]])}
     resume = resume_or_restart(layout, f"controls@{run.key}", identity)
     if not resume and out.exists():
         shutil.rmtree(out)  # another run's draws and fine-tunes: never mixed with these
     out.mkdir(parents=True, exist_ok=True)
-    setup = search_setup(params, list(run.devices), predictor=layout.predictor, lut_dir=layout.lut_dir, out_dir=out)
+    setup = search_setup(params, list(run.devices), predictor=layout.predictor, lut_dir=layout.lut_dir, out_dir=out,
+                         fits=fits)
     max_params = None if run.params_m is None else float(run.params_m) * 1e6
     draws_path = out / "draws.json"
     started = time.perf_counter()

@@ -12,8 +12,8 @@ from tasks.stages.common import (controlled_runs, equal_budget_baselines, finetu
 
 # Every stage, in the registry's order (tasks.stages.registry.STAGES; a test keeps the two equal):
 # what `scan-edge stage` offers without importing the stage modules' libraries.
-STAGE_NAMES = ("dataset", "supernet", "pairs", "predictor", "runtime", "lut", "calibration", "baselines", "search",
-               "finetune", "controls", "transfer", "detection", "report")
+STAGE_NAMES = ("dataset", "supernet", "pairs", "predictor", "runtime", "lut", "calibration", "baselines",
+               "recalibration", "search", "finetune", "controls", "transfer", "detection", "report")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,17 +57,30 @@ def pipeline_steps(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROO
             Step("calibration", f"calibration@{d}", options, inputs=(lut[d].lut, L.baselines(d)),
                  outputs=(lut[d].fit, lut[d].calibration)),
         ]
+    # The second calibration round (on the predictor's searched subnets): what the searches read.
+    # Each device's comes just before its first search, so that search (and the fine-tune of what
+    # it finds) need not wait for every device's round.
+    refit = {d: lut[d].second_round() for d in devices}
+
+    def recalibrations(wanted) -> list[Step]:
+        fresh = [d for d in wanted if not any(s.id == f"recalibration@{d}" for s in steps)]
+        return [Step("recalibration", f"recalibration@{d}", (("device", d),),
+                     (lut[d].lut, lut[d].fit, lut[d].calibration, L.baselines(d), L.predictor),
+                     (refit[d].fit, refit[d].calibration)) for d in fresh]
+
     for run in runs:
+        steps += recalibrations(run.devices)
         # DVC's matrix names: search@<device>-<k>, search-params@<device>-<k>-<M>
         matrix = f"{run.devices[0]}-{run.target.removesuffix('x')}"
         dvc_id = f"search@{matrix}" if run.params_m is None else f"search-params@{matrix}-{run.params_m}"
-        reads = (L.predictor, *[p for dev in run.devices for p in (lut[dev].lut, lut[dev].fit, L.baselines(dev))])
+        reads = (L.predictor, *[p for dev in run.devices for p in (lut[dev].lut, refit[dev].fit, L.baselines(dev))])
         steps.append(Step("search", dvc_id, (("devices", run.devices), ("target", run.target),
                                              ("params_m", run.params_m)), reads,
                           (L.search_summary(run.key),)))
         steps.append(Step("finetune", dvc_id.replace("search", "finetune", 1), (("name", run.model_name),),
                           (L.search_summary(run.key), L.supernet, L.manifest),
                           (L.finetune_metrics(run.model_name),)))
+    steps += recalibrations(devices)  # a device no search runs on (none in the params profiles)
     for name, init in finetune_baselines(params).items():
         reads = (L.manifest,) + ((L.supernet,) if init == "supernet" else ())
         steps.append(Step("finetune", f"finetune-baseline@{name}", (("name", name),), reads,
@@ -79,7 +92,7 @@ def pipeline_steps(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROO
     # controls.count 0 it writes an empty summary).
     controlled = controlled_runs(params)
     reads = [L.supernet, L.manifest, L.predictor, *[L.search_summary(r.key) for r in controlled],
-             *[p for r in controlled for dev in r.devices for p in (lut[dev].lut, lut[dev].fit, L.baselines(dev))]]
+             *[p for r in controlled for dev in r.devices for p in (lut[dev].lut, refit[dev].fit, L.baselines(dev))]]
     steps.append(Step("controls", "controls", inputs=tuple(dict.fromkeys(reads)), outputs=(L.controls_summary,)))
     pipeline = pipeline_section(params)
     for stage, key, metrics in (("transfer", "transfer_models", L.transfer_metrics),
@@ -87,7 +100,8 @@ def pipeline_steps(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROO
         models = [resolve_model(m, params, L, check=False) for m in pipeline.get(key) or []]
         reads = tuple(Path(m) / METRICS for m in models if isinstance(m, Path))
         steps.append(Step(stage, stage, inputs=reads, outputs=(metrics,)))
-    reported = ("predictor", "calibration", "baselines", "search", "finetune", "controls", "transfer", "detection")
+    reported = ("predictor", "calibration", "baselines", "recalibration", "search", "finetune", "controls", "transfer",
+                "detection")
     read = tuple(p for step in steps if step.stage in reported for p in step.outputs if p.suffix != ".pt")
     steps.append(Step("report", "report", inputs=read, outputs=(L.report_readme,)))
     return steps

@@ -40,6 +40,7 @@ stage_supernet, stage_pairs, stage_predictor = (_entry("training", n) for n in
 stage_runtime = _entry("runtime_record", "stage_runtime")  # light: DVC's probe imports no torch
 stage_lut, stage_calibration, stage_baselines = (
     _entry("latency", n) for n in ("stage_lut", "stage_calibration", "stage_baselines"))
+stage_recalibration = _entry("recalibration", "stage_recalibration")
 stage_search = _entry("search", "stage_search")
 stage_finetune, stage_transfer, stage_detection = (_entry("downstream", n) for n in
                                                    ("stage_finetune", "stage_transfer", "stage_detection"))
@@ -82,6 +83,8 @@ STAGES: dict[str, StageInfo] = {
     "lut": StageInfo(stage_lut, ("devices", "search_space", "lut"), measures_latency=True),
     "calibration": StageInfo(stage_calibration, ("devices", "search_space", "calibration"), measures_latency=True),
     "baselines": StageInfo(stage_baselines, ("devices", "search_space", "baselines"), measures_latency=True),
+    "recalibration": StageInfo(stage_recalibration, ("devices", "search_space", "recalibration", "search.evolution",
+                                                     "search.num_classes"), measures_latency=True),
     "search": StageInfo(stage_search, ("devices", "search_space", "search.evolution", "search.refine",
                                        "search.num_classes"), measures_latency=True),
     "finetune": StageInfo(stage_finetune, ("devices", "finetune", "pipeline.finetune_baselines", "pipeline.equal_budget",

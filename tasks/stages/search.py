@@ -26,12 +26,13 @@ def target_latencies(run: SearchRun, layout: Layout) -> dict[str, float]:
 
 
 def search_setup(params: Mapping[str, Any], devices: Sequence[str], *, predictor: str | os.PathLike,
-                 lut_dir: str | os.PathLike, out_dir: str | os.PathLike):
+                 lut_dir: str | os.PathLike, out_dir: str | os.PathLike, fits: Mapping[str, Path] | None = None):
     """``nas_core.search_run.load_setup`` for ``devices`` profiled as every stage profiles them
-    (:func:`device_profile`), in the space of ``search_space:``. Shared by the search stage,
-    the controls and ``scan-edge search``."""
+    (:func:`device_profile`), in the space of ``search_space:``, each device's LUT with its
+    current fit (``calibration.current_fit``: the second round's) unless ``fits`` names one.
+    Shared by the search stage, the controls, the recalibration and ``scan-edge search``."""
     return load_setup(params, {device: device_profile(params, device) for device in devices},
-                      predictor=predictor, lut_dir=lut_dir, out_dir=out_dir, space=search_space(params))
+                      predictor=predictor, lut_dir=lut_dir, out_dir=out_dir, space=search_space(params), fits=fits)
 
 
 def stage_search(params: Mapping[str, Any], devices: str | Sequence[str], target: str | float,
@@ -53,10 +54,14 @@ def stage_search(params: Mapping[str, Any], devices: str | Sequence[str], target
     for device in devices:
         _require(layout.lut_paths(device).fit, f"the calibrated LUT of {device} (scan-edge stage calibration "
                                                 f"--device {device})")
+    fits = {device: layout.lut_paths(device).second_round().fit for device in devices}
+    for device, fit in fits.items():
+        _require(fit, f"the second calibration round of {device} (scan-edge stage recalibration --device {device})")
     _require(layout.predictor, "the accuracy predictor (scan-edge stage predictor)")
     out_dir = layout.search_dir(run.key)
     targets = target_latencies(run, layout)
-    setup = search_setup(params, devices, predictor=layout.predictor, lut_dir=layout.lut_dir, out_dir=out_dir)
+    setup = search_setup(params, devices, predictor=layout.predictor, lut_dir=layout.lut_dir, out_dir=out_dir,
+                         fits=fits)
     measure = measure and all(_measurable(params, d) is not None for d in devices)
     max_params = None if params_m is None else float(params_m) * 1e6
     accesses = {d: device_access(params, d, root) for d in devices} if measure else None
