@@ -149,7 +149,7 @@ def _checked_fit(fit_json, lut: LookupTable, profile: DeviceProfile) -> dict:
         failed = ", ".join(fit["targets"].get("failed") or []) or "unknown"
         warnings.warn(f"{fit_json}: the calibrated LUT missed its accuracy targets on the held-out subnets "
                       f"({failed}: MAPE {mape:.1f} %, max {worst:.1f} %, Spearman {spearman:.3f}, "
-                      f"{within:.0f} % within ±5 %); its estimates may be off by that much. Was the machine "
+                      f"{within:.0%} within ±5 %); its estimates may be off by that much. Was the machine "
                       "busy? Re-run the LUT and calibration on a quiet machine (or with the cpu clock, see "
                       "nas_core.latency.lut.CLOCKS)", stacklevel=3)
     return fit
