@@ -21,6 +21,10 @@ pipeline (``scan-edge reproduce``), for one device:
    frontier subnets added to its calibration set, scored on the other half and on the held-out
    subnets: does calibrating on search-like subnets remove what the band leaves?
 
+The fit scored is the one the searches read (``calibration.current_fit``: the second round's,
+``recalibration``, when there is one); its calibration subnets may include some of the searched
+subnets found here, so ``frontier_not_calibrated`` scores only the others.
+
 Everything it writes goes under ``--work``; the pipeline's ``data/`` is only read.
 
     python benchmarks/frontier_fidelity.py --root data --device openvino_cpu_fp32 \\
@@ -41,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nas_core.block_catalog import BlockCatalog  # noqa: E402
 from nas_core.io import code_version, machine_fingerprint, read_parquet, utc_now, write_json  # noqa: E402
-from nas_core.latency.calibration import (SubnetChoice, calibration_frame, fit_calibration,  # noqa: E402
-                                          fitted_model, read_fit, subnet_genomes, time_in_passes)
+from nas_core.latency.calibration import (SubnetChoice, calibration_frame, current_fit,  # noqa: E402
+                                          fit_calibration, fitted_model, read_fit, subnet_genomes, time_in_passes)
 from nas_core.latency.latency_model import error_metrics  # noqa: E402
 from nas_core.latency.lut import LookupTable  # noqa: E402
 from nas_core.latency.timing import TimingConfig  # noqa: E402
@@ -83,13 +87,20 @@ def frontier_subnets(params, device: str, layout: Layout, multiples, work: Path)
     return setup.space, list(archs.values())
 
 
+def calibration_in_use(layout: Layout, device: str):
+    """The ``LutPaths`` of the calibration round the searches read (``current_fit``: the second
+    round's when it refits the first as it is)."""
+    paths = layout.lut_paths(device)
+    return paths.second_round() if current_fit(paths) == paths.second_round().fit else paths
+
+
 def time_like_the_calibration(params, device: str, layout: Layout, space, archs, passes: int, work: Path) -> tuple:
     """The searched subnets and the calibration's held-out ones as validation choices (searched
     first), and their rows (median of the passes) from ``time_in_passes``: the calibration's
     machinery and settings, one shuffled session for both. Everything it writes goes to ``work``
     (so no OpenVINO compile cache: that lives in the pipeline's work folder)."""
     profile = device_profile(params, device)
-    paths = layout.lut_paths(device)
+    paths = calibration_in_use(layout, device)
     lut = LookupTable.read(paths.lut)
     settings = section(params, "calibration")
     config = TimingConfig.from_dict(settings.get("timing") or lut.provenance.get("timing"))
@@ -136,7 +147,7 @@ def main(argv=None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         space, archs = frontier_subnets(params, args.device, layout, args.multiples, work / "search")
         choices, rows = time_like_the_calibration(params, args.device, layout, space, archs, args.passes, work)
-        paths = layout.lut_paths(args.device)
+        paths = calibration_in_use(layout, args.device)
         lut = LookupTable.read(paths.lut)
         catalog = BlockCatalog(space, device_profile(params, args.device).resolution)
         block_ms = np.nan_to_num(lut.block_ms(catalog), nan=0.0)
@@ -148,13 +159,17 @@ def main(argv=None) -> int:
         base = read_parquet(paths.calibration)
         held = base[base["role"] == "validation"]
         frontier_scores = scores(frontier["calibrated_ms"].to_numpy(float), frontier["median_ms"].to_numpy(float))
+        fitted_on = set(base.loc[base["role"] == "calibration", "arch_id"])
+        unseen = frontier[~frontier["arch_id"].isin(fitted_on)]
         retimed_scores = scores(retimed["calibrated_ms"].to_numpy(float), retimed["median_ms"].to_numpy(float))
         then = held.set_index("arch_id")["median_ms"].reindex(retimed["arch_id"]).to_numpy(float)
         moved = float(100 * np.median(retimed["median_ms"].to_numpy(float) / then - 1))
         result = {
             "device": args.device, "root": str(args.root), "multiples": args.multiples, "passes": args.passes,
-            "model": model.name,
+            "model": model.name, "calibration_round": fit.get("round", 1), "fit": str(paths.fit),
             "frontier": frontier_scores,
+            "frontier_not_calibrated": scores(unseen["calibrated_ms"].to_numpy(float),
+                                              unseen["median_ms"].to_numpy(float)) if len(unseen) else None,
             "heldout": scores(held["calibrated_ms"].to_numpy(float), held["median_ms"].to_numpy(float)),
             "heldout_same_session": retimed_scores,
             "session": {"n": int(len(retimed)), "heldout_moved_median_pct": moved},
@@ -170,6 +185,7 @@ def main(argv=None) -> int:
         }
     write_json(args.out, result)
     print(f"frontier ({len(frontier)} searched subnets): {result['frontier']}")
+    print(f"  of which not among the fit's calibration subnets: {result['frontier_not_calibrated']}")
     print(f"held-out ({len(held)} band subnets):      {result['heldout']}")
     print(f"held-out, re-timed with them:     {result['heldout_same_session']}; moved "
           f"{result['session']['heldout_moved_median_pct']:+.2f} % (median) since the calibration")

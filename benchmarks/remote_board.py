@@ -6,7 +6,8 @@ onnxruntime ``--board-runtime``, not the host's), pinned to one core, served by 
 then run for device ``board_ort`` (``location: worker``) in a scratch root:
 
     runtime -> LUT (every block, one job) -> baselines (MobileNetV2: the target) ->
-    calibration (in-band subnets) -> searches at 0.75x / 1.0x / 1.5x with on-device refinement
+    calibration (in-band subnets) -> second round (the predictor's searched subnets, timed on
+    the board) -> searches at 0.75x / 1.0x / 1.5x with on-device refinement
     -> the fine-tuned model timed -> a runtime upgrade on the board, detected as reprofile does
 
 and every timing table is checked for who timed it: ``host_measurements_of_board`` counts rows
@@ -113,7 +114,7 @@ def main(argv=None) -> int:
         board.deploy(DEVICE, url)
         board.start_worker(url)
         try:
-            for stage in ("runtime", "lut", "baselines", "calibration"):
+            for stage in ("runtime", "lut", "baselines", "calibration", "recalibration"):
                 tick = time.perf_counter()
                 stages.STAGES[stage].function(params, device=DEVICE, root=root)
                 result["stages"][stage] = round(time.perf_counter() - tick, 1)
@@ -123,6 +124,10 @@ def main(argv=None) -> int:
                                  for k in ("n", "mape_pct", "max_ape_pct", "spearman", "within_5_pct")}
             result["heldout_mape_pct"] = result["heldout"]["mape_pct"]
             result["model"] = fit["model"]["name"]
+            refit = read_json(Layout(root).lut_paths(DEVICE).second_round().fit)  # what the searches read
+            result["heldout_second_round"] = {k: refit["metrics"]["validation"]["calibrated"][k]
+                                              for k in ("n", "mape_pct", "max_ape_pct", "spearman", "within_5_pct")}
+            result["second_round_subnets"] = (refit.get("searched") or {}).get("n")
             result["searches"] = []
             for multiple in args.multiples:
                 summary = read_json(stages.stage_search(params, DEVICE, f"{multiple}x", root=root)["summary"])

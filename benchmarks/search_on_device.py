@@ -13,7 +13,7 @@ latency on that device``.
 
 Prints one line per search and writes JSON: ``{"params": profile, "runs": [{"device",
 "multiple", "target_ms", "estimated_ms", "measured_ms", "measured_vs_target" (measured /
-target - 1), "within", "rounds", "measured_candidates", "predicted_accuracy", "params",
+target - 1), "within", "rounds", "first_estimate_error_pct" (round 1's estimate vs its measurement), "measured_candidates", "predicted_accuracy", "params",
 "arch_id", "seconds", "error"}], "all_within": bool, "created", "code_version",
 "machine"}``. A target below the lowest latency the space can reach is reported as an
 error naming that value, not run.
@@ -74,6 +74,7 @@ def one_search(params, device: str, multiple: float, work: Path) -> dict:
     return {**row, "target_ms": target, "estimated_ms": summary["latency_ms"][device], "measured_ms": measured,
             "measured_vs_target": None if measured is None else measured / target - 1,
             "within": bool(summary["within"]), "rounds": refine.get("rounds"),
+            "first_estimate_error_pct": (summary.get("first_estimate_error_pct") or {}).get(device),
             "measured_candidates": len({r["arch_id"] for r in refine.get("records", [])}),
             "predicted_accuracy": summary["predicted_accuracy"], "params": summary["params"],
             "arch_id": summary["arch_id"], "seconds": time.perf_counter() - started, "error": None}
@@ -110,6 +111,8 @@ def format_row(row: dict) -> str:
         return f"{head}  error: {row['error']}"
     measured = "n/a" if row["measured_ms"] is None else f"{row['measured_ms']:.3f}"
     gap = "" if row["measured_vs_target"] is None else f" ({100 * row['measured_vs_target']:+.1f}%)"
+    first = row.get("first_estimate_error_pct")
+    gap += "" if first is None else f"  first estimate {first:+.1f}%"
     return (f"{head}  target {row['target_ms']:.3f} ms  estimated {row['estimated_ms']:.3f}  measured {measured}{gap}"
             f"  within={row['within']}  rounds {row['rounds']}  {row['measured_candidates']} measured"
             f"  {row['seconds']:.0f} s")

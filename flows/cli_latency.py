@@ -262,13 +262,14 @@ def cmd_profile_import(args) -> int:
 # --------------------------------------------------------------------------- latency ARCH
 def cmd_latency(args) -> int:
     from nas_core.efficiency_predictor import LatencyEstimator
+    from nas_core.latency.calibration import current_fit
     from nas_core.search_space import ArchError
 
     profile = _profile(args)
     paths = _paths(args, profile)
     arch = arch_argument(args.arch)
-    estimator = LatencyEstimator.from_files(paths.lut, paths.fit if not args.raw else None, profile,
-                                            runtime_version=args.runtime_version)
+    fit = None if args.raw else current_fit(paths)  # the fit the searches read (its second round when current)
+    estimator = LatencyEstimator.from_files(paths.lut, fit, profile, runtime_version=args.runtime_version)
     try:
         genome = estimator.space.encode(arch)[None]
     except ArchError as err:

@@ -9,7 +9,8 @@
 
 Inputs (defaults under data/, where the pipeline's stages put them: ``nas_core.layout``): the
 accuracy predictor ``data/predictor/predictor.pt`` and, per device, the latency LUT
-``data/lut/<device>.parquet`` with its calibration ``data/lut/<device>.fit.json``; the sweep also
+``data/lut/<device>.parquet`` with its calibration (``data/lut/<device>.recalibration.json``, the
+second round, when it refits the current ``data/lut/<device>.fit.json``; else that one); the sweep also
 reads MobileNetV2's measured latency from the device's baselines table
 ``data/baselines/<device>.parquet`` (beside the LUT folder). Outputs: ``data/search/`` (schemas in
 ``nas_core/search_report.py``). A search whose outputs exist and were made from the same

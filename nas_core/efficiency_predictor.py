@@ -29,7 +29,7 @@ import numpy as np
 
 from nas_core.block_catalog import HEAD_CLASSES, BlockCatalog
 from nas_core.io import file_sha256
-from nas_core.latency.calibration import fitted_model, read_fit
+from nas_core.latency.calibration import current_fit, fitted_model, read_fit
 from nas_core.layout import DATA
 from nas_core.latency.latency_model import LatencyModel
 from nas_core.latency.devices import DeviceProfile, get_profile, load_profiles
@@ -90,10 +90,11 @@ class LatencyEstimator:
     @classmethod
     def for_device(cls, profile: DeviceProfile | str, root: str | os.PathLike = DATA.lut_dir, **kwargs
                    ) -> "LatencyEstimator":
-        """``from_files`` with the standard file names under ``root`` (``LutPaths``)."""
+        """``from_files`` with the standard file names under ``root`` (``LutPaths``) and the fit the
+        searches read (``calibration.current_fit``: the second round's when current)."""
         name = profile if isinstance(profile, str) else profile.name
         paths = LutPaths.for_device(name, root)
-        return cls.from_files(paths.lut, paths.fit, profile, **kwargs)
+        return cls.from_files(paths.lut, current_fit(paths), profile, **kwargs)
 
     # ---- estimates
     def raw_sum_ms(self, genomes: np.ndarray) -> np.ndarray:
