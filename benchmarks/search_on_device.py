@@ -13,9 +13,9 @@ latency on that device``.
 
 Prints one line per search and writes JSON: ``{"params": profile, "runs": [{"device",
 "multiple", "target_ms", "estimated_ms", "measured_ms", "measured_vs_target" (measured /
-target - 1), "within", "rounds", "first_estimate_error_pct" (round 1's estimate vs its measurement), "measured_candidates", "predicted_accuracy", "params",
-"arch_id", "seconds", "error"}], "all_within": bool, "created", "code_version",
-"machine"}``. A target below the lowest latency the space can reach is reported as an
+target - 1), "within", "rounds", "first_estimate_error_pct" (round 1's estimate vs its
+measurement), "measured_candidates", "predicted_accuracy", "params", "arch_id", "seconds",
+"error"}], "all_within": bool, "created", "code_version", "machine"}``. A target below the lowest latency the space can reach is reported as an
 error naming that value, not run.
 """
 from __future__ import annotations

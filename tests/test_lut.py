@@ -441,6 +441,11 @@ def test_second_round_adds_searched_subnets_and_refits_beside_the_first(host_lut
     calibration.calibrate(ORT64, paths, subnets=SUBNETS, **QUIET)
     with pytest.warns(UserWarning, match="refits another version"):
         assert calibration.current_fit(paths) == paths.fit
+    # A LUT measured again since its first round: the second round refuses to refit a stale fit.
+    table, provenance = io.read_parquet(paths.lut), io.read_provenance(paths.lut)
+    io.write_parquet(paths.lut, table.assign(median_ms=1.1 * table["median_ms"]), provenance)
+    with pytest.raises(LutError, match="fitted on another version .* calibrate it again first"):
+        calibration.recalibrate(ORT64, paths, [], progress=False)
 
 
 def test_combine_passes_keeps_the_first_row_and_the_median_of_its_passes():

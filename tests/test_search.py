@@ -551,3 +551,46 @@ def test_cli_sweep_writes_the_front(tmp_path, capsys, monkeypatch, world):
     assert (front["latency_ms"] <= front["target_ms"]).all()
     assert front["predicted_accuracy"].is_monotonic_increasing  # a looser target never loses accuracy
     assert (tmp_path / "search" / "front_ort_cpu_fp32.png").stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------- the second calibration round's subnets
+def test_second_calibration_round_measures_what_the_search_itself_would_pick(world, tmp_path, monkeypatch, capsys):
+    """``recalibration``'s subnets: the search stage's own evolution on the *first* round's fit, one per
+    target over the band, each under its target, new to the first round, alternately calibration and
+    held out; a target below the fastest subnet is skipped with a message."""
+    import pandas as pd
+
+    import nas_core.search_run as search_run
+    from nas_core.io import write_parquet
+    from nas_core.latency.calibration import RecalibrationSettings
+    from nas_core.params import load_params
+    from tasks.stages import Layout
+    from tasks.stages.recalibration import searched_subnets
+
+    params = load_params("params.yaml", "smoke")
+    layout, device, latency = Layout(tmp_path / "data"), "ort_cpu_fp32", world["lat_a"]
+    paths = layout.lut_paths(device)
+    for path in (paths.lut, paths.fit, paths.second_round().fit, layout.predictor):  # the set-up hashes them
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("stand-in")
+    fits_read = []
+    monkeypatch.setattr(search_run, "load_accuracy_predictor", lambda path, space=None: world["acc"])
+    monkeypatch.setattr(search_run, "load_latency_estimator",
+                        lambda device, lut, profile, space=None, fit=None: fits_read.append(fit) or latency)
+    reference_ms = latency.min_value() / 0.7  # 0.6x of it lies below the fastest subnet
+    settings = RecalibrationSettings(subnets=5, band=(0.6, 1.8))
+    write_parquet(paths.calibration, pd.DataFrame({"arch_id": ["not-searched"]}))
+
+    chosen, targets = searched_subnets(params, device, layout, settings, reference_ms)
+    assert "skipping" in capsys.readouterr().out and len(targets) == len(chosen) == 4
+    assert targets == [round(k * reference_ms, 3) for k in (0.9, 1.2, 1.5, 1.8)]
+    assert set(fits_read) == {paths.fit}, "searched on the first round's fit, whatever the second round holds"
+    assert [c.role for c in chosen] == ["calibration", "validation"] * 2 and {c.origin for c in chosen} == {"searched"}
+    estimates = [float(latency.predict_genomes(world["space"].encode(c.arch)[None])[0]) for c in chosen]
+    assert all(estimate <= target for estimate, target in zip(estimates, targets))
+    assert estimates == sorted(estimates) and len({c.arch.arch_id for c in chosen}) == 4
+    # A subnet the first round already measured is not measured again: the others are the same searches' picks.
+    write_parquet(paths.calibration, pd.DataFrame({"arch_id": [chosen[1].arch.arch_id]}))
+    again, targets_again = searched_subnets(params, device, layout, settings, reference_ms)
+    assert [c.arch.arch_id for c in again] == [c.arch.arch_id for i, c in enumerate(chosen) if i != 1]
+    assert targets_again == [t for i, t in enumerate(targets) if i != 1]
