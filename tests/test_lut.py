@@ -448,6 +448,32 @@ def test_second_round_adds_searched_subnets_and_refits_beside_the_first(host_lut
         calibration.recalibrate(ORT64, paths, [], progress=False)
 
 
+def test_interrupted_second_round_resumes_without_timing_again(host_lut, tmp_path, exports):
+    paths = LutPaths.for_device(ORT64.name, tmp_path, exports)
+    paths.lut.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(host_lut.lut, paths.lut)
+    calibration.calibrate(ORT64, paths, subnets=SUBNETS, **QUIET)
+    quiet = {k: QUIET[k] for k in ("drift_tolerance", "drift_pause_s")}
+    measured: list[str] = []
+
+    def crash_after_the_first_subnet(model_id, result):  # at the second: the first is checkpointed by then
+        measured.append(model_id)
+        if len([m for m in measured if m.startswith("subnet/")]) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        calibration.recalibrate(ORT64, paths, SEARCHED, progress=False, check_every=1,
+                                on_measured=crash_after_the_first_subnet, **quiet)
+    assert not paths.second_round().fit.exists(), "no second round until its subnets are all timed"
+    done = [m for m in measured if m.startswith("subnet/")][:1]
+    again: list[str] = []
+    calibration.recalibrate(ORT64, paths, SEARCHED, progress=False, check_every=1,
+                            on_measured=lambda model_id, result: again.append(model_id), **quiet)
+    assert done and not set(done) & set(again), "a subnet timed before the interruption is not timed again"
+    assert {c.id for c in SEARCHED} - set(done) <= set(again)
+    assert json.loads(paths.second_round().fit.read_text())["n_validation"] == 2
+
+
 def test_combine_passes_keeps_the_first_row_and_the_median_of_its_passes():
     rows = calibration.combine_passes([[{"id": "a", "median_ms": 1.0, "p10_ms": 0.9}, {"id": "b", "median_ms": 2.0}],
                                        [{"id": "a", "median_ms": 1.3}, {"id": "b", "median_ms": 2.0}],
