@@ -47,7 +47,8 @@ def stage_recalibration(params: Mapping[str, Any], device: str, root: str | os.P
         return outputs
     _require(layout.predictor, "the accuracy predictor (scan-edge stage predictor)")
     reference_ms = reference_latency_ms(layout.baselines(device), device, REFERENCE_MODEL)
-    identity = {"recalibration": section(params, "recalibration"), "search": section(params, "search"),
+    searching = {key: section(params, "search").get(key) for key in ("evolution", "num_classes")}
+    identity = {"recalibration": section(params, "recalibration"), "search": searching,
                 "inputs": input_digest([paths.lut, paths.fit, paths.calibration, layout.predictor]),
                 "reference_ms": reference_ms, "runtime": runtime_identity(params, device, root)}
     resume = resume_or_restart(layout, f"recalibration@{device}", identity)
