@@ -124,7 +124,7 @@ def main(argv=None) -> int:
                                  for k in ("n", "mape_pct", "max_ape_pct", "spearman", "within_5_pct")}
             result["heldout_mape_pct"] = result["heldout"]["mape_pct"]
             result["model"] = fit["model"]["name"]
-            refit = read_json(Layout(root).lut_paths(DEVICE).second_round().fit)  # what the searches read
+            refit = read_json(Layout(root).lut_paths(DEVICE).search_fit)
             result["heldout_second_round"] = {k: refit["metrics"]["validation"]["calibrated"][k]
                                               for k in ("n", "mape_pct", "max_ape_pct", "spearman", "within_5_pct")}
             result["second_round_subnets"] = (refit.get("searched") or {}).get("n")

@@ -111,6 +111,12 @@ class LutPaths:
         return self.root / f"{self.device}.fit.json"
 
     @property
+    def search_fit(self) -> Path:
+        """The fit the pipeline's searches and controls read: the second round's (the recalibration
+        stage's; ``calibration.current_fit`` chooses for commands run by hand)."""
+        return self.second_round().fit
+
+    @property
     def figure(self) -> Path:
         if self.calibration_round == 2:
             return self.root / f"{self.device}.recalibration.png"

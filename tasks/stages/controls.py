@@ -82,7 +82,7 @@ def control_run(params: Mapping[str, Any], config: ControlsConfig, seeds: Sequen
     targets = {d: float(ms) for d, ms in summary["targets_ms"].items()}
     tolerance = RefineConfig.from_dict(section(params, "search").get("refine")).tolerance
     out = layout.controls_dir(run.key)
-    fits = {d: layout.lut_paths(d).second_round().fit for d in run.devices}  # what the searches read
+    fits = {d: layout.lut_paths(d).search_fit for d in run.devices}
     identity = {"controls": config.to_dict(), "seeds": list(seeds), "finetune": section(params, "finetune"),
                 "pairs": section(params, "pairs"), "devices": section(params, "devices"), "tolerance": tolerance,
                 "inputs": input_digest([summary_path, layout.supernet, layout.manifest, layout.predictor,

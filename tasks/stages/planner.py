@@ -73,7 +73,8 @@ def pipeline_steps(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROO
         # DVC's matrix names: search@<device>-<k>, search-params@<device>-<k>-<M>
         matrix = f"{run.devices[0]}-{run.target.removesuffix('x')}"
         dvc_id = f"search@{matrix}" if run.params_m is None else f"search-params@{matrix}-{run.params_m}"
-        reads = (L.predictor, *[p for dev in run.devices for p in (lut[dev].lut, refit[dev].fit, L.baselines(dev))])
+        reads = (L.predictor, *[p for dev in run.devices
+                                for p in (lut[dev].lut, lut[dev].search_fit, L.baselines(dev))])
         steps.append(Step("search", dvc_id, (("devices", run.devices), ("target", run.target),
                                              ("params_m", run.params_m)), reads,
                           (L.search_summary(run.key),)))
@@ -92,7 +93,8 @@ def pipeline_steps(params: Mapping[str, Any], root: str | os.PathLike = DATA_ROO
     # controls.count 0 it writes an empty summary).
     controlled = controlled_runs(params)
     reads = [L.supernet, L.manifest, L.predictor, *[L.search_summary(r.key) for r in controlled],
-             *[p for r in controlled for dev in r.devices for p in (lut[dev].lut, refit[dev].fit, L.baselines(dev))]]
+             *[p for r in controlled for dev in r.devices for p in (lut[dev].lut, lut[dev].search_fit,
+                                                                   L.baselines(dev))]]
     steps.append(Step("controls", "controls", inputs=tuple(dict.fromkeys(reads)), outputs=(L.controls_summary,)))
     pipeline = pipeline_section(params)
     for stage, key, metrics in (("transfer", "transfer_models", L.transfer_metrics),

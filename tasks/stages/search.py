@@ -54,7 +54,7 @@ def stage_search(params: Mapping[str, Any], devices: str | Sequence[str], target
     for device in devices:
         _require(layout.lut_paths(device).fit, f"the calibrated LUT of {device} (scan-edge stage calibration "
                                                 f"--device {device})")
-    fits = {device: layout.lut_paths(device).second_round().fit for device in devices}
+    fits = {device: layout.lut_paths(device).search_fit for device in devices}
     for device, fit in fits.items():
         _require(fit, f"the second calibration round of {device} (scan-edge stage recalibration --device {device})")
     _require(layout.predictor, "the accuracy predictor (scan-edge stage predictor)")
