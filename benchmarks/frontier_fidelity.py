@@ -45,8 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nas_core.block_catalog import BlockCatalog  # noqa: E402
 from nas_core.io import code_version, machine_fingerprint, read_parquet, utc_now, write_json  # noqa: E402
-from nas_core.latency.calibration import (SubnetChoice, calibration_frame, current_fit,  # noqa: E402
-                                          fit_calibration, fitted_model, read_fit, subnet_genomes, time_in_passes)
+from nas_core.latency.calibration import (CalibrationSettings, ExtraPasses, SubnetChoice,  # noqa: E402
+                                          calibration_frame, current_fit, fit_calibration, fitted_model, read_fit,
+                                          subnet_genomes, time_in_passes)
 from nas_core.latency.latency_model import error_metrics  # noqa: E402
 from nas_core.latency.lut import LookupTable  # noqa: E402
 from nas_core.latency.timing import TimingConfig  # noqa: E402
@@ -110,8 +111,9 @@ def time_like_the_calibration(params, device: str, layout: Layout, space, archs,
     choices += [SubnetChoice(space.from_json(text), "validation")
                 for text, arch_id in zip(heldout["arch"], heldout["arch_id"]) if arch_id not in searched_ids]
     access = device_access(params, device, layout.root)  # as the calibration stage: against MobileNetV2
+    extra = ExtraPasses.of(CalibrationSettings.from_dict(settings))
     rows = time_in_passes(choices, profile, paths, lut, access, space=space, passes=passes, seed=0, config=config,
-                          resume=False, progress=False, compile_once=False,
+                          resume=False, progress=False, compile_once=False, extra=extra,
                           out_of_pass=lambda index: work / f"frontier.pass{index}.parquet")
     return choices, rows
 

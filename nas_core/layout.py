@@ -143,6 +143,12 @@ class LutPaths:
         """The raw subnet timings of calibration pass ``index`` (0: ``subnet_timings``)."""
         return self.subnet_timings if index == 0 else self.work / f"{self._subnets_stem}.pass{index + 1}.parquet"
 
+    def subnet_job(self, index: int) -> str:
+        """The timing job (``location.TimingJob.name``: a board's job folder) of pass ``index`` over
+        this round's subnets: each pass is a job of its own, so that a board times it again."""
+        name = "recalibration" if self.calibration_round == 2 else "calibration"
+        return name if index == 0 else f"{name}-pass{index + 1}"
+
     @property
     def _subnets_stem(self) -> str:
         return "searched_timings" if self.calibration_round == 2 else "subnet_timings"

@@ -386,6 +386,55 @@ def test_calibration_passes_take_each_subnets_median_over_passes(host_lut, tmp_p
         calibration.CalibrationSettings(passes=0)
 
 
+class _RecordingAccess:
+    """A device access that records the jobs it is given (name, model ids) and times them on ``inner``."""
+
+    def __init__(self, inner):
+        self.inner, self.profile, self.location, self.jobs = inner, inner.profile, inner.location, []
+
+    def runtime_version(self):
+        return self.inner.runtime_version()
+
+    def time(self, job, out_path, **kwargs):
+        self.jobs.append((job.name, job.ids()))
+        return self.inner.time(job, out_path, **kwargs)
+
+
+def test_extra_passes_retime_only_the_subnets_whose_passes_disagree(host_lut, tmp_path, exports):
+    paths = LutPaths.for_device(ORT64.name, tmp_path, exports)
+    paths.lut.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(host_lut.lut, paths.lut)
+    calibration.calibrate(ORT64, paths, subnets=SUBNETS, settings=calibration.CalibrationSettings(passes=2), **QUIET)
+    spread = dict(zip(io.read_parquet(paths.calibration)["arch_id"], io.read_parquet(paths.calibration)
+                      ["pass_spread_pct"]))
+    threshold = float(np.median(list(spread.values())))  # some subnets above it, some not
+    first_two = [{row["id"]: row["median_ms"] for row in timing.read_rows(paths.subnet_timings_pass(i))[0]}
+                 for i in range(2)]
+    settings = calibration.CalibrationSettings(passes=2, extra_passes=1, extra_pass_spread_pct=threshold)
+    access = _RecordingAccess(LocalDevice(ORT64))
+    report = calibration.calibrate(ORT64, paths, subnets=SUBNETS, settings=settings, access=access, **QUIET)
+    # Each pass is a job of its own: a board's job folder per pass, so a board times every pass again.
+    assert [name for name, _ in access.jobs] == ["calibration", "calibration-pass2", "calibration-pass3"]
+    assert paths.second_round().subnet_job(2) == "recalibration-pass3"
+    third = {row["id"]: row["median_ms"] for row in timing.read_rows(paths.subnet_timings_pass(2))[0]}
+    retimed = {c.id for c in SUBNETS if spread[c.arch.arch_id] > threshold}
+    assert 0 < len(retimed) < len(SUBNETS)
+    assert set(third) - {lut.DEFAULT_REFERENCE_BLOCK} == retimed
+    frame = io.read_parquet(paths.calibration)
+    for choice, (_, row) in zip(SUBNETS, frame.iterrows()):
+        times = [first_two[0][choice.id], first_two[1][choice.id]] + ([third[choice.id]] if choice.id in third else [])
+        assert row["passes"] == len(times) and row["median_ms"] == pytest.approx(np.median(times))
+    document = json.loads(paths.fit.read_text())
+    assert (document["extra_passes"], document["extra_pass_spread_pct"]) == (1, threshold)
+    assert calibration.ExtraPasses.of(document) == calibration.ExtraPasses(1, threshold)
+    assert f"1 more over the {len(retimed)} of 3 subnets" in report.summary()
+    assert calibration.ExtraPasses.of({"passes": 3}) == calibration.ExtraPasses()  # a fit from before the option
+    with pytest.raises(ValueError, match="extra_passes must be 0 or more"):
+        calibration.CalibrationSettings(extra_passes=-1)
+    with pytest.raises(ValueError, match="extra_pass_spread_pct"):
+        calibration.CalibrationSettings(extra_pass_spread_pct=-2)
+
+
 def _mixed(first, second, stages_from_second):
     """``first`` with the stages ``stages_from_second`` taken from ``second`` (same widths: same LUT blocks)."""
     return dataclasses.replace(first, stages=tuple(second.stages[i] if i in stages_from_second else stage
